@@ -1,0 +1,77 @@
+"""Offline datasets: everything ships inside installed packages, nothing is downloaded.
+
+* :func:`load_digits` - sklearn's 1,797 handwritten digits (8x8, 16 grey levels), as float tensors
+  in [0, 1] with a seeded, stratified train/test split, optionally resized.
+* :func:`sample_image` - a real photo: sklearn's "china" and "flower" (427x640) or matplotlib's
+  "grace_hopper" (600x512), as a (3, H, W) float tensor in [0, 1].
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+SAMPLE_IMAGES = ("china", "flower", "grace_hopper")
+
+
+@dataclass(frozen=True)
+class DigitsSplit:
+    x_train: torch.Tensor  # (N, 1, S, S) float32 in [0, 1]
+    y_train: torch.Tensor  # (N,) int64 labels 0..9
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+def load_digits(size: int = 8, test_fraction: float = 0.25, seed: int = 0) -> DigitsSplit:
+    """sklearn's digits as tensors. ``size`` > 8 upsamples bilinearly (e.g. 16 or 32 for conv nets)."""
+    from sklearn.datasets import load_digits as sk_load_digits
+    from sklearn.model_selection import train_test_split
+
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a positive int, got {size!r}")
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction!r}")
+    bunch = sk_load_digits()
+    images = bunch.images.astype(np.float32) / 16.0  # sklearn's pixels are 0..16
+    x_tr, x_te, y_tr, y_te = train_test_split(images, bunch.target, test_size=test_fraction,
+                                              random_state=seed, stratify=bunch.target)
+
+    def to_tensor(a: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(a).unsqueeze(1)
+        if size != 8:
+            t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
+        return t.clamp_(0.0, 1.0).contiguous()
+
+    return DigitsSplit(to_tensor(x_tr), torch.from_numpy(y_tr).long(), to_tensor(x_te),
+                       torch.from_numpy(y_te).long())
+
+
+def sample_image(name: str = "grace_hopper", size: int | tuple[int, int] | None = None,
+                 grayscale: bool = False) -> torch.Tensor:
+    """A real photo as a float tensor (3, H, W) in [0, 1] (or (1, H, W) with ``grayscale``).
+
+    ``size`` resizes to (size, size) or (H, W) with antialiasing.
+    """
+    if name in ("china", "flower"):
+        from sklearn.datasets import load_sample_image
+        array = load_sample_image(f"{name}.jpg")
+    elif name == "grace_hopper":
+        import matplotlib.cbook
+        import matplotlib.image
+        with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
+            array = matplotlib.image.imread(f, format="jpg")
+    else:
+        raise ValueError(f"unknown sample image {name!r}; choose one of {SAMPLE_IMAGES}")
+    image = torch.from_numpy(np.array(array[..., :3], copy=True)).permute(2, 0, 1).float() / 255.0
+    if grayscale:
+        # ITU-R BT.601 luma weights
+        image = (torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1) * image).sum(0, keepdim=True)
+    if size is not None:
+        hw = (size, size) if isinstance(size, int) else tuple(size)
+        if len(hw) != 2 or min(hw) < 1:
+            raise ValueError(f"size must be a positive int or (H, W), got {size!r}")
+        image = F.interpolate(image.unsqueeze(0), size=hw, mode="bilinear", antialias=True,
+                              align_corners=False).squeeze(0).clamp(0.0, 1.0)
+    return image

@@ -1,0 +1,146 @@
+"""Drive nbgrader end to end in a course directory: generate, validate, submit, autograde, score.
+
+The repository itself is an nbgrader course (``nbgrader_config.py`` at the root: sources in
+``solutions/``, releases in ``exercises/``). :func:`new_course` makes a throw-away copy of it in a
+temporary directory so tests and dry runs never touch the repository's own gradebook.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ASSIGNMENT_PATTERN = re.compile(r"^ex\d\d_[a-z0-9_]+$")
+
+
+class GradingError(RuntimeError):
+    """An nbgrader step failed; the message carries nbgrader's own output."""
+
+
+def repo_root() -> Path:
+    """The course repository (course_lib is installed editable from it)."""
+    return Path(__file__).resolve().parents[1]
+
+
+def assignments(root: Path | None = None) -> list[str]:
+    """Assignment ids: the ``exNN_topic`` folders under solutions/."""
+    source = Path(root or repo_root()) / "solutions"
+    if not source.is_dir():
+        raise FileNotFoundError(f"no solutions/ folder in {source.parent}")
+    return sorted(p.name for p in source.iterdir()
+                  if p.is_dir() and ASSIGNMENT_PATTERN.match(p.name))
+
+
+def notebook_name(assignment: str) -> str:
+    """Each assignment has one notebook, named after it."""
+    return f"{assignment}.ipynb"
+
+
+def run_nbgrader(args: list[str], cwd: Path, timeout: float = 1800,
+                 check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``python -m nbgrader ARGS`` in ``cwd`` (the course directory) and capture its output."""
+    env = dict(os.environ)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    # Headless plotting in the kernels nbgrader starts.
+    env["MPLBACKEND"] = "Agg"
+    proc = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise GradingError(f"nbgrader {' '.join(args)} failed with exit code {proc.returncode}:\n"
+                           f"{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def new_course(dest: Path, assignment_ids: list[str] | None = None,
+               root: Path | None = None) -> Path:
+    """Copy the config and the sources of ``assignment_ids`` into ``dest`` and generate the
+    releases there (which also records the assignments in dest's gradebook)."""
+    root = Path(root or repo_root())
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(root / "nbgrader_config.py", dest / "nbgrader_config.py")
+    for assignment in assignment_ids or assignments(root):
+        source = root / "solutions" / assignment
+        if not source.is_dir():
+            raise FileNotFoundError(f"no source folder solutions/{assignment}")
+        shutil.copytree(source, dest / "solutions" / assignment, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
+        run_nbgrader(["generate_assignment", assignment, "--force"], cwd=dest)
+    return dest
+
+
+def release_path(course: Path, assignment: str) -> Path:
+    return Path(course) / "exercises" / assignment / notebook_name(assignment)
+
+
+@dataclass
+class ValidationResult:
+    passed: bool
+    output: str
+
+
+def validate(notebook: Path, invert: bool = False, cwd: Path | None = None) -> ValidationResult:
+    """``nbgrader validate`` (``--invert``: succeed only if every test cell fails)."""
+    notebook = Path(notebook)
+    if not notebook.is_file():
+        raise FileNotFoundError(f"no notebook at {notebook}")
+    args = ["validate", str(notebook.resolve())] + (["--invert"] if invert else [])
+    proc = run_nbgrader(args, cwd=Path(cwd or notebook.parent), check=False)
+    output = proc.stdout + proc.stderr
+    success = "Success!" in output and proc.returncode == 0
+    return ValidationResult(success, output)
+
+
+def submit(course: Path, assignment: str, student: str, notebook: Path) -> Path:
+    """Place a student's notebook in ``submitted/<student>/<assignment>/`` as nbgrader expects."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", student):
+        raise ValueError(f"student id {student!r} must be letters, digits, '_', '-' or '.'")
+    target = Path(course) / "submitted" / student / assignment
+    target.mkdir(parents=True, exist_ok=True)
+    destination = target / notebook_name(assignment)
+    shutil.copy(notebook, destination)
+    return destination
+
+
+def autograde(course: Path, assignment: str, student: str | None = None,
+              timeout: float = 3600) -> subprocess.CompletedProcess:
+    """``nbgrader autograde`` for every submission (or one student); creates unknown students."""
+    args = ["autograde", assignment, "--create", "--force"]
+    if student:
+        args.append(f"--student={student}")
+    return run_nbgrader(args, cwd=Path(course), timeout=timeout)
+
+
+@dataclass
+class SubmissionScore:
+    student: str
+    score: float
+    max_score: float
+    cells: dict[str, tuple[float, float]] = field(default_factory=dict)  # cell -> (score, max)
+
+
+def scores(course: Path, assignment: str) -> dict[str, SubmissionScore]:
+    """Scores recorded in the course's gradebook, per student and per graded cell."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    db = Path(course) / "gradebook.db"
+    if not db.is_file():
+        raise FileNotFoundError(f"no gradebook at {db}: run new_course/autograde first")
+    result: dict[str, SubmissionScore] = {}
+    with Gradebook(f"sqlite:///{db}") as gradebook:
+        for student in gradebook.students:
+            try:
+                submission = gradebook.find_submission(assignment, student.id)
+            except MissingEntry:
+                continue
+            cells = {}
+            for nb in submission.notebooks:
+                for grade in nb.grades:
+                    cells[grade.name] = (float(grade.score), float(grade.max_score))
+            result[student.id] = SubmissionScore(student.id, float(submission.score),
+                                                 float(submission.max_score), cells)
+    return result

@@ -1,0 +1,58 @@
+"""Shared fixtures. The expensive ones (a graded nbgrader course, a built book) are session-scoped
+and built once, so every test that needs them reads the same result."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from course_lib import grading
+
+REPO = Path(__file__).resolve().parents[1]
+ASSIGNMENTS = grading.assignments(REPO)
+
+# Student ids used in the graded course fixture.
+SOLUTION_STUDENT = "reference_solution"
+BLANK_STUDENT = "blank_release"
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def graded_course(tmp_path_factory) -> Path:
+    """A temporary nbgrader course with every assignment generated, its solution submitted by one
+    student and its blank release by another, all autograded in one real ``nbgrader autograde``."""
+    course = tmp_path_factory.mktemp("course")
+    shutil.copy(REPO / "nbgrader_config.py", course / "nbgrader_config.py")
+    shutil.copytree(REPO / "solutions", course / "solutions",
+                    ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
+    grading.run_nbgrader(["generate_assignment", "ex*", "--force"], cwd=course)
+    for assignment in ASSIGNMENTS:
+        grading.submit(course, assignment, SOLUTION_STUDENT,
+                       REPO / "solutions" / assignment / grading.notebook_name(assignment))
+        grading.submit(course, assignment, BLANK_STUDENT,
+                       grading.release_path(course, assignment))
+    grading.run_nbgrader(["autograde", "ex*", "--create", "--force"], cwd=course, timeout=3000)
+    return course
+
+
+@pytest.fixture(scope="session")
+def built_book(tmp_path_factory) -> Path:
+    """Build the whole book once, exactly as the README says (warnings are errors), into a
+    temporary folder; returns the HTML folder."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("book")
+    proc = subprocess.run(
+        [sys.executable, "-m", "jupyter_book", "build", str(REPO), "-W", "-n", "--keep-going",
+         "--path-output", str(out)],
+        capture_output=True, text=True, timeout=1800, cwd=REPO)
+    if proc.returncode != 0:
+        pytest.fail(f"jupyter-book build failed (exit {proc.returncode}):\n"
+                    f"{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
+    return out / "_build" / "html"

@@ -1,0 +1,116 @@
+"""Exercise 1's checks: correct answers pass silently on stderr; typical wrong answers fail with a
+message that names the input and the mistake, never a bare AssertionError."""
+import contextlib
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import course_lib.checks.ex01_standard as checks
+from course_lib.checks import CheckFailed
+from course_lib.conv import conv2d_unfold, conv_output_size
+from course_lib.costs import conv2d_macs, conv2d_params
+
+
+def reference_params(c, m, k, bias=True):
+    return conv2d_params(c, m, k, bias=bias)
+
+
+def reference_macs(c, m, k, h, w):
+    return conv2d_macs(c, m, k, (h, w))
+
+
+@pytest.mark.parametrize("hidden", [False, True])
+def test_reference_answers_pass_without_stderr(hidden):
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        checks.check_output_size(conv_output_size, hidden=hidden)
+        checks.check_conv2d_unfold(conv2d_unfold, hidden=hidden)
+        checks.check_conv_params(reference_params, hidden=hidden)
+        checks.check_conv_macs(reference_macs, hidden=hidden)
+    assert stderr.getvalue() == ""
+
+
+def failure(check, *args, **kwargs) -> str:
+    with pytest.raises(CheckFailed) as info:
+        check(*args, **kwargs)
+    return str(info.value)
+
+
+def test_bias_as_matrix_mistake_is_named():
+    msg = failure(checks.check_conv_params, lambda c, m, k, bias=True: k * k * c * m + m * k * k)
+    assert "conv_params(3, 16, 3, True)" in msg and "ONE scalar per output channel" in msg
+
+
+def test_forgotten_bias_and_missing_k():
+    assert "forgot the bias" in failure(checks.check_conv_params,
+                                        lambda c, m, k, bias=True: k * k * c * m)
+    assert "multiply by K twice" in failure(
+        checks.check_conv_params, lambda c, m, k, bias=True: k * c * m + (m if bias else 0))
+
+
+def test_output_size_mistakes():
+    no_dilation = failure(checks.check_output_size, lambda n, k, s, p, d: (n + 2 * p - k) // s + 1)
+    assert "ignored the dilation" in no_dilation and "conv_output_size(28, 5, 1, 0, 2)" in no_dilation
+    returns_float = failure(checks.check_output_size,
+                            lambda n, k, s, p, d: (n + 2 * p - d * (k - 1) - 1) / s + 1)
+    assert "expected a whole number" in returns_float or "round down" in returns_float
+
+
+def test_flops_instead_of_macs():
+    msg = failure(checks.check_conv_macs, lambda c, m, k, h, w: 2 * k * k * c * m * h * w)
+    assert "do not double" in msg
+
+
+def test_unfold_that_calls_conv2d_is_refused():
+    msg = failure(checks.check_conv2d_unfold, lambda x, w, **kw: F.conv2d(x, w, **kw))
+    assert "must not call F.conv2d" in msg
+
+
+def test_unfold_ignoring_bias_reports_values_and_case():
+    msg = failure(checks.check_conv2d_unfold,
+                  lambda x, w, bias=None, **kw: conv2d_unfold(x, w, None, **kw))
+    assert "wrong values" in msg and "<tensor of shape" in msg
+
+
+def test_wrong_shape_and_type_are_reported():
+    shape_msg = failure(checks.check_conv2d_unfold, lambda x, w, **kw: torch.zeros(1))
+    assert "wrong shape (1,)" in shape_msg
+    type_msg = failure(checks.check_conv2d_unfold, lambda x, w, **kw: [[0.0]])
+    assert "expected a torch.Tensor" in type_msg and "got list" in type_msg
+    nan_msg = failure(checks.check_conv2d_unfold,
+                      lambda x, w, **kw: conv2d_unfold(x, w, **kw) * float("nan"))
+    assert "NaN" in nan_msg
+
+
+def test_not_implemented_stub_is_explained():
+    def stub(*args, **kwargs):
+        raise NotImplementedError()
+
+    assert "not implemented yet" in failure(checks.check_conv2d_unfold, stub)
+
+
+def test_student_replacing_conv2d_does_not_change_the_reference():
+    """A notebook that reassigns F.conv2d to its own (wrong) function cannot make a wrong
+    conv2d_unfold pass: the reference was bound at import."""
+    original = F.conv2d
+    fake = lambda x, w, bias=None, **kw: torch.zeros(  # noqa: E731
+        x.shape[0], w.shape[0], *checks_shape(x, w, **kw))
+    try:
+        F.conv2d = fake
+        msg = failure(checks.check_conv2d_unfold, fake)
+    finally:
+        F.conv2d = original
+    assert "wrong values" in msg
+
+
+def checks_shape(x, w, stride=1, padding=0, dilation=1, groups=1):
+    return [conv_output_size(s, k, stride, padding, dilation)
+            for s, k in zip(x.shape[-2:], w.shape[-2:])]
+
+
+def test_vgg_numbers():
+    checks.check_vgg_layer(56, 295_168, 924_844_032)
+    assert "padding 1" in failure(checks.check_vgg_layer, 54, 295_168, 924_844_032)
+    assert "FLOPs" in failure(checks.check_vgg_layer, 56, 295_168, 2 * 924_844_032)

@@ -1,0 +1,93 @@
+"""Every exercise, through the real nbgrader: the committed release is exactly what nbgrader
+generates from the source (no drift), the solution passes ``nbgrader validate`` and scores full
+marks when autograded, and the blank release scores 0."""
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+
+from course_lib import grading
+from conftest import ASSIGNMENTS, BLANK_STUDENT, REPO, SOLUTION_STUDENT
+
+pytestmark = pytest.mark.slow
+
+
+def test_there_are_assignments():
+    assert "ex01_standard" in ASSIGNMENTS
+
+
+def _notebooks(folder: str) -> list:
+    return sorted((REPO / folder).glob("ex*/*.ipynb"))
+
+
+@pytest.mark.parametrize("path", _notebooks("solutions") + _notebooks("exercises"),
+                         ids=lambda p: f"{p.parent.parent.name}/{p.name}")
+def test_notebook_is_stored_clean(path):
+    """Valid nbformat, no outputs, no execution counts, a python3 kernel."""
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata.kernelspec.name == "python3"
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [], f"{path.name}: cell {cell.get('id')} has stored outputs"
+            assert cell.execution_count is None, f"{path.name}: cell {cell.get('id')} was run"
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_source_follows_conventions(assignment):
+    """One notebook named after the assignment; setup cell first; test cells carry points and
+    call course_lib.checks; every solution cell has a solution region."""
+    folder = REPO / "solutions" / assignment
+    assert [p.name for p in folder.glob("*.ipynb")] == [grading.notebook_name(assignment)]
+    nb = nbformat.read(folder / grading.notebook_name(assignment), as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert f"course_lib.checks.{assignment}" in code[0].source, "first code cell imports checks"
+    graded = [c for c in code if c.metadata.get("nbgrader", {}).get("grade")]
+    assert graded, "no autograded test cells"
+    for cell in graded:
+        assert cell.metadata.nbgrader["points"] > 0
+        assert "checks." in cell.source
+    for cell in code:
+        if cell.metadata.get("nbgrader", {}).get("solution"):
+            assert "### BEGIN SOLUTION" in cell.source and "### END SOLUTION" in cell.source
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_release_has_no_drift(graded_course, assignment):
+    """exercises/ is exactly what nbgrader generate_assignment makes from solutions/."""
+    committed = json.loads((REPO / "exercises" / assignment /
+                            grading.notebook_name(assignment)).read_text())
+    generated = json.loads(grading.release_path(graded_course, assignment).read_text())
+    assert committed == generated, (
+        f"exercises/{assignment} is out of date: run `nbgrader generate_assignment {assignment} "
+        f"--force` at the repository root and commit the result")
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_release_hides_solutions_and_hidden_tests(assignment):
+    text = (REPO / "exercises" / assignment / grading.notebook_name(assignment)).read_text()
+    assert "BEGIN SOLUTION" not in text and "HIDDEN TESTS" not in text
+    assert "raise NotImplementedError()" in text
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_solution_passes_nbgrader_validate(assignment):
+    result = grading.validate(REPO / "solutions" / assignment / grading.notebook_name(assignment))
+    assert result.passed, result.output
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_solution_scores_full_marks(graded_course, assignment):
+    score = grading.scores(graded_course, assignment)[SOLUTION_STUDENT]
+    lost = {cell: s for cell, s in score.cells.items() if s[0] != s[1]}
+    assert score.max_score > 0
+    assert score.score == score.max_score, f"solution lost points in {lost}"
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_blank_release_scores_zero(graded_course, assignment):
+    score = grading.scores(graded_course, assignment)[BLANK_STUDENT]
+    earned = {cell: s for cell, s in score.cells.items() if s[0] > 0}
+    assert score.score == 0, f"a blank notebook earned points in {earned}"
