@@ -40,16 +40,22 @@ def readonly_code(grade_id: str, source: str) -> nbformat.NotebookNode:
         grade_id, grade=False, solution=False, locked=True))
 
 
+# Where Colab installs course_lib from (keep equal to _config.yml's repository.url).
+REPOSITORY_URL = "https://github.com/efficient-convolutions/efficient-convolutions"
+
+
 def setup_cell(assignment: str, extra: str = "") -> nbformat.NotebookNode:
-    """First cell: import course_lib (telling Colab users how to get it) and the checks."""
+    """First cell: install course_lib if it is missing (Colab), then import the checks.
+
+    Importing the checks before any student cell runs lets them capture their PyTorch references
+    first (see course_lib.checks)."""
     source = f'''
-# Setup (run this first). On Colab, run the course's install cell from the book's
-# "Working on the exercises" page first if this import fails.
-try:
-    import course_lib
-except ImportError as error:
-    raise ImportError("course_lib is not installed: run `pip install -e .` in the course "
-                      "repository (or the install cell on Colab)") from error
+# Setup: run this cell first. Where course_lib is missing (e.g. on Colab) it installs the course's
+# package from its repository; everywhere else it does nothing.
+import importlib.util, subprocess, sys
+if importlib.util.find_spec("course_lib") is None:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    "git+{REPOSITORY_URL}"], check=True)
 import course_lib.checks.{assignment} as checks
 {extra}'''
     return readonly_code("setup", source)

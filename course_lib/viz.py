@@ -142,3 +142,25 @@ def draw_sliding_window(size: int, kernel_size: int, position: tuple[int, int] =
     ax.set_axis_off()
     ax.set_title(title or f"output pixel {position}", fontsize=9)
     return ax
+
+
+def plot_history(history, metric_name: str = "accuracy", ax=None):
+    """Loss curves (train, and validation when recorded) and the validation metric on a twin
+    axis, from a :class:`course_lib.training.History`."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.5))
+    epochs = range(1, len(history.train_loss) + 1)
+    ax.plot(epochs, history.train_loss, label="train loss")
+    if history.val_loss:
+        ax.plot(epochs, history.val_loss, label="validation loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    handles, labels = ax.get_legend_handles_labels()
+    if history.val_metric:
+        twin = ax.twinx()
+        twin.plot(epochs, history.val_metric, color="tab:green", label=f"validation {metric_name}")
+        twin.set_ylabel(metric_name)
+        h2, l2 = twin.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    ax.legend(handles, labels, loc="center right", fontsize=8)
+    return ax

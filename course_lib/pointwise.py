@@ -1,0 +1,46 @@
+"""Pointwise (1x1) convolution: a per-pixel linear map over channels."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from course_lib import _validate as v
+
+
+class PointwiseConv2d(nn.Conv2d):
+    """A 1x1 convolution from ``in_channels`` to ``out_channels``: ``nn.Conv2d`` with kernel 1.
+
+    It is nothing but a standard convolution with K = 1; the class exists to name the idea and to
+    validate its arguments. Stride s > 1 keeps only every s-th pixel in each direction.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, bias: bool = True,
+                 groups: int = 1):
+        v.positive_int(in_channels, "in_channels")
+        v.positive_int(out_channels, "out_channels")
+        v.positive_int(stride, "stride")
+        v.check_groups(in_channels, out_channels, groups)
+        super().__init__(in_channels, out_channels, kernel_size=1, stride=stride, bias=bias,
+                         groups=groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v.tensor_of_rank(x, 4, "input", "N, C, H, W")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"PointwiseConv2d expects {self.in_channels} input channels, "
+                             f"got input of shape {tuple(x.shape)}")
+        return super().forward(x)
+
+
+def pointwise_as_matmul(x: torch.Tensor, weight: torch.Tensor,
+                        bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The same computation as a matrix multiply over the channel axis at every pixel:
+    ``out[n, :, i, j] = W @ x[n, :, i, j] + b`` with ``W`` of shape (M, C) (or (M, C, 1, 1))."""
+    v.tensor_of_rank(x, 4, "input", "N, C, H, W")
+    w = weight.reshape(weight.shape[0], -1) if weight.dim() == 4 else weight
+    if w.dim() != 2 or w.shape[1] != x.shape[1]:
+        raise ValueError(f"weight must be (M, {x.shape[1]}) or (M, {x.shape[1]}, 1, 1), "
+                         f"got {tuple(weight.shape)}")
+    out = torch.einsum("mc,nchw->nmhw", w, x)
+    if bias is not None:
+        out = out + bias.view(1, -1, 1, 1)
+    return out

@@ -1,0 +1,31 @@
+"""course_lib.authoring writes notebooks nbgrader understands."""
+import nbformat
+import pytest
+
+from course_lib import authoring
+
+
+def test_cells_carry_nbgrader_metadata(tmp_path):
+    path = authoring.write_notebook(tmp_path / "ex99_demo.ipynb", [
+        authoring.markdown("intro", "# Demo"),
+        authoring.setup_cell("ex99_demo"),
+        authoring.solution("part1", "def f():\n    ### BEGIN SOLUTION\n    return 1\n"
+                                    "    ### END SOLUTION"),
+        authoring.tests("part1-tests", 2, "checks.check(f)", "checks.check(f, hidden=True)"),
+    ])
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    meta = [c.metadata["nbgrader"] for c in nb.cells]
+    assert [m["grade_id"] for m in meta] == ["intro", "setup", "part1", "part1-tests"]
+    assert meta[2]["solution"] and not meta[2]["locked"]
+    assert meta[3]["grade"] and meta[3]["points"] == 2 and meta[3]["locked"]
+    assert "### BEGIN HIDDEN TESTS" in nb.cells[3].source
+    assert "import course_lib.checks.ex99_demo as checks" in nb.cells[1].source
+    assert authoring.REPOSITORY_URL in nb.cells[1].source
+    assert all(c.get("outputs", []) == [] for c in nb.cells)
+
+
+def test_duplicate_grade_ids_rejected(tmp_path):
+    with pytest.raises(ValueError, match="duplicate grade_id"):
+        authoring.write_notebook(tmp_path / "x.ipynb", [authoring.markdown("a", "x"),
+                                                        authoring.markdown("a", "y")])
