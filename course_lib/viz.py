@@ -164,3 +164,139 @@ def plot_history(history, metric_name: str = "accuracy", ax=None):
         handles, labels = handles + h2, labels + l2
     ax.legend(handles, labels, loc="center right", fontsize=8)
     return ax
+
+
+def draw_sampled_pixels(counts: torch.Tensor, ax=None, title: str | None = None,
+                        annotate: bool = False):
+    """Input pixels read by one output pixel (e.g. from ``course_lib.atrous.sampled_pixels``):
+    a (H, W) map of path counts, drawn on a grid; pixels never read (count 0) stay white."""
+    if not isinstance(counts, torch.Tensor) or counts.dim() != 2:
+        raise ValueError("counts must be a 2-D tensor (H, W), got "
+                         f"{tuple(counts.shape) if isinstance(counts, torch.Tensor) else type(counts).__name__}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(3.2, 3.2))
+    values = counts.detach().double().cpu()
+    masked = torch.where(values > 0, values, torch.tensor(float("nan"), dtype=values.dtype))
+    cmap = plt.get_cmap("Oranges").with_extremes(bad="white")
+    h, w = values.shape
+    ax.imshow(masked.numpy(), cmap=cmap, vmin=0, extent=(0, w, h, 0))
+    for r in range(h + 1):
+        ax.axhline(r, color="#cccccc", linewidth=0.5)
+    for c in range(w + 1):
+        ax.axvline(c, color="#cccccc", linewidth=0.5)
+    ax.add_patch(Rectangle((w // 2, h // 2), 1, 1, fill=False, edgecolor="black", linewidth=1.5))
+    if annotate:
+        for r in range(h):
+            for c in range(w):
+                if values[r, c] > 0:
+                    ax.text(c + 0.5, r + 0.5, f"{int(values[r, c])}", ha="center", va="center",
+                            fontsize=6)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_aspect("equal")
+    read = int((values > 0).sum())
+    ax.set_title(title or f"{read} of {h * w} pixels read", fontsize=9)
+    return ax
+
+
+def show_masks(masks: Sequence[torch.Tensor], titles: Sequence[str] | None = None,
+               size: float = 2.4, suptitle: str | None = None):
+    """Draw boolean (H, W) masks side by side on a fixed scale (black = True, white = False) with a
+    grid between pixels, e.g. the input pixels a layer reads (an all-True mask stays black, which
+    ``show_feature_maps``' per-panel colour scaling would not guarantee)."""
+    masks = list(masks)
+    if not masks or not all(isinstance(m, torch.Tensor) and m.dim() == 2 for m in masks):
+        raise ValueError("masks must be a non-empty sequence of (H, W) tensors")
+    if titles is not None and len(titles) != len(masks):
+        raise ValueError(f"got {len(titles)} titles for {len(masks)} masks")
+    fig, axes = plt.subplots(1, len(masks), figsize=(size * len(masks), size), squeeze=False)
+    for i, (ax, mask) in enumerate(zip(axes.flat, masks)):
+        h, w = mask.shape
+        ax.imshow(mask.detach().float().cpu().numpy(), cmap="Greys", vmin=0, vmax=1)
+        ax.set_xticks([c - 0.5 for c in range(1, w)], minor=True)
+        ax.set_yticks([r - 0.5 for r in range(1, h)], minor=True)
+        ax.grid(which="minor", color="#999999", linewidth=0.5)
+        ax.tick_params(which="both", length=0, labelbottom=False, labelleft=False)
+        if titles:
+            ax.set_title(titles[i], fontsize=9)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def draw_logo(path=None, size_px: int = 256):
+    """Draw the course's logo: three channel slices of a feature map, each with its own 3x3 kernel
+    (a depthwise convolution), joined by one 1x1 column through all of them (the pointwise step).
+
+    Drawn by code so the book carries no hand-made image; ``python -m course_lib.logo`` writes the
+    committed ``book/_static/logo.png`` and ``favicon.png`` with it. Returns the figure; when
+    ``path`` is given, saves a square PNG of ``size_px`` pixels with no timestamps in its metadata
+    (so redrawing it gives the same pixels)."""
+    if not isinstance(size_px, int) or size_px < 16:
+        raise ValueError(f"size_px must be an int >= 16, got {size_px!r}")
+    fig = plt.figure(figsize=(1, 1), dpi=size_px)
+    ax = fig.add_axes([0, 0, 1, 1])
+    ax.set_xlim(0, 10)
+    ax.set_ylim(0, 10)
+    ax.set_axis_off()
+    colours = ["#d1495b", "#66a182", "#2e86ab"]  # one per channel
+    cells, cell = 4, 1.35  # a 4x4 slice drawn with square cells
+    for k, colour in enumerate(colours):
+        # Slices are stacked back to front, each shifted up-right, like a 3-D volume.
+        x0, y0 = 0.6 + 1.45 * k, 3.4 - 1.45 * k
+        ax.add_patch(Rectangle((x0, y0), cells * cell, cells * cell, facecolor="white",
+                               edgecolor="#333333", linewidth=size_px / 128))
+        for i in range(1, cells):
+            ax.plot([x0 + i * cell] * 2, [y0, y0 + cells * cell], color="#bbbbbb",
+                    linewidth=size_px / 256)
+            ax.plot([x0, x0 + cells * cell], [y0 + i * cell] * 2, color="#bbbbbb",
+                    linewidth=size_px / 256)
+        # This channel's own 3x3 kernel (depthwise): the top-left 3x3 window.
+        ax.add_patch(Rectangle((x0, y0 + cell), 3 * cell, 3 * cell, facecolor=colour, alpha=0.85,
+                               edgecolor="#222222", linewidth=size_px / 128))
+    # The 1x1 pointwise column: one pixel position through every slice.
+    ax.plot([0.6 + 3.5 * cell, 0.6 + 2 * 1.45 + 3.5 * cell],
+            [3.4 + 0.5 * cell, 3.4 - 2 * 1.45 + 0.5 * cell],
+            color="#f4a259", linewidth=size_px / 32, solid_capstyle="round")
+    if path is not None:
+        fig.savefig(path, dpi=size_px, transparent=True, metadata={"Software": None})
+    return fig
+
+
+def plot_roofline(peak_flops: dict[str, float], memory_bytes_per_s: float,
+                  points: Sequence[tuple[str, float, float | None]] = (), ax=None,
+                  title: str | None = None):
+    """Roofline chart (log-log): attainable FLOP/s = min(peak, intensity x bandwidth).
+
+    ``peak_flops`` maps a label (e.g. "FP32") to a compute ceiling in FLOP/s; ``points`` are
+    (label, arithmetic intensity in FLOP/byte, achieved FLOP/s or None). A point with None is
+    drawn on the roof (the best the model allows); a measured one at its height.
+    """
+    if memory_bytes_per_s <= 0 or not peak_flops or min(peak_flops.values()) <= 0:
+        raise ValueError("memory_bytes_per_s and every peak in peak_flops must be > 0")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4.2))
+    intensities = [p[1] for p in points if p[1] > 0]
+    lo = min([0.1, *intensities]) / 2
+    hi = max([10 * max(peak_flops.values()) / memory_bytes_per_s, *intensities]) * 2
+    xs = torch.logspace(math.log10(lo), math.log10(hi), 200)
+    for i, (label, peak) in enumerate(sorted(peak_flops.items(), key=lambda kv: kv[1])):
+        roof = torch.clamp(xs * memory_bytes_per_s, max=peak)
+        ax.loglog(xs, roof, color=f"C{i}", linewidth=2,
+                  label=f"{label} roof ({peak / 1e12:g} TFLOP/s)")
+        ax.axvline(peak / memory_bytes_per_s, color=f"C{i}", linestyle=":", linewidth=1)
+    top = max(peak_flops.values())
+    markers = "osD^v<>"
+    for j, (label, intensity, achieved) in enumerate(points):
+        y = achieved if achieved is not None else min(top, intensity * memory_bytes_per_s)
+        ax.scatter([intensity], [y], marker=markers[j % len(markers)], s=60, color="black",
+                   zorder=5, facecolors="none" if achieved is None else "black")
+        ax.annotate(label, (intensity, y), textcoords="offset points", xytext=(6, -12),
+                    fontsize=8)
+    ax.set_xlabel("arithmetic intensity (FLOP / byte)")
+    ax.set_ylabel("FLOP/s")
+    ax.set_title(title or f"roofline: {memory_bytes_per_s / 1e12:g} TB/s memory")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(True, which="both", alpha=0.3)
+    return ax

@@ -4,6 +4,7 @@ marks when autograded, and the blank release scores 0."""
 from __future__ import annotations
 
 import json
+import os
 
 import nbformat
 import pytest
@@ -15,7 +16,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_there_are_assignments():
-    assert "ex01_standard" in ASSIGNMENTS
+    if os.environ.get("COURSE_ASSIGNMENTS"):
+        pytest.skip("COURSE_ASSIGNMENTS limits the run to some assignments")
+    assert "ex01_standard" in ASSIGNMENTS and len(ASSIGNMENTS) == len(grading.assignments(REPO))
 
 
 def _notebooks(folder: str) -> list:

@@ -1,0 +1,108 @@
+"""Exercise 3's checks: correct answers pass with nothing on stderr; realistic wrong answers fail
+with a message that names the input and the mistake."""
+import contextlib
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import course_lib.checks.ex03_depthwise as checks
+from course_lib.costs import conv2d_macs, conv2d_params
+from course_lib.depthwise import depthwise_per_channel, keras_to_torch_depthwise_kernel
+from test_checks_ex02 import failure, notebook_cell
+
+
+def reference_params(c, kernel, k=1, bias=True):
+    return conv2d_params(c, c * k, kernel, groups=c, bias=bias)
+
+
+def reference_macs(c, kernel, oh, ow, k=1):
+    return conv2d_macs(c, c * k, kernel, (oh, ow), groups=c)
+
+
+
+
+@pytest.mark.parametrize("hidden", [False, True])
+def test_reference_answers_pass_without_stderr(hidden, capsys):
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        checks.check_depthwise_conv2d(depthwise_per_channel, hidden=hidden)
+        checks.check_keras_to_torch(keras_to_torch_depthwise_kernel, hidden=hidden)
+        checks.check_depthwise_params(reference_params, hidden=hidden)
+        checks.check_depthwise_macs(reference_macs, hidden=hidden)
+    assert stderr.getvalue() == ""
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and all(line.startswith("\u2714") for line in lines)
+
+
+def test_conv2d_is_restored_after_the_check():
+    original = F.conv2d
+    checks.check_depthwise_conv2d(depthwise_per_channel)
+    assert F.conv2d is original and torch.conv2d is original
+
+
+def test_grouped_conv_is_refused():
+    msg = failure(checks.check_depthwise_conv2d,
+                  lambda x, w, bias=None, **kw: F.conv2d(x, w, bias, groups=x.shape[1], **kw))
+    assert "must not call a grouped convolution" in msg
+
+
+def test_multiplier_first_output_order_is_named():
+    def wrong_order(x, w, bias=None, **kw):
+        out = depthwise_per_channel(x, w, bias, **kw)
+        return checks.multiplier_first(out, x.shape[1], 1)
+    msg = failure(checks.check_depthwise_conv2d, wrong_order)
+    assert "wrong channel order" in msg and "c * k + j" in msg
+
+
+def test_missing_bias_is_named():
+    msg = failure(checks.check_depthwise_conv2d,
+                  lambda x, w, bias=None, **kw: depthwise_per_channel(x, w, None, **kw))
+    assert "lack the bias" in msg and "depthwise_conv2d(<tensor of shape (2, 4, 7, 11)>" in msg
+
+
+def test_ignored_stride_reports_shape():
+    msg = failure(checks.check_depthwise_conv2d,
+                  lambda x, w, bias=None, stride=1, padding=0, dilation=1:
+                  depthwise_per_channel(x, w, bias, 1, padding, dilation))
+    assert "wrong shape" in msg and "stride=2" in msg
+
+
+def test_the_given_bug_and_other_conversion_mistakes():
+    buggy = notebook_cell("part2-buggy", "ex03_depthwise")["buggy_keras_to_torch"]
+    assert "still the bug" in failure(checks.check_keras_to_torch, buggy)
+    swapped = failure(checks.check_keras_to_torch,
+                      lambda kernel: keras_to_torch_depthwise_kernel(kernel.transpose(0, 1)))
+    assert "K_h and K_w are swapped" in swapped
+    no_one = failure(checks.check_keras_to_torch,
+                     lambda kernel: keras_to_torch_depthwise_kernel(kernel)[:, 0])
+    assert "wrong shape" in no_one and "with a 1 for the single input" in no_one
+
+
+def test_keras_order_reference_is_independent_of_course_lib():
+    kernel = torch.randn(3, 2, 4, 3)
+    torch.testing.assert_close(checks.keras_order_reference(kernel),
+                               keras_to_torch_depthwise_kernel(kernel))
+
+
+def test_cost_mistakes():
+    standard = failure(checks.check_depthwise_params,
+                       lambda c, kernel, k=1, bias=True: conv2d_params(c, c * k, kernel, bias=bias))
+    assert "standard convolution's count" in standard
+    doubled = lambda c, kernel, oh, ow, k=1: 2 * reference_macs(c, kernel, oh, ow, k)  # noqa: E731
+    assert "do not double" in failure(checks.check_depthwise_macs, doubled)
+    no_mult = failure(checks.check_depthwise_macs,
+                      lambda c, kernel, oh, ow, k=1: kernel * kernel * c * oh * ow)
+    assert "multiply by it" in no_mult and "depthwise_macs(16, 5, 28, 20, 2)" in no_mult
+    def bias_per_input_channel(c, kernel, k=1, bias=True):
+        return kernel * kernel * c * k + (c if bias else 0)
+    bias_per_channel = failure(checks.check_depthwise_params, bias_per_input_channel)
+    assert "C * k of them" in bias_per_channel
+
+
+def test_mobilenet_layer():
+    checks.check_mobilenet_layer(288, 3_612_672, 32)
+    assert "no bias" in failure(checks.check_mobilenet_layer, 320, 3_612_672, 32)
+    assert "FLOPs" in failure(checks.check_mobilenet_layer, 288, 2 * 3_612_672, 32)
+    assert "other way round" in failure(checks.check_mobilenet_layer, 288, 3_612_672, 1 / 32)

@@ -1,0 +1,144 @@
+"""Exercise 4's checks: reference answers pass with nothing on stderr; realistic wrong answers fail
+with a message that names the input and the mistake."""
+import contextlib
+import io
+
+import pytest
+import torch
+from torch import nn
+
+import course_lib.checks.ex04_separable as checks
+from course_lib.checks import CheckFailed
+from course_lib.separable import separable_macs, separable_params, separable_to_full_kernel
+
+
+def ref_params(c, m, k, d=1):
+    return separable_params(c, m, k, d)
+
+
+def ref_macs(c, m, k, h, w, d=1):
+    return separable_macs(c, m, k, (h, w), d)
+
+
+def ref_full(dw, pw):
+    return separable_to_full_kernel(dw, pw)   # a lambda-free wrapper: __module__ is this file
+
+
+def make_block(groups_bug=False, stride_on_pointwise=False, bias=False, swap=False,
+               order_bug=False):
+    class Block(nn.Module):
+        def __init__(self, c, m, k=3, s=1):
+            super().__init__()
+            self.depthwise = nn.Conv2d(c, c, k, stride=1 if stride_on_pointwise else s,
+                                       padding=k // 2, groups=1 if groups_bug else c, bias=bias)
+            self.pointwise = nn.Conv2d(c, m, 1, stride=s if stride_on_pointwise else 1,
+                                       bias=bias)
+            if swap:
+                self.depthwise, self.pointwise = (nn.Conv2d(c, m, 1, bias=False),
+                                                  nn.Conv2d(m, m, k, s, k // 2, groups=m,
+                                                            bias=False))
+
+        def forward(self, x):
+            if order_bug:   # pointwise applied twice / depthwise skipped
+                return self.pointwise(x[..., ::self.depthwise.stride[0], ::self.depthwise.stride[0]])
+            return self.pointwise(self.depthwise(x))
+    return Block
+
+
+@pytest.mark.parametrize("hidden", [False, True])
+def test_reference_answers_pass_without_stderr(hidden):
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        checks.check_separable_params(ref_params, hidden=hidden)
+        checks.check_separable_macs(ref_macs, hidden=hidden)
+        checks.check_separable_block(make_block(), hidden=hidden)
+        checks.check_separable_to_full(ref_full, hidden=hidden)
+    assert stderr.getvalue() == ""
+
+
+def test_numbers_pass():
+    checks.check_numbers(432, 75, 1 / (1 / 16 + 1 / 9), 9)
+
+
+def failure(check, *args, **kwargs) -> str:
+    with pytest.raises(CheckFailed) as info:
+        check(*args, **kwargs)
+    return str(info.value)
+
+
+def test_params_mistakes_are_named():
+    msg = failure(checks.check_separable_params, lambda c, m, k, d=1: k * k * c * m)
+    assert "separable_params(3, 16, 3, 1)" in msg and "standard convolution" in msg
+    msg = failure(checks.check_separable_params, lambda c, m, k, d=1: k * k * c * c + c * m)
+    assert "groups=C" in msg
+    msg = failure(checks.check_separable_params, lambda c, m, k, d=1: k * k * c + c * m)
+    assert "depth multiplier" in msg and "(8, 8, 5, 2)" in msg
+    msg = failure(checks.check_separable_params, lambda c, m, k, d=1: k * k * c * d + c * m)
+    assert "C*d channels" in msg
+
+
+def test_macs_mistakes_are_named():
+    assert "FLOPs" in failure(checks.check_separable_macs,
+                              lambda *a: 2 * ref_macs(*a))
+    assert "left out the pointwise" in failure(
+        checks.check_separable_macs, lambda c, m, k, h, w, d=1: k * k * c * d * h * w)
+    assert "number of weights" in failure(
+        checks.check_separable_macs, lambda c, m, k, h, w, d=1: ref_params(c, m, k, d))
+
+
+def test_buggy_block_from_the_notebook_fails_on_groups_first():
+    msg = failure(checks.check_separable_block, make_block(groups_bug=True,
+                                                           stride_on_pointwise=True))
+    assert "groups" in msg and "SeparableConv2d(4, 8, 3, 1)" in msg
+
+
+def test_stride_on_pointwise_is_explained():
+    msg = failure(checks.check_separable_block, make_block(stride_on_pointwise=True))
+    assert "stride is on the pointwise" in msg and "75%" in msg
+
+
+def test_bias_swap_and_wrong_forward_are_caught():
+    assert "bias=False" in failure(checks.check_separable_block, make_block(bias=True))
+    assert "swapped" in failure(checks.check_separable_block, make_block(swap=True))
+    assert "wrong values" in failure(checks.check_separable_block, make_block(order_bug=True))
+
+
+def test_block_that_is_not_a_module_or_not_implemented():
+    def stub(*args):
+        raise NotImplementedError()
+
+    assert "not implemented yet" in failure(checks.check_separable_block, stub)
+    assert "nn.Module" in failure(checks.check_separable_block, lambda *a: 3)
+
+
+def test_full_kernel_mistakes():
+    transposed = lambda dw, pw: ref_full(dw, pw).transpose(0, 1)  # noqa: E731
+    msg = failure(checks.check_separable_to_full, transposed)
+    assert "(out_channels, in_channels, K, K)" in msg
+    summed = lambda dw, pw: ref_full(dw, pw).sum(1, keepdim=True)  # noqa: E731
+    assert "wrong shape" in failure(checks.check_separable_to_full, summed)
+    wrong = lambda dw, pw: ref_full(dw, pw) + 0.1  # noqa: E731
+    assert "wrong values" in failure(checks.check_separable_to_full, wrong)
+    assert "your own code" in failure(checks.check_separable_to_full, separable_to_full_kernel)
+
+
+def test_number_mistakes():
+    assert "K^2 is the limit" in failure(checks.check_numbers, 432, 75, 9, 9)
+    assert "separable / standard" in failure(checks.check_numbers, 432, 75,
+                                             1 / 16 + 1 / 9, 9)
+    assert "groups=3" in failure(checks.check_numbers, 432, 27 * 16 + 48, 5.76, 9)
+    assert "min(16, 9)" in failure(checks.check_numbers, 432, 75, 1 / (1 / 16 + 1 / 9), 16)
+    assert "no bias" in failure(checks.check_numbers, 448, 75, 1 / (1 / 16 + 1 / 9), 9)
+    assert "expected a whole number" in failure(checks.check_numbers, "432", 75, 5.76, 9)
+    assert "expected a number" in failure(checks.check_numbers, 432, 75, None, 9)
+
+
+def test_student_overwriting_conv2d_does_not_change_the_reference():
+    import torch.nn.functional as F
+
+    original = F.conv2d
+    try:
+        F.conv2d = lambda *a, **k: torch.zeros(1)
+        checks.check_separable_to_full(ref_full)
+    finally:
+        F.conv2d = original
