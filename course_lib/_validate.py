@@ -59,3 +59,12 @@ def check_groups(in_channels: int, out_channels: int, groups: int) -> None:
         raise ValueError(f"groups={groups} must divide in_channels={in_channels}")
     if out_channels % groups:
         raise ValueError(f"groups={groups} must divide out_channels={out_channels}")
+
+
+def image_batch(x: object, channels: int, layer: str) -> torch.Tensor:
+    """A layer's input: an (N, C, H, W) tensor with the channel count the layer was built for."""
+    tensor_of_rank(x, 4, "input", "N, C, H, W")
+    if x.shape[1] != channels:
+        raise ValueError(f"{layer} expects {channels} input channels, "
+                         f"got input of shape {tuple(x.shape)}")
+    return x

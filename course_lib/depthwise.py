@@ -33,11 +33,7 @@ class DepthwiseConv2d(nn.Conv2d):
         self.depth_multiplier = depth_multiplier
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        v.tensor_of_rank(x, 4, "input", "N, C, H, W")
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"DepthwiseConv2d expects {self.in_channels} input channels, "
-                             f"got input of shape {tuple(x.shape)}")
-        return super().forward(x)
+        return super().forward(v.image_batch(x, self.in_channels, "DepthwiseConv2d"))
 
 
 def depthwise_per_channel(x: torch.Tensor, weight: torch.Tensor,

@@ -24,11 +24,7 @@ class PointwiseConv2d(nn.Conv2d):
                          groups=groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        v.tensor_of_rank(x, 4, "input", "N, C, H, W")
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"PointwiseConv2d expects {self.in_channels} input channels, "
-                             f"got input of shape {tuple(x.shape)}")
-        return super().forward(x)
+        return super().forward(v.image_batch(x, self.in_channels, "PointwiseConv2d"))
 
 
 def pointwise_as_matmul(x: torch.Tensor, weight: torch.Tensor,
