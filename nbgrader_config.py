@@ -11,3 +11,12 @@ c.Execute.timeout = 120
 c.ExecutePreprocessor.timeout = 120
 # Student code must not leave stale state between runs.
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
+
+# --- Grading settings (autograde only; nothing here changes what generate_assignment produces) ---
+# A test cell the student deleted is put back (from the gradebook) and graded, not skipped.
+c.OverwriteCells.add_missing_cells = True
+# A cell that floods its output keeps the first 1000 lines in the graded notebook and feedback.
+c.LimitOutput.max_lines = 1000
+c.LimitOutput.max_traceback = 100
+# An infinite loop is interrupted at the cell timeout (above) and the notebook goes on.
+c.Execute.interrupt_on_timeout = True

@@ -3,6 +3,9 @@
 The repository itself is an nbgrader course (``nbgrader_config.py`` at the root: sources in
 ``solutions/``, releases in ``exercises/``). :func:`new_course` makes a throw-away copy of it in a
 temporary directory so tests and dry runs never touch the repository's own gradebook.
+
+Grading a whole class (ingest, tamper-resistant re-check, feedback, CSV, report) is
+:mod:`course_lib.grade_class`; this module keeps the single nbgrader steps.
 """
 from __future__ import annotations
 
@@ -41,9 +44,11 @@ def notebook_name(assignment: str) -> str:
 
 
 def run_nbgrader(args: list[str], cwd: Path, timeout: float = 1800,
-                 check: bool = True) -> subprocess.CompletedProcess:
-    """Run ``python -m nbgrader ARGS`` in ``cwd`` (the course directory) and capture its output."""
-    env = dict(os.environ)
+                 check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m nbgrader ARGS`` in ``cwd`` (the course directory) and capture its output.
+
+    ``env`` replaces the environment (e.g. :func:`course_lib.grading_kernel.kernel_env`)."""
+    env = dict(os.environ if env is None else env)
     env.setdefault("PYTHONUNBUFFERED", "1")
     # Headless plotting in the kernels nbgrader starts.
     env["MPLBACKEND"] = "Agg"

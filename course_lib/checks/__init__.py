@@ -95,6 +95,12 @@ def expect_tensor(actual: Any, expected: torch.Tensor, what: str, atol: float = 
     if not isinstance(actual, torch.Tensor):
         fail(f"{what}: expected a torch.Tensor of shape {tuple(expected.shape)}, "
              f"got {type(actual).__name__}.")
+    if type(actual) is torch.nn.Parameter:
+        actual = actual.data
+    if type(actual) is not torch.Tensor:
+        # A subclass can override arithmetic and comparisons (__torch_function__) to look right.
+        fail(f"{what}: expected a plain torch.Tensor, got the subclass {type(actual).__name__}; "
+             f"return the tensor itself.")
     if tuple(actual.shape) != tuple(expected.shape):
         fail(f"{what}: wrong shape {tuple(actual.shape)}, expected {tuple(expected.shape)}.")
     if not actual.is_floating_point():

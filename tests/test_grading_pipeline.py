@@ -1,0 +1,299 @@
+"""The class-grading pipeline (course_lib.grade_class) against broken and hostile submissions.
+
+One real run of the pipeline (real ``nbgrader autograde`` + the re-check) grades a batch of
+adversarial notebooks built from exercise 1; each must get exactly the score it deserves, computed
+here from the points in the *source* notebook: a submission that breaks part k loses part k's
+points and nothing else (a dead kernel loses every test after the crash). Every submission has one
+row in the CSV export and its problem is reported.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import zipfile
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from course_lib import grade_class, grading
+from course_lib.grading_recheck import Guard
+
+REPO = Path(__file__).resolve().parents[1]
+ASSIGNMENT = "ex01_standard"
+SOURCE = REPO / "solutions" / ASSIGNMENT / grading.notebook_name(ASSIGNMENT)
+CELL_TIMEOUT = 40  # s per cell: a first FlopCounterMode use takes ~15 s on a busy 2-core box
+MEM_MB = 3072      # kernel address-space limit in the test run
+
+
+def _source_points() -> dict[str, float]:
+    nb = nbformat.read(SOURCE, as_version=4)
+    return {c.metadata.nbgrader["grade_id"]: float(c.metadata.nbgrader["points"])
+            for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")}
+
+
+POINTS = _source_points()
+TOTAL = sum(POINTS.values())
+# Part 5 answered without calling the student's functions, so that breaking part k costs only k.
+LITERAL_PART5 = ("vgg_out_size = 56\nvgg_params = 3 * 3 * 128 * 256 + 256\n"
+                 "vgg_macs = 3 * 3 * 128 * 256 * 56 * 56")
+
+
+def _cells_by_id(nb) -> dict[str, nbformat.NotebookNode]:
+    return {c.metadata.nbgrader["grade_id"]: c for c in nb.cells if "nbgrader" in c.metadata}
+
+
+def _solved_release() -> nbformat.NotebookNode:
+    """The student release with every solution cell filled in from the source notebook."""
+    release = nbformat.read(REPO / "exercises" / ASSIGNMENT / grading.notebook_name(ASSIGNMENT),
+                            as_version=4)
+    source = _cells_by_id(nbformat.read(SOURCE, as_version=4))
+    for cell in release.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if meta.get("solution"):
+            cell.source = source[meta["grade_id"]].source
+    _cells_by_id(release)["part5"].source = LITERAL_PART5
+    return release
+
+
+def _with(edits: dict[str, str]) -> nbformat.NotebookNode:
+    """The solved release with some solution cells' source replaced."""
+    nb = copy.deepcopy(_solved_release())
+    cells = _cells_by_id(nb)
+    for gid, source in edits.items():
+        cells[gid].source = source
+    return nb
+
+
+WRONG_UNFOLD = "def conv2d_unfold(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):\n"
+
+
+def _adversarial() -> dict[str, tuple[object, float]]:
+    """student -> (notebook, text or None; expected score)."""
+    p = POINTS
+    unfold_shape = ("    n, m = x.shape[0], weight.shape[0]\n"
+                    "    oh = conv_output_size(x.shape[2], weight.shape[2], stride, padding, dilation)\n"
+                    "    ow = conv_output_size(x.shape[3], weight.shape[3], stride, padding, dilation)\n")
+    subs: dict[str, tuple[object, float]] = {
+        "solution": (_solved_release(), TOTAL),
+        "blank": (nbformat.read(REPO / "exercises" / ASSIGNMENT /
+                                grading.notebook_name(ASSIGNMENT), as_version=4), 0.0),
+        "infinite_loop": (_with({"part3": "def conv_macs(*args):\n    while True:\n        pass"}),
+                          TOTAL - p["part3-tests"]),
+        "exit_kernel": (_with({"part2": "import os\nos._exit(1)"}), p["part1-tests"]),
+        "kill_kernel": (_with({"part4": "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)"}),
+                        p["part1-tests"] + p["part2-tests"] + p["part3-tests"]),
+        "runaway_memory": (_with({"part4": WRONG_UNFOLD + "    hog = []\n    while True:\n"
+                                  "        hog.append(torch.empty(2**28))"}),
+                           TOTAL - p["part4-tests"]),
+        "output_flood": (_with({"part1": _cells_by_id(_solved_release())["part1"].source +
+                                "\nfor i in range(300_000):\n    print('spam', i)"}), TOTAL),
+        "system_exit": (_with({"part2": "raise SystemExit('bye')"}), TOTAL - p["part2-tests"]),
+        "keyboard_interrupt": (_with({"part3": "def conv_macs(*args):\n"
+                                      "    raise KeyboardInterrupt"}),
+                               TOTAL - p["part3-tests"]),
+        "nan_result": (_with({"part4": WRONG_UNFOLD + unfold_shape +
+                              "    return torch.full((n, m, oh, ow), float('nan'))"}),
+                       TOTAL - p["part4-tests"]),
+        "wrong_dtype": (_with({"part4": WRONG_UNFOLD + unfold_shape +
+                               "    return torch.zeros(n, m, oh, ow, dtype=torch.long)"}),
+                        TOTAL - p["part4-tests"]),
+        "wrong_device": (_with({"part4": WRONG_UNFOLD + unfold_shape +
+                                "    return torch.zeros(n, m, oh, ow, device='meta')"}),
+                         TOTAL - p["part4-tests"]),
+        # Checks replaced in a student cell: nbgrader is fooled, the re-check is not.
+        "patch_checks": (_with({"part4": WRONG_UNFOLD + unfold_shape +
+                                "    return torch.zeros(n, m, oh, ow)\n"
+                                "checks.check_conv2d_unfold = lambda *a, **k: None"}),
+                         TOTAL - p["part4-tests"]),
+        "patch_torch": (_with({"part4": WRONG_UNFOLD + unfold_shape +
+                               "    return torch.zeros(n, m, oh, ow)\n"
+                               "torch.Tensor.any = lambda self, *a, **k: False"}),
+                        TOTAL - p["part4-tests"]),
+        # ... and replaced by the student's function while the check is calling it.
+        "patch_during_check": (_with({"part4": WRONG_UNFOLD + unfold_shape +
+                                      "    import course_lib.checks as c\n"
+                                      "    c.fail = lambda message: None\n"
+                                      "    return torch.zeros(n, m, oh, ow)"}),
+                               TOTAL - p["part4-tests"]),
+        "corrupt_json": ('{"cells": [ this is not json', 0.0),
+    }
+    # Test cells deleted: put back from the gradebook and graded (the answers are right).
+    nb = _solved_release()
+    nb.cells = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id")
+                not in ("part2-tests", "part4-tests")]
+    subs["deleted_tests"] = (nb, TOTAL)
+    # A test cell emptied and its part answered wrongly: the gradebook's test still runs.
+    nb = _with({"part3": "def conv_macs(*args):\n    return 0"})
+    _cells_by_id(nb)["part3-tests"].source = "pass"
+    subs["edited_tests"] = (nb, TOTAL - p["part3-tests"])
+    # Points raised and a test cell turned into a plain cell, its part wrong.
+    nb = _with({"part4": WRONG_UNFOLD + "    return x"})
+    _cells_by_id(nb)["part1-tests"].metadata.nbgrader["points"] = 100
+    _cells_by_id(nb)["part4-tests"].metadata.nbgrader["grade"] = False
+    subs["edited_points"] = (nb, TOTAL - p["part4-tests"])
+    return subs
+
+
+RENAMED, MISSING = "renamed_notebook", "missing_notebook"
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    """One pipeline run over every adversarial submission (2 workers)."""
+    tmp = tmp_path_factory.mktemp("class")
+    course = grading.new_course(tmp / "course", [ASSIGNMENT], root=REPO)
+    submitted = tmp / "submitted"
+    expected = {}
+    for student, (nb, score) in _adversarial().items():
+        folder = submitted / student / ASSIGNMENT
+        folder.mkdir(parents=True)
+        path = folder / grading.notebook_name(ASSIGNMENT)
+        if isinstance(nb, str):
+            path.write_text(nb)
+        else:
+            nbformat.write(nb, path)
+        expected[student] = score
+    renamed = submitted / RENAMED / ASSIGNMENT
+    renamed.mkdir(parents=True)
+    nbformat.write(_solved_release(), renamed / "ex01_standard (1).ipynb")
+    expected[RENAMED] = TOTAL
+    (submitted / MISSING / ASSIGNMENT).mkdir(parents=True)
+    expected[MISSING] = 0.0
+    result = grade_class.grade_class(ASSIGNMENT, submitted, course, workers=2,
+                                     cell_timeout=CELL_TIMEOUT, mem_mb=MEM_MB, quiet=True)
+    return result, expected, course
+
+
+
+
+@pytest.mark.slow
+def test_every_submission_gets_the_score_it_deserves(graded):
+    result, expected, _ = graded
+    got = {s.student: s.score for s in result.submissions}
+    wrong = {k: (got.get(k), v) for k, v in expected.items() if got.get(k) != v}
+    details = {s.student: s.problems for s in result.submissions if s.student in wrong}
+    assert not wrong, f"(got, expected) per student: {wrong}\nproblems: {details}"
+
+
+@pytest.mark.slow
+def test_export_has_one_row_per_submission(graded):
+    result, expected, course = graded
+    rows = list(csv.DictReader(result.csv.open()))
+    assert sorted(r["student"] for r in rows) == sorted(expected)
+    for row in rows:
+        assert float(row["score"]) == expected[row["student"]]
+        assert float(row["max_score"]) == TOTAL
+        assert sum(float(row[g]) for g in POINTS) == float(row["score"])
+    # The course gradebook holds the same scores, ungradable submissions included.
+    book = grading.scores(course, ASSIGNMENT)
+    assert {s: v.score for s, v in book.items()} == expected
+    assert all(v.max_score == TOTAL for v in book.values())
+
+
+PROBLEM_WORDS = {
+    "infinite_loop": "limit", "exit_kernel": "kernel died", "kill_kernel": "signal 9",
+    "runaway_memory": "memory limit", "output_flood": "flood of output",
+    "system_exit": "SystemExit", "keyboard_interrupt": "KeyboardInterrupt",
+    "patch_checks": "nbgrader gave", "patch_torch": "replaced protected objects",
+    "patch_during_check": "replaced while it ran", "corrupt_json": "corrupt notebook",
+    "deleted_tests": "deleted", "edited_tests": "edited", "edited_points": "metadata edited",
+    "nan_result": "NaN", "wrong_dtype": "dtype", "wrong_device": "device",
+    RENAMED: "renamed", MISSING: "missing notebook",
+}
+
+
+@pytest.mark.slow
+def test_each_problem_is_reported(graded):
+    result, _, _ = graded
+    problems = {s.student: " | ".join(s.problems) for s in result.submissions}
+    missing = {k: problems.get(k) for k, word in PROBLEM_WORDS.items()
+               if word not in problems.get(k, "")}
+    assert not missing, missing
+    assert problems["solution"] == "", "a clean solution must not be flagged"
+    assert not result.batch_problems
+    summary = result.problems.read_text()
+    for student in PROBLEM_WORDS:
+        assert student in summary
+
+
+@pytest.mark.slow
+def test_feedback_and_report_are_written(graded):
+    result, expected, _ = graded
+    for sub in result.submissions:
+        assert sub.feedback is not None and sub.feedback.is_file(), sub.student
+    assert "Score" in next(s for s in result.submissions if s.student == "corrupt_json"
+                           ).feedback.read_text()
+    for name in ("scores.png", "per_question.png", "hardest_tests.png"):
+        assert (result.out / "plots" / name).stat().st_size > 1000
+    assert "hardest" in result.report.read_text()
+
+
+# ----------------------------------------------------------------------------- fast tests
+def test_guard_detects_and_restores_replacements():
+    import torch
+
+    import course_lib.checks as checks
+
+    guard = Guard()
+    original_fail, original_any = checks.fail, torch.Tensor.any
+    try:
+        checks.fail = lambda message: None
+        torch.Tensor.any = lambda self: False
+        checks._REF["conv2d"] = None
+        changed = guard.changes()
+        assert "course_lib.checks.fail" in changed
+        assert "torch.Tensor.any" in changed
+        assert "course_lib.checks._REF (contents)" in changed
+    finally:
+        guard.restore()
+    assert checks.fail is original_fail and torch.Tensor.any is original_any
+    assert checks._REF["conv2d"] is torch.nn.functional.conv2d
+    assert guard.changes() == []
+
+
+def _info():
+    points = _source_points()
+    nb = nbformat.read(SOURCE, as_version=4)
+    cells = {c.metadata.nbgrader["grade_id"]: {"cell_type": c.cell_type,
+                                               "locked": c.metadata.nbgrader["locked"],
+                                               "source": c.source} for c in nb.cells}
+    solutions = {g for g, c in _cells_by_id(nb).items() if c.metadata.nbgrader["solution"]}
+    return grade_class.SourceInfo(ASSIGNMENT, ASSIGNMENT, list(cells), cells, points, solutions)
+
+
+def test_ingest_lms_zip(tmp_path):
+    """Flat LMS files <student>_<anything>.ipynb in a zip with one top folder; nothing dropped."""
+    archive = tmp_path / "export.zip"
+    text = nbformat.writes(_solved_release())
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("course export/alice_1234_ex01_standard.ipynb", text)
+        zf.writestr("course export/bob_99_ex01_standard-1.ipynb", text)
+        zf.writestr("course export/carol_5_ex01_standard.ipynb", "not json")
+        zf.writestr("__MACOSX/course export/._alice", "junk")
+    subs = {s.student: s for s in grade_class.ingest(archive, _info(), tmp_path / "work")}
+    assert sorted(subs) == ["alice", "bob", "carol"]
+    assert subs["alice"].notebook.is_file() and subs["bob"].notebook.is_file()
+    assert subs["alice"].problems == [], "LMS file names are not a renamed notebook"
+    assert subs["carol"].status == "corrupt" and subs["carol"].notebook is None
+
+
+def test_ingest_refuses_zip_slip(tmp_path):
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("../outside.ipynb", "{}")
+    with pytest.raises(ValueError, match="outside"):
+        grade_class.ingest(archive, _info(), tmp_path / "work")
+    assert not (tmp_path / "outside.ipynb").exists()
+
+
+def test_ingest_restores_edited_metadata(tmp_path):
+    nb = _solved_release()
+    _cells_by_id(nb)["part1-tests"].metadata.nbgrader["points"] = 100
+    folder = tmp_path / "in" / "dave" / ASSIGNMENT
+    folder.mkdir(parents=True)
+    nbformat.write(nb, folder / grading.notebook_name(ASSIGNMENT))
+    (sub,) = grade_class.ingest(tmp_path / "in", _info(), tmp_path / "work")
+    fixed = _cells_by_id(nbformat.read(sub.notebook, as_version=4))
+    assert fixed["part1-tests"].metadata.nbgrader["points"] == POINTS["part1-tests"]
+    assert any("points 100" in p for p in sub.problems)
