@@ -140,17 +140,27 @@ def expect_int(actual: Any, expected: int, what: str, hints: dict[int, str] | No
         fail(f"{what}: got {value:,}, expected {expected:,}." + (f" Hint: {hint}" if hint else ""))
 
 
+def as_number(value: Any, what: str, finite: bool = True) -> float:
+    """Accept a real number (Python, NumPy or a one-element tensor) as a float; reject anything
+    else, and non-finite values unless ``finite=False``."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        fail(f"{what}: expected a number, got {type(value).__name__} {value!r}.")
+    value = float(value)
+    if finite and not math.isfinite(value):
+        fail(f"{what}: got {value!r}, expected a finite number.")
+    return value
+
+
 def expect_close(actual: Any, expected: float, what: str, rel: float = 1e-6,
                  abs_tol: float = 1e-9) -> None:
     """Compare a real-valued answer with a relative tolerance."""
-    if isinstance(actual, torch.Tensor) and actual.numel() == 1:
-        actual = actual.item()
-    if isinstance(actual, bool) or not isinstance(actual, numbers.Real):
-        fail(f"{what}: expected a number, got {type(actual).__name__} {actual!r}.")
-    if not math.isfinite(float(actual)):
-        fail(f"{what}: got {actual!r}, expected {expected:.6g}.")
-    if not math.isclose(float(actual), expected, rel_tol=rel, abs_tol=abs_tol):
-        fail(f"{what}: got {float(actual):.6g}, expected {expected:.6g}.")
+    value = as_number(actual, what, finite=False)
+    if not math.isfinite(value):
+        fail(f"{what}: got {value!r}, expected {expected:.6g}.")
+    if not math.isclose(value, expected, rel_tol=rel, abs_tol=abs_tol):
+        fail(f"{what}: got {value:.6g}, expected {expected:.6g}.")
 
 
 @contextlib.contextmanager

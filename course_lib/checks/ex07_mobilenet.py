@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import numbers
 import time
 from typing import Any, Callable, Iterator
 
@@ -17,7 +16,8 @@ import torch
 from torch import nn
 
 from course_lib import bench, costs
-from course_lib.checks import CheckFailed, call_student, describe_call, fail, passed, quiet
+from course_lib.checks import (CheckFailed, as_number, call_student, describe_call, fail, passed,
+                               quiet)
 from course_lib.mobilenet import ConvMobileNet, MobileNetV1, layer_specs, total_macs
 from course_lib.timing import benchmark
 
@@ -123,17 +123,6 @@ def _check_mobilenet(build: Callable, hidden: bool) -> None:
 
 # --- part 2: the paper's numbers ---------------------------------------------------------------
 
-def _number(value: Any, what: str) -> float:
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        fail(f"{what}: expected a number, got {type(value).__name__} {value!r}.")
-    value = float(value)
-    if not math.isfinite(value):
-        fail(f"{what}: got {value!r}, expected a finite number.")
-    return value
-
-
 def check_paper_costs(macs_m: Any, conv_macs_ratio: Any) -> None:
     """``macs_m``: {alpha: million mult-adds at 224} for alpha 1, .75, .5, .25 (paper Table 6);
     ``conv_macs_ratio``: ConvMobileNet's mult-adds / MobileNetV1's at alpha 1, 224 (Table 4)."""
@@ -145,7 +134,7 @@ def check_paper_costs(macs_m: Any, conv_macs_ratio: Any) -> None:
         fail(f"macs_m is missing the alpha value(s) {missing}; keys should be {list(alphas)}.")
     for alpha in alphas:
         exact = total_macs(alpha, 224) / 1e6
-        got = _number(macs_m[alpha], f"macs_m[{alpha}]")
+        got = as_number(macs_m[alpha], f"macs_m[{alpha}]")
         if math.isclose(got, 2 * exact, rel_tol=1e-3):
             fail(f"macs_m[{alpha}] = {got:.1f} is twice the mult-adds: FlopCounterMode counts "
                  "FLOPs (2 per multiply-add); costs.measure_macs already halves them.")
@@ -155,7 +144,7 @@ def check_paper_costs(macs_m: Any, conv_macs_ratio: Any) -> None:
             fail(f"macs_m[{alpha}] = {got:.1f} M, expected {exact:.1f} M (the paper prints "
                  f"{round(exact)}). Measure your alpha={alpha} network at 224x224.")
     ratio = (total_macs(1.0, 224, full_conv=True) / total_macs(1.0, 224))
-    got = _number(conv_macs_ratio, "conv_macs_ratio")
+    got = as_number(conv_macs_ratio, "conv_macs_ratio")
     if math.isclose(got, 1 / ratio, rel_tol=1e-2):
         fail(f"conv_macs_ratio = {got:.3f} is upside down: divide ConvMobileNet's mult-adds by "
              "MobileNetV1's.")
@@ -249,7 +238,7 @@ def _time(time_ms: Callable, fn: Callable, warmup: int, repeats: int, device: st
     call = f"time_ms({label}, warmup={warmup}, repeats={repeats}, device={device!r})"
     result = call_student(time_ms, fn, warmup=warmup, repeats=repeats, device=device,
                           name="time_ms")
-    return _number(result, call)
+    return as_number(result, call)
 
 
 def check_time_ms(time_ms: Callable, hidden: bool = False) -> None:
@@ -308,11 +297,11 @@ def check_time_ms(time_ms: Callable, hidden: bool = False) -> None:
 def check_cpu_measurements(mobilenet_ms: Any, conv_mobilenet_ms: Any, measured_speedup: Any,
                            macs_ratio: Any, batch: int, resolution: int) -> None:
     """Numbers the student measured: plausible, self-consistent, and the MAC ratio exact."""
-    a = _number(mobilenet_ms, "mobilenet_ms")
-    b = _number(conv_mobilenet_ms, "conv_mobilenet_ms")
+    a = as_number(mobilenet_ms, "mobilenet_ms")
+    b = as_number(conv_mobilenet_ms, "conv_mobilenet_ms")
     if a <= 0 or b <= 0:
         fail(f"times must be positive milliseconds, got mobilenet_ms={a}, conv_mobilenet_ms={b}.")
-    s = _number(measured_speedup, "measured_speedup")
+    s = as_number(measured_speedup, "measured_speedup")
     if math.isclose(s, a / b, rel_tol=1e-2) and not math.isclose(a, b, rel_tol=1e-2):
         fail(f"measured_speedup = {s:.3g} is upside down: how many times longer ConvMobileNet "
              "takes, conv_mobilenet_ms / mobilenet_ms.")
@@ -322,7 +311,7 @@ def check_cpu_measurements(mobilenet_ms: Any, conv_mobilenet_ms: Any, measured_s
         x = torch.empty(1, 3, resolution, resolution)
         want = costs.measure_macs(ConvMobileNet().eval(), x) / costs.measure_macs(
             MobileNetV1().eval(), x)
-    r = _number(macs_ratio, "macs_ratio")
+    r = as_number(macs_ratio, "macs_ratio")
     if not math.isclose(r, want, rel_tol=5e-3):
         fail(f"macs_ratio = {r:.3g}, expected {want:.3g} (ConvMobileNet's mult-adds / "
              f"MobileNetV1's at {resolution}x{resolution}).")
@@ -346,7 +335,7 @@ def check_intensity(ai_depthwise: Any, ai_pointwise: Any) -> None:
     for name, value, kind in (("ai_depthwise", ai_depthwise, "depthwise"),
                               ("ai_pointwise", ai_pointwise, "pointwise")):
         w = bench.layer_workload(kind, 512, 14, 1, 4)
-        got = _number(value, name)
+        got = as_number(value, name)
         hints = {w.intensity / 2: "count FLOPs (2 per multiply-add), not MACs.",
                  w.intensity * 4: "count bytes: each fp32 number is 4 bytes.",
                  w.flops / (4 * 2 * 512 * 14 * 14): "the weights are read from memory too."}
@@ -370,7 +359,7 @@ def check_gpu_measurements(gpu_ms: Any, time_ms: Callable) -> None:
     if not isinstance(gpu_ms, dict) or set(gpu_ms) != {"MobileNetV1", "ConvMobileNet"}:
         fail("gpu_ms should be a dict with keys 'MobileNetV1' and 'ConvMobileNet' (milliseconds).")
     for name, cls in (("MobileNetV1", MobileNetV1), ("ConvMobileNet", ConvMobileNet)):
-        got = _number(gpu_ms[name], f"gpu_ms[{name!r}]")
+        got = as_number(gpu_ms[name], f"gpu_ms[{name!r}]")
         with quiet():
             model = cls().cuda().eval().to(memory_format=torch.channels_last)
             x = torch.randn(64, 3, 224, 224, device="cuda").contiguous(
