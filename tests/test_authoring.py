@@ -1,8 +1,8 @@
-"""course_lib.authoring writes notebooks nbgrader understands."""
+"""course_lib.grading.authoring writes notebooks nbgrader understands."""
 import nbformat
 import pytest
 
-from course_lib import authoring
+from course_lib.grading import authoring
 
 
 def test_cells_carry_nbgrader_metadata(tmp_path):

@@ -17,8 +17,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from course_lib import grade_class, grading
-from course_lib.grading_recheck import Guard
+from course_lib import grading
+from course_lib.grading import grade_class
+from course_lib.grading.recheck import Guard
 
 REPO = Path(__file__).resolve().parents[1]
 ASSIGNMENT = "ex01_standard"

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from course_lib.authoring import REPOSITORY_URL
+from course_lib.grading.authoring import REPOSITORY_URL
 
 CONFIG = yaml.safe_load((REPO / "_config.yml").read_text())
 TOC = yaml.safe_load((REPO / "_toc.yml").read_text())

@@ -291,7 +291,7 @@ def run_jobs(jobs: list[dict], timeout: float, mem_mb: int | None,
              check_modules: list[str], progress=None) -> None:
     """Run each job in a forked child. A job is ``{"student", "result", "cells": [{"id", "kind":
     "code"|"test", "source", "locked", "points"}]}``; events go to the job's ``result`` file."""
-    from course_lib.grading_kernel import apply_limits
+    from course_lib.grading.kernel import apply_limits
 
     _import_checks(check_modules)
     for job in jobs:

@@ -1,6 +1,6 @@
 """Benchmark the class-grading pipeline on N generated submissions of one assignment.
 
-    python -m course_lib.grading_bench --n 200 --workers 2 [--assignment ex01_standard]
+    python -m course_lib.grading.bench --n 200 --workers 2 [--assignment ex01_standard]
 
 Generates a class in a temporary course (a seeded mix: complete solutions, blank releases, and
 solutions with one part left undone), grades it with :func:`course_lib.grade_class.grade_class`,
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import nbformat
 
-from course_lib import grading
-from course_lib.grade_class import grade_class
+from course_lib.grading import course as grading
+from course_lib.grading.grade_class import grade_class
 
 
 def _machine() -> str:

@@ -10,7 +10,7 @@ runaway allocation fails inside the student's cell with ``MemoryError`` / "can't
 folder first on ``JUPYTER_PATH`` (see :func:`kernel_env`) makes nbgrader, which asks for the
 ``python3`` kernel, start this one — only in the grading processes that get that environment.
 
-Run as ``python -m course_lib.grading_kernel --mem-mb 4096 -f CONNECTION_FILE``.
+Run as ``python -m course_lib.grading.kernel --mem-mb 4096 -f CONNECTION_FILE``.
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def install_kernelspec(folder: Path, mem_mb: int = DEFAULT_MEM_MB) -> Path:
     spec_dir = Path(folder) / "kernels" / "python3"
     spec_dir.mkdir(parents=True, exist_ok=True)
     spec = {
-        "argv": [sys.executable, "-m", "course_lib.grading_kernel", "--mem-mb", str(int(mem_mb)),
+        "argv": [sys.executable, "-m", "course_lib.grading.kernel", "--mem-mb", str(int(mem_mb)),
                  "-f", "{connection_file}"],
         "display_name": f"Python 3 (grading, {mem_mb} MiB limit)",
         "language": "python",

@@ -26,7 +26,7 @@ class GradingError(RuntimeError):
 
 def repo_root() -> Path:
     """The course repository (course_lib is installed editable from it)."""
-    return Path(__file__).resolve().parents[1]
+    return Path(__file__).resolve().parents[2]
 
 
 def assignments(root: Path | None = None) -> list[str]:
@@ -47,7 +47,7 @@ def run_nbgrader(args: list[str], cwd: Path, timeout: float = 1800,
                  check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m nbgrader ARGS`` in ``cwd`` (the course directory) and capture its output.
 
-    ``env`` replaces the environment (e.g. :func:`course_lib.grading_kernel.kernel_env`)."""
+    ``env`` replaces the environment (e.g. :func:`course_lib.grading.kernel.kernel_env`)."""
     env = dict(os.environ if env is None else env)
     env.setdefault("PYTHONUNBUFFERED", "1")
     # Headless plotting in the kernels nbgrader starts.

@@ -1,0 +1,18 @@
+"""The instructor's side of the course: everything that runs nbgrader or student code.
+
+What a student imports (ops, models, costs, timing, data, viz, checks) lives in ``course_lib``;
+this subpackage is the trust boundary, kept apart so that the student-facing package stays small:
+
+* :mod:`.course` — single nbgrader steps in a course directory (generate, validate, autograde);
+* :mod:`.grade_class` — grade a whole class (``python -m course_lib.grade_class``);
+* :mod:`.kernel` — the resource-limited kernel nbgrader starts for each submission;
+* :mod:`.recheck` — the re-check that student code cannot reach;
+* :mod:`.bench` — throughput of the pipeline;
+* :mod:`.authoring` — writes nbgrader source notebooks.
+
+The names of :mod:`.course` are re-exported here (``from course_lib import grading;
+grading.new_course(...)``).
+"""
+from course_lib.grading.course import (  # noqa: F401
+    ASSIGNMENT_PATTERN, GradingError, SubmissionScore, ValidationResult, assignments, autograde,
+    new_course, notebook_name, release_path, repo_root, run_nbgrader, scores, submit, validate)
