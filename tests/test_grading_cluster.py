@@ -1,0 +1,215 @@
+"""Grading on dask.distributed (course_lib.grading.cluster) with real schedulers and workers.
+
+The cluster is started the way an instructor starts one, with the ``dask scheduler`` and
+``dask worker`` commands on 127.0.0.1 (one single-threaded worker, and one that declares a GPU
+resource), and torn down by killing their process groups. The engine tests run cheap task
+functions on it, or on the embedded LocalCluster, and kill real worker processes; the pipeline
+tests grade a small mixed class through ``--scheduler`` and compare with the embedded default.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from course_lib.grading import cluster
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def dask_env(pythonpath: str | None = None) -> dict:
+    """The environment of the dask processes: this one, plus tests/ on the path so that the
+    scheduler and the workers can unpickle the task functions defined in this module."""
+    paths = [str(Path(__file__).parent), pythonpath or os.environ.get("PYTHONPATH", "")]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    """A dask command in its own process group (killing the group is a host going down), run
+    outside the repository (``python -m`` puts the current folder first on the path)."""
+    return subprocess.Popen([sys.executable, "-m", "dask", *args], stdout=open(log, "w"),
+                            stderr=subprocess.STDOUT, start_new_session=True, cwd=log.parent,
+                            env=env or dask_env())
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, wait: float = 15) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+        proc.wait(wait)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(wait)
+
+
+class DaskCluster:
+    """``dask scheduler`` + ``dask worker`` processes on 127.0.0.1."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.scheduler = _start(["scheduler", "--host", "127.0.0.1", "--port", str(self.port),
+                                 "--no-dashboard"], folder / "scheduler.log")
+        self.workers: dict[str, subprocess.Popen] = {}
+
+    def add_worker(self, name: str, *extra: str, env: dict | None = None) -> subprocess.Popen:
+        proc = _start(["worker", self.address, "--name", name, "--nthreads", "1",
+                       "--host", "127.0.0.1", "--no-dashboard", "--memory-limit", "0",
+                       "--local-directory", str(self.folder / name), *extra],
+                      self.folder / f"{name}.log", env)
+        self.workers[name] = proc
+        return proc
+
+    def wait(self, n: int, timeout: float = 180) -> None:
+        from distributed import Client
+
+        with Client(self.address, timeout=timeout) as client:
+            client.wait_for_workers(n, timeout=timeout)
+
+    def close(self) -> None:
+        for proc in self.workers.values():
+            stop(proc)
+        stop(self.scheduler)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}"
+                         for p in sorted(self.folder.glob("*.log")))
+
+
+@contextmanager
+def dask_cluster(folder: Path, workers: dict[str, tuple[str, ...]]):
+    folder.mkdir(parents=True, exist_ok=True)
+    c = DaskCluster(folder)
+    try:
+        for name, extra in workers.items():
+            c.add_worker(name, *extra)
+        if workers:
+            c.wait(len(workers))
+        yield c
+    except BaseException:
+        print(c.logs())
+        raise
+    finally:
+        c.close()
+
+
+@pytest.fixture(scope="session")
+def two_workers(tmp_path_factory):
+    """A scheduler, a CPU worker and a worker declaring one GPU, as an instructor starts them."""
+    with dask_cluster(tmp_path_factory.mktemp("dask"),
+                      {"cpu0": (), "gpu0": ("--resources", f"{cluster.GPU}=1")}) as c:
+        yield c
+
+
+# ----------------------------------------------------------------------------- task functions
+def where(chunk: list) -> list[str]:
+    from distributed import get_worker
+    return [get_worker().address for _ in chunk]
+
+
+def die_once_or_always(chunk: list, marker: str) -> list[str]:
+    """Kills its worker process: always for "poison", once (first try) for "flaky"."""
+    for item in chunk:
+        if item == "poison":
+            os._exit(3)
+        if item == "flaky" and not os.path.exists(marker):
+            Path(marker).write_text("died once")
+            os._exit(3)
+    return [f"graded {item}" for item in chunk]
+
+
+# ----------------------------------------------------------------------------- engine
+@pytest.mark.slow
+def test_dead_workers_are_retried_and_a_killer_is_failed_alone(tmp_path):
+    """Embedded LocalCluster (2 worker processes): a task whose worker dies once is retried
+    elsewhere; a chunk holding an item that kills every worker is split, its other items are
+    graded, and that item alone fails after killing two workers."""
+    items = ["a", "flaky", "b", "poison", "c"]
+    with cluster.Engine(workers=2) as engine:
+        engine.wait_for_workers(2)
+        got = engine.map_chunks(die_once_or_always, [items[:2], items[2:]],
+                                str(tmp_path / "marker"), key=str)
+    assert (tmp_path / "marker").read_text() == "died once"
+    assert {k: v for k, v in got.items() if k != "poison"} == {
+        i: f"graded {i}" for i in items if i != "poison"}
+    assert isinstance(got["poison"], cluster.Failure)
+    assert "killed its worker 2 times" in got["poison"].reason
+
+
+@pytest.mark.slow
+def test_gpu_work_goes_only_to_gpu_workers(two_workers):
+    with cluster.Engine(scheduler=two_workers.address) as engine:
+        gpus = engine.gpu_workers()
+        assert len(gpus) == 1 and len(engine.worker_info()) == 2
+        resources, note = cluster.route(engine, "ex07_mobilenet")
+        assert resources == {cluster.GPU: 1} and gpus[0] in note
+        assert cluster.route(engine, "ex01_standard") == (None, None)
+        placed = engine.map_chunks(where, [[i] for i in range(6)], resources=resources, key=str)
+    assert not [v for v in placed.values() if isinstance(v, cluster.Failure)], placed
+    assert set(placed.values()) == set(gpus)
+
+
+@pytest.mark.slow
+def test_without_gpu_workers_gpu_parts_are_graded_on_cpu_and_said_so():
+    with cluster.Engine(workers=1) as engine:
+        engine.wait_for_workers(1)
+        resources, note = cluster.route(engine, "ex07_mobilenet")
+    assert resources is None
+    assert "part6-tests" in note and "no worker declares one" in note
+
+
+@pytest.mark.slow
+def test_a_worker_with_other_checks_is_refused(tmp_path):
+    """A worker whose course_lib differs (here: an edited check) is named, with what differs and
+    what to do, before anything is graded."""
+    copy = tmp_path / "other" / "course_lib"
+    shutil.copytree(REPO / "course_lib", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(copy / "checks" / "ex01_standard.py", "a") as f:
+        f.write("\n# edited on this worker\n")
+    env = dask_env(str(copy.parent))
+    with dask_cluster(tmp_path / "dask", {}) as c:
+        c.add_worker("stale", env=env)
+        c.wait(1)
+        with cluster.Engine(scheduler=c.address) as engine:
+            with pytest.raises(cluster.EnvironmentMismatch) as err:
+                engine.check_environment("ex01_standard")
+            worker = next(iter(engine.worker_info()))
+    message = str(err.value)
+    assert worker in message and "checks of ex01_standard" in message
+    assert "requirements.txt" in message
+
+
+def test_unreachable_scheduler_says_how_to_start_one():
+    with pytest.raises(cluster.ClusterError, match="dask scheduler"):
+        with cluster.Engine(scheduler=f"tcp://127.0.0.1:{free_port()}", connect_timeout=2):
+            pass
+
+
+def test_chunks_cover_every_item_once():
+    items = list(range(37))
+    for workers in (1, 2, 5):
+        chunks = cluster.chunked(items, workers)
+        assert sorted(i for c in chunks for i in c) == items
+        assert len(chunks) >= min(len(items), 2 * workers) or max(map(len, chunks)) == 16
+    assert cluster.chunked(items, 2, chunk_size=1) == [[i] for i in items]
+    assert cluster.chunked([], 3) == []
