@@ -16,12 +16,14 @@ Bytes are in units of 1e6 (MB), as torchinfo prints them.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 from torch import nn
 
+from course_lib import costs
 from course_lib.costs import _example_input
 
 
@@ -46,38 +48,26 @@ class TorchinfoEstimate:
                 f"Estimated Total Size (MB): {self.total_bytes / 1e6:.2f}")
 
 
-def _leaves(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if not any(True for _ in m.children())]
-
-
 def torchinfo_estimate(model: nn.Module, input_or_shape: torch.Tensor | Sequence[int]
                        ) -> TorchinfoEstimate:
-    """What torchinfo's summary prints for ``model`` on this input (batch included)."""
+    """What torchinfo's summary prints for ``model`` on this input (batch included); the layer
+    shapes come from :func:`course_lib.costs.summarize`."""
     if not isinstance(model, nn.Module):
         raise ValueError(f"torchinfo_estimate expects an nn.Module, got {type(model).__name__}")
     x = _example_input(input_or_shape)
-    outputs: dict[int, torch.Tensor] = {}
-    handles = [m.register_forward_hook(lambda mod, args, out: outputs.__setitem__(id(mod), out))
-               for m in _leaves(model)]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    nbytes = x.element_size()
     fwd_bwd = macs = 0
-    for m in _leaves(model):
-        params = sum(p.numel() for p in m.parameters())
-        out = outputs.get(id(m))
-        if out is None or not params:
+    for layer in costs.summarize(model, x, include_zero_cost=True).layers:
+        if not layer.params or not layer.output_shape:
             continue
-        fwd_bwd += 2 * out.numel() * out.element_size()  # x2 "for gradients"
-        if isinstance(m, nn.modules.conv._ConvNd):  # batch x spatial size x (weights + bias)
-            macs += params * out.shape[0] * out[0, 0].numel()
+        batch, numel = layer.output_shape[0], math.prod(layer.output_shape)
+        fwd_bwd += 2 * numel * nbytes  # x2 "for gradients"
+        if "Conv" in layer.kind:  # batch x spatial size x (weights + bias)
+            macs += layer.params * batch * math.prod(layer.output_shape[2:])
         else:  # batch x parameters (linear, BatchNorm, ...)
-            macs += params * out.shape[0]
+            macs += layer.params * batch
     params_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    return TorchinfoEstimate(x.numel() * x.element_size(), fwd_bwd, params_bytes, macs)
+    return TorchinfoEstimate(x.numel() * nbytes, fwd_bwd, params_bytes, macs)
 
 
 def saved_activation_bytes(model: nn.Module, input_or_shape: torch.Tensor | Sequence[int]
