@@ -52,6 +52,7 @@ from torch import nn
 from course_lib import _validate as v
 from course_lib import costs
 from course_lib.mobilenet import ConvMobileNet, MobileNetV1
+from course_lib.tables import Table
 from course_lib.timing import TimingResult, benchmark
 
 LAYER_KINDS = ("depthwise", "pointwise", "full3x3")
@@ -480,17 +481,8 @@ def load(path: str | os.PathLike) -> dict[str, Any] | None:
     return data
 
 
-def _text_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    table = [header, *rows]
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
-                       enumerate(zip(r, widths))) for r in table]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
-
-
-def model_table(results: dict[str, Any], task: str | None = None) -> str:
-    """Whole-network timings of a results file as a text table (errors shown as such)."""
+def model_table(results: dict[str, Any], task: str | None = None, caption: str = "") -> Table:
+    """Whole-network timings of a results file (errors shown as such)."""
     rows = []
     for r in results["models"]:
         if task is not None and r["task"] != task:
@@ -500,16 +492,76 @@ def model_table(results: dict[str, Any], task: str | None = None) -> str:
         else:
             rows.append((r["model"], r["mode"], str(r["batch"]), r["task"],
                          f"{r['median_ms']:,.2f}", f"{r['images_per_s']:,.1f}"))
-    return _text_table(("model", "mode", "batch", "task", "median ms", "images/s"), rows)
+    return Table(("model", "mode", "batch", "task", "median ms", "images/s"), rows, caption,
+                 left=(1, 3))
 
 
-def layer_table(results: dict[str, Any]) -> str:
+def layer_table(results: dict[str, Any], caption: str = "") -> Table:
     """Single-layer timings with achieved FLOP/s and bytes/s."""
     rows = [(r["layer"], r["mode"], str(r["batch"]), f"{r['median_ms']:,.3f}",
              f"{r['intensity']:,.1f}", f"{r['achieved_flops_per_s'] / 1e9:,.1f}",
              f"{r['achieved_bytes_per_s'] / 1e9:,.2f}") for r in results["layers"]]
-    return _text_table(("layer", "mode", "batch", "median ms", "FLOP/byte", "GFLOP/s", "GB/s"),
-                       rows)
+    return Table(("layer", "mode", "batch", "median ms", "FLOP/byte", "GFLOP/s", "GB/s"), rows,
+                 caption, left=(1,))
+
+
+# --- the reference GPU measurements (made before this benchmark existed) -------------------------
+
+REFERENCE_GPU_FILE = "h100_reference_2026-11-22.json"
+_REFERENCE_KEYS = {"what", "device", "software", "method", "models_batch256_224px_images_per_s",
+                   "single_layers_bf16_batch256"}
+
+
+def load_reference(path: str | os.PathLike) -> dict[str, Any]:
+    """The reference H100 measurements (``book/data/h100_reference_2026-11-22.json``): one run
+    of inference and training throughput at batch 256 and single-layer timings, with their
+    method. Rendered by the book, labelled with this provenance, until a GPU run of this benchmark
+    is committed."""
+    data = json.loads(Path(path).read_text())
+    missing = _REFERENCE_KEYS - set(data)
+    if missing:
+        raise ValueError(f"{path} is not the reference GPU file: it lacks {sorted(missing)}")
+    return data
+
+
+def reference_provenance(ref: dict[str, Any]) -> str:
+    """Where, when and how the reference numbers were measured, from the file itself."""
+    soft = ", ".join(f"{k} {v}" for k, v in ref["software"].items())
+    return f"{ref['device']} ({soft}). Method: {ref['method']}. {ref['what']}"
+
+
+def reference_models(ref: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """{short model name: {column: images/s}} from the reference file; the short name is the
+    part before " (" ("MobileNetV1", "timm mobilenetv1_100", "ConvMobileNet")."""
+    table = ref["models_batch256_224px_images_per_s"]
+    return {name.split(" (")[0]: dict(zip(table["columns"], values))
+            for name, values in table.items() if name != "columns"}
+
+
+def reference_model_table(ref: dict[str, Any], caption: str = "") -> Table:
+    table = ref["models_batch256_224px_images_per_s"]
+    rows = [(name, *(f"{v:,}" for v in values)) for name, values in table.items()
+            if name != "columns"]
+    return Table(("model (images/s, batch 256, 224 px)", *table["columns"]), rows, caption)
+
+
+def reference_layers(ref: dict[str, Any]) -> list[dict[str, Any]]:
+    """One dict per (shape, layout) row of the single-layer bf16 table."""
+    out = []
+    for shape, layout, dw, pw, full in ref["single_layers_bf16_batch256"]["rows"]:
+        out.append({"shape": shape, "layout": layout, "depthwise_us": dw[0],
+                    "depthwise_tflops": dw[1], "depthwise_gbps": dw[2], "pointwise_us": pw[0],
+                    "pointwise_tflops": pw[1], "full3x3_us": full[0], "full3x3_tflops": full[1]})
+    return out
+
+
+def reference_layer_table(ref: dict[str, Any], caption: str = "") -> Table:
+    rows = [(r["shape"], r["layout"], f"{r['depthwise_us']:,.1f}", f"{r['depthwise_tflops']:.1f}",
+             f"{r['depthwise_gbps']:,}", f"{r['pointwise_us']:,.1f}",
+             f"{r['pointwise_tflops']:.1f}", f"{r['full3x3_us']:,.1f}",
+             f"{r['full3x3_tflops']:.1f}") for r in reference_layers(ref)]
+    return Table(("shape", "layout", "depthwise us", "TFLOP/s", "GB/s", "pointwise us",
+                  "TFLOP/s", "full 3x3 us", "TFLOP/s"), rows, caption, left=(1,))
 
 
 def find(records: list[dict[str, Any]], **match: Any) -> dict[str, Any]:
