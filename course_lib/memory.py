@@ -57,7 +57,7 @@ def torchinfo_estimate(model: nn.Module, input_or_shape: torch.Tensor | Sequence
     x = _example_input(input_or_shape)
     nbytes = x.element_size()
     fwd_bwd = macs = 0
-    for layer in costs.summarize(model, x, include_zero_cost=True).layers:
+    for layer in costs.summarize(model, x, include_zero_cost=True, count_macs=False).layers:
         if not layer.params or not layer.output_shape:
             continue
         batch, numel = layer.output_shape[0], math.prod(layer.output_shape)
