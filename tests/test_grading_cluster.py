@@ -213,3 +213,80 @@ def test_chunks_cover_every_item_once():
         assert len(chunks) >= min(len(items), 2 * workers) or max(map(len, chunks)) == 16
     assert cluster.chunked(items, 2, chunk_size=1) == [[i] for i in items]
     assert cluster.chunked([], 3) == []
+
+
+# ----------------------------------------------------------------------------- the pipeline
+def _rows(csv_path: Path) -> dict[str, dict]:
+    """grades.csv by student; timings in problem texts ("took 12 s") vary between runs."""
+    import csv
+    import re
+
+    with open(csv_path, newline="") as f:
+        rows = {r["student"]: r for r in csv.DictReader(f)}
+    for row in rows.values():
+        row["problems"] = re.sub(r"\d+(\.\d+)? s\b", "N s", row["problems"])
+    return rows
+
+
+@pytest.mark.slow
+def test_embedded_default_grades_the_mixed_class(mixed_class, class_graded_embedded):
+    _, _, expected = mixed_class
+    result = class_graded_embedded
+    assert {s.student: s.score for s in result.submissions} == expected
+    assert result.dispatch.graded == len(expected) - 1  # corrupt JSON: nothing to grade
+    assert result.dispatch.failed == 0 and result.dispatch.resumed == 0
+    assert sorted(_rows(result.csv)) == sorted(expected)
+
+
+def _grade_cli(course: Path, submitted: Path, out: Path, *extra: str) -> subprocess.Popen:
+    from test_grading_pipeline import CELL_TIMEOUT, MEM_MB
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "course_lib.grade_class", "ex01_standard", str(submitted),
+         "--course", str(course), "--out", str(out), "--cell-timeout", str(CELL_TIMEOUT),
+         "--mem-mb", str(MEM_MB), "--db", f"sqlite:///{out.parent / 'gradebook.db'}", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _worker_named(client, name: str) -> str:
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    return next(a for a, w in workers.items() if w.get("name") == name)
+
+
+@pytest.mark.slow
+def test_scheduler_grades_like_the_default_even_when_a_worker_dies(
+        mixed_class, class_graded_embedded, two_workers, tmp_path):
+    """`grade_class --scheduler` on `dask worker` processes, one of which (a third worker, added
+    for this) is killed with its whole process group while it grades: every row is there, and
+    grades.csv is the embedded default's. A second run with the same --out grades nothing again."""
+    from distributed import Client
+
+    course, submitted, expected = mixed_class
+    victim = two_workers.add_worker("victim")
+    two_workers.wait(3)
+    out = tmp_path / "out"
+    with Client(two_workers.address, timeout=60) as client:
+        victim_address = _worker_named(client, "victim")
+        proc = _grade_cli(course, submitted, out, "--scheduler", two_workers.address,
+                          "--chunk-size", "1")
+        deadline = time.monotonic() + 600
+        while not client.processing(workers=[victim_address]).get(victim_address):
+            assert proc.poll() is None, f"finished before the victim got a task:\n" \
+                                        f"{proc.stdout.read()}"
+            assert time.monotonic() < deadline, "the victim never got a task"
+            time.sleep(0.2)
+        time.sleep(1.0)  # inside nbgrader by now
+        stop(victim, signal.SIGKILL)
+        output, _ = proc.communicate(timeout=900)
+        assert victim_address not in client.scheduler_info(n_workers=-1)["workers"]
+    assert proc.returncode == 0, output
+    got, reference = _rows(out / "grades.csv"), _rows(class_graded_embedded.csv)
+    assert sorted(got) == sorted(expected)
+    assert got == reference
+    assert {s: float(r["score"]) for s, r in got.items()} == expected
+
+    again = _grade_cli(course, submitted, out, "--scheduler", two_workers.address)
+    output, _ = again.communicate(timeout=600)
+    assert again.returncode == 0, output
+    assert f"{len(expected) - 1} submissions were graded by an earlier run" in output
+    assert _rows(out / "grades.csv") == reference
