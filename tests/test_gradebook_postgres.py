@@ -119,3 +119,12 @@ def test_class_graded_into_postgres_exports_like_sqlite(postgres_url, mixed_clas
     with psycopg.connect(postgres_url.replace("+psycopg", "")) as conn:
         (n,) = conn.execute("SELECT count(*) FROM submitted_assignment").fetchone()
     assert n == len(expected)
+
+
+def test_an_unreachable_gradebook_fails_at_once_with_what_to_check():
+    url = f"postgresql://grader:secret@127.0.0.1:{_free_port()}/gradebook"
+    with pytest.raises(grade_class.GradebookUnavailable) as err:
+        grade_class.check_gradebook(url)
+    message = str(err.value)
+    assert "Connection refused" in message and "createdb" in message
+    assert "secret" not in message, "the password must not be printed"

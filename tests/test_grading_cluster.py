@@ -207,10 +207,12 @@ def test_unreachable_scheduler_says_how_to_start_one():
 
 def test_chunks_cover_every_item_once():
     items = list(range(37))
-    for workers in (1, 2, 5):
+    for workers in (1, 2, 5, 50):
         chunks = cluster.chunked(items, workers)
         assert sorted(i for c in chunks for i in c) == items
-        assert len(chunks) >= min(len(items), 2 * workers) or max(map(len, chunks)) == 16
+        assert max(map(len, chunks)) <= cluster.MAX_CHUNK
+        # As few tasks as the workers allow: each pays the start-ups once.
+        assert len(chunks) == max(min(workers, len(items)), -(-len(items) // cluster.MAX_CHUNK))
     assert cluster.chunked(items, 2, chunk_size=1) == [[i] for i in items]
     assert cluster.chunked([], 3) == []
 

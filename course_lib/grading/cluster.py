@@ -48,6 +48,7 @@ from typing import Callable
 ALLOWED_FAILURES = 1
 MAX_LOG_CHARS = 200_000  # of each shard log sent back to the coordinator
 RESULTS = "results"      # OUT/results/<student>.json: the resume cache
+MAX_CHUNK = 16           # submissions per task at most (see chunked)
 # The resource name GPU workers declare (``dask worker ... --resources GPU=1``).
 GPU = "GPU"
 
@@ -327,11 +328,13 @@ def _describe(exc: BaseException) -> str:
 
 
 def chunked(items: list, workers: int, chunk_size: int | None = None) -> list[list]:
-    """Items in chunks: a few per worker for load balance, each big enough that the per-task
-    start-up (nbgrader, the re-check's imports) stays small beside the grading itself."""
+    """Items in tasks: one per worker for a small class (each task pays the start-up of
+    nbgrader, the re-check's server and the feedback converter: seconds), at most
+    ``MAX_CHUNK`` per task for a large one, so that the work balances and a lost worker costs
+    little."""
     if not items:
         return []
-    size = chunk_size or max(1, min(16, math.ceil(len(items) / (2 * workers))))
+    size = chunk_size or max(1, min(MAX_CHUNK, math.ceil(len(items) / workers)))
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
