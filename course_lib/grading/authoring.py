@@ -254,7 +254,8 @@ def publishing_drift(root: Path | None = None, info: Publishing | None = None) -
     for chapter in sorted(root.glob(CHAPTER_GLOB)):
         twin = chapter.with_suffix(".ipynb")
         if not twin.exists() or nbformat.read(twin, as_version=4) != chapter_twin(chapter, info):
-            stale.append(f"{twin.relative_to(root)}: Colab twin")
+            stale.append(f"{twin.relative_to(root)}: Colab twin (only chapters changed? "
+                         f"`python -m course_lib.grading.authoring --no-releases` is enough)")
     for twin in sorted(root.glob(CHAPTER_GLOB.replace(".md", ".ipynb"))):
         if not twin.with_suffix(".md").exists():
             stale.append(f"{twin.relative_to(root)}: its chapter is gone")
