@@ -89,7 +89,7 @@ def fingerprint(assignment: str) -> dict[str, str]:
 
     return {
         "python": platform.python_version(),
-        "course_lib": f"{_version('course_lib')} (source {_tree_hash(Path(course_lib.__file__).parent)})",
+        "course_lib": f"{course_lib.__version__} (source {_tree_hash(Path(course_lib.__file__).parent)})",
         "nbgrader": _version("nbgrader"),
         "torch": _version("torch"),
         "ipykernel": _version("ipykernel"),
