@@ -217,6 +217,29 @@ def test_chunks_cover_every_item_once():
     assert cluster.chunked([], 3) == []
 
 
+def test_benchmark_breakdown_divides_each_phase_by_the_submissions():
+    """Two tasks, three submissions: notebook phases summed over notebooks, task stages over
+    tasks, nbgrader's remaining autograde time is what its notebooks and start-up do not explain."""
+    from course_lib.grading import bench
+
+    dispatch = cluster.Dispatch(
+        timings={"a": {"kernel start": 0.0, "imports": 2.0, "student cells": 0.5, "checks": 1.0},
+                 "b": {"kernel start": 1.0, "imports": 2.0, "student cells": 0.5, "checks": 1.5},
+                 "c": {"kernel start": 0.0, "imports": 2.0, "student cells": 0.5, "checks": 0.5}},
+        stages=[{"autograde": 12.0, "nbgrader start-up": 3.0, "recheck": 4.0, "feedback": 2.0,
+                 "prepare": 0.5},
+                {"autograde": 6.0, "nbgrader start-up": 2.0, "recheck": 2.0, "feedback": 1.0,
+                 "prepare": 0.1}])
+    phases = bench.breakdown(dispatch, 3)
+    assert phases["imports"] == 2.0 and phases["checks"] == 1.0
+    assert phases["kernel start"] == round(1 / 3, 3)
+    assert phases["recheck"] == 2.0 and phases["feedback"] == 1.0
+    assert phases["nbgrader start-up"] == round(5 / 3, 3) and phases["prepare"] == 0.2
+    # autograde 18 s = start-ups 5 s + notebooks 11.5 s + 1.5 s of nbgrader's own work
+    assert phases["autograde, other"] == 0.5
+    assert abs(sum(phases.values()) - (18 + 6 + 3 + 0.6) / 3) < 0.01
+
+
 # ----------------------------------------------------------------------------- the pipeline
 def _rows(csv_path: Path) -> dict[str, dict]:
     """grades.csv by student; timings in problem texts ("took 12 s") vary between runs."""

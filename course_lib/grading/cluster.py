@@ -29,7 +29,6 @@ and the outputs. Around that:
 from __future__ import annotations
 
 import hashlib
-import importlib
 import importlib.metadata
 import json
 import math
@@ -91,14 +90,16 @@ def fingerprint(assignment: str) -> dict[str, str]:
         "python": platform.python_version(),
         "course_lib": f"{course_lib.__version__} (source {_tree_hash(Path(course_lib.__file__).parent)})",
         "nbgrader": _version("nbgrader"),
-        "torch": _version("torch"),
+        # The release, not the build: a GPU host's CUDA build (2.13.0+cu128) grades like the
+        # coordinator's CPU build (2.13.0+cpu); the GPU-only checks are what differs, by design.
+        "torch": _version("torch").split("+")[0],
         "ipykernel": _version("ipykernel"),
         f"checks of {assignment}": _checks_hash(assignment)[:16],
     }
 
 
 def differences(ours: dict[str, str], theirs: dict[str, str]) -> list[str]:
-    return [f"{key}: {theirs.get(key, 'missing')} here, {value} on the coordinator"
+    return [f"{key}: {theirs.get(key, 'missing')} on the worker, {value} on the coordinator"
             for key, value in ours.items() if theirs.get(key) != value]
 
 
