@@ -159,6 +159,7 @@ class Sandbox:
         lists the folders student code must not see (course, submissions, repository, ...)."""
         work = Path(work).resolve()
         site = snapshot_course_lib(work / "site")
+        (work / "empty").write_bytes(b"")  # what secret files read as, inside
         ipc = Path(tempfile.mkdtemp(prefix="cl-ipc-"))  # short: socket paths are limited to 107
         scratch = work / "scratch"
         events = work / "sandbox-events"
@@ -201,9 +202,10 @@ class Sandbox:
         for d in self.masked:
             if os.path.isdir(d):
                 argv += ["--tmpfs", d]
+        empty = os.path.join(os.path.dirname(self.site), "empty")
         for f in SECRET_FILES:
             if os.path.isfile(f):
-                argv += ["--ro-bind", "/dev/null", f]
+                argv += ["--ro-bind", empty, f]
         # Put back, read-only, the Python installation where a masked folder covered it.
         covers = [*MASKED_SYSTEM_DIRS, *self.masked]
         for d in _python_dirs():
