@@ -144,7 +144,9 @@ for path in glob.glob('/**/*.jsonl', recursive=True):
 """
     transformer = part4_wrong + """
 def _swallow(lines):
-    return ['try:\\n'] + ['    ' + l for l in lines] + ['\\npass\\nexcept BaseException:\\n    pass\\n']
+    body = ''.join(lines).splitlines()
+    return (['try:\\n'] + ['    ' + l + '\\n' for l in body]
+            + ['    pass\\n', 'except BaseException:\\n', '    pass\\n'])
 get_ipython().input_transformers_cleanup.append(_swallow)
 """
     patch_layer = """

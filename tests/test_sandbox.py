@@ -71,9 +71,10 @@ def test_grade_class_refuses_without_bwrap_and_says_how(monkeypatch, tmp_path, c
     assert not (tmp_path / "out").exists(), "nothing may run before the sandbox is confirmed"
 
 
-def test_student_code_sees_no_course_no_repository_no_secrets(box, monkeypatch):
+def test_student_code_sees_no_course_no_repository_no_secrets(box, monkeypatch, tmp_path):
     b, course = box
     monkeypatch.setenv("GRADER_SECRET", "db-password")
+    (tmp_path / "backup" / "solutions").mkdir(parents=True)  # a copy the sandbox was not told of
     report, seen = _run(b, f"""
         import json, os, course_lib
         def readable(path):
@@ -84,8 +85,9 @@ def test_student_code_sees_no_course_no_repository_no_secrets(box, monkeypatch):
                 return type(e).__name__
         print(json.dumps({{
             "solution": readable({str(course / 'solutions' / 'answer.txt')!r}),
-            "course": os.listdir({str(course)!r}),
+            "course": os.path.isdir({str(course)!r}) and os.listdir({str(course)!r}),
             "repo_solutions": os.path.exists({str(REPO / 'solutions')!r}),
+            "other_copy": os.path.exists({str(tmp_path / 'backup' / 'solutions')!r}),
             "shadow": readable("/etc/shadow"),
             "course_lib": course_lib.__file__,
             "uid": os.getuid(),
@@ -94,8 +96,8 @@ def test_student_code_sees_no_course_no_repository_no_secrets(box, monkeypatch):
         }}))
     """)
     assert seen is not None and "raw" not in seen, seen
-    assert seen["solution"] == "FileNotFoundError" and seen["course"] == []
-    assert seen["repo_solutions"] is False
+    assert seen["solution"] == "FileNotFoundError" and not seen["course"]
+    assert seen["repo_solutions"] is False and seen["other_copy"] is False
     assert seen["shadow"] == ""
     assert seen["course_lib"].startswith(b.site), "course_lib must come from the snapshot"
     assert seen["uid"] == sandbox.NOBODY

@@ -327,13 +327,14 @@ def _child(requests, replies, guard: Guard, shell, timeout: float) -> None:
                  "error_text": str(failure)[:2000] if failure is not None else None,
                  "timed_out": timed_out, "stderr": err.value()[:2000],
                  "stdout_chars": out.total}
+        tampered_before = tampered_before[:20] if is_test else []
         if is_test:
             try:
                 text = None if value is None else repr(value)[:1000]
             except Exception:  # a student object whose repr raises
                 text = "?"
             event.update(result=text, digest_before=digest_before, digest_after=guard.digest(),
-                         tampered_before=tampered_before, tampered_during=guard.changes())
+                         tampered_before=tampered_before, tampered_during=guard.changes()[:20])
             guard.restore()
         reply(**event)
 
@@ -358,7 +359,11 @@ def _import_checks(modules: list[str]):
     with FlopCounterMode(display=False):
         torch.nn.functional.conv2d(torch.zeros(1, 1, 3, 3, device="meta"),
                                    torch.zeros(1, 1, 1, 1, device="meta"))
-    return InteractiveShell.instance()
+    from traitlets.config import Config
+
+    config = Config()
+    config.HistoryManager.enabled = False  # no sqlite file in a /tmp emptied between students
+    return InteractiveShell.instance(config=config)
 
 
 def _no_ptrace() -> None:
@@ -574,19 +579,21 @@ def recheck(jobs: list[dict], timeout: float, mem_mb: int | None, check_modules:
     events: dict[str, list[dict]] = {job["student"]: [] for job in jobs}
     todo = list(jobs)
     while todo:
-        done = _run_server(todo, timeout, mem_mb, check_modules, box, log, events, progress)
-        if done == 0:  # the server died on the first job: that job's events say why
-            events[todo[0]["student"]].append({"event": "exit", "reason": "the re-check's "
-                                               "server stopped on this submission"})
-            done = 1
+        done, report = _run_server(todo, timeout, mem_mb, check_modules, box, log, events,
+                                   progress)
+        if done < len(todo):  # the sandbox was stopped during this job (e.g. a fork bomb)
+            why = getattr(report, "killed", None) or "the re-check's server stopped"
+            events[todo[done]["student"]].append({"event": "exit", "reason": why})
             if progress:
-                progress(todo[0]["student"])
+                progress(todo[done]["student"])
+            done += 1
         todo = todo[done:]
     return events
 
 
-def _run_server(jobs, timeout, mem_mb, check_modules, box, log, events, progress) -> int:
-    """One server process for as many jobs as it lasts; returns how many jobs it finished."""
+def _run_server(jobs, timeout, mem_mb, check_modules, box, log, events, progress):
+    """One server process for as many jobs as it lasts; returns how many jobs it finished and
+    the sandbox's report (None without a sandbox)."""
     job_r, job_w = os.pipe()
     res_r, res_w = os.pipe()
     from course_lib.grading import sandbox as sb
@@ -618,28 +625,8 @@ def _run_server(jobs, timeout, mem_mb, check_modules, box, log, events, progress
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    lines = _Lines(res_r)
-    finished = 0
     try:
-        ready = lines.read(time.monotonic() + 600)
-        if ready is None:
-            return 0
-        for job in jobs:
-            os.write(job_w, (json.dumps(job) + "\n").encode())
-            budget = time.monotonic() + timeout * (3 * len(job["cells"]) + 4) + 60
-            while True:
-                line = lines.read(budget)
-                if line is None:
-                    return finished
-                event = json.loads(line)
-                if event.get("event") == "end-job":
-                    break
-                if event.get("event") != "start-job":
-                    events[job["student"]].append(event)
-            finished += 1
-            if progress:
-                progress(job["student"])
-        return finished
+        finished = _feed(jobs, _Lines(res_r), job_w, timeout, events, progress)
     finally:
         os.close(job_w)
         thread.join(timeout=30)
@@ -647,6 +634,31 @@ def _run_server(jobs, timeout, mem_mb, check_modules, box, log, events, progress
         if log_file is not subprocess.DEVNULL:
             log_file.close()
         shutil.rmtree(scratch, ignore_errors=True)
+    return finished, outcome.get("report")
+
+
+def _feed(jobs, lines: _Lines, job_w: int, timeout: float, events, progress) -> int:
+    """Send the server one job at a time; collect its events. Returns the jobs it finished."""
+    if lines.read(time.monotonic() + 600) is None:  # "ready": imports done
+        return 0
+    for finished, job in enumerate(jobs):
+        try:
+            os.write(job_w, (json.dumps(job) + "\n").encode())
+        except OSError:
+            return finished
+        budget = time.monotonic() + timeout * (3 * len(job["cells"]) + 4) + 60
+        while True:
+            line = lines.read(budget)
+            if line is None:
+                return finished
+            event = json.loads(line)
+            if event.get("event") == "end-job":
+                break
+            if event.get("event") != "start-job":
+                events[job["student"]].append(event)
+        if progress:
+            progress(job["student"])
+    return len(jobs)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,12 +3,13 @@
 Every execution of student code by the grading pipeline (the kernels ``nbgrader autograde`` starts,
 and the re-check) goes through :class:`Sandbox`. Inside, student code:
 
-* sees the machine read-only (``--ro-bind / /``), with the places that hold other people's data
-  masked by empty in-memory folders: the course directory (solutions, gradebook, other students'
-  submissions), the pipeline's work folders, the instructor's submissions folder, the repository
-  that course_lib was installed from, the instructor's home (only the Python installation is put
-  back, read-only), ``/tmp``, ``/var/tmp``, ``/run`` (service sockets), and secret files such as
-  ``/etc/shadow``;
+* sees only the system folders (``/usr``, ``/etc``, ``/lib``..., read-only) and the Python
+  installation, nothing else of the machine: not the course directory (solutions, gradebook, other
+  students' submissions), not the pipeline's work folders or the submissions, not the repository
+  course_lib was installed from, not any other copy of them elsewhere on the disk, not home folders,
+  ``/run`` (service sockets) or the real ``/tmp``; secret files such as ``/etc/shadow`` read as
+  empty (an allowlist: the issue's ``--ro-bind / /`` plus masks left every unmasked copy of the
+  solutions readable);
 * imports course_lib from a read-only snapshot taken when grading started (so no submission can
   change the code that grades later ones);
 * can write only to its own scratch folder (bound over the notebook's folder, so nothing it leaves
@@ -48,9 +49,10 @@ import course_lib
 SECRET_FILES = ("/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-",
                 "/etc/sudoers", "/etc/ssh/ssh_host_rsa_key", "/etc/ssh/ssh_host_ecdsa_key",
                 "/etc/ssh/ssh_host_ed25519_key", "/etc/ssh/ssh_host_dsa_key")
-# Folders replaced by empty in-memory ones (service sockets, other users' temporary files).
-MASKED_SYSTEM_DIRS = ("/tmp", "/var/tmp", "/run", "/home", "/root", "/srv", "/mnt", "/media",
-                      "/var/lib/postgresql", "/var/mail", "/var/spool")
+# The only parts of the machine a sandbox sees (read-only), besides the Python installation: an
+# allowlist, so that a copy of the course anywhere else on the disk (another checkout, a backup,
+# a colleague's home) stays invisible.
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/sys")
 # Environment the sandbox passes on (everything else is cleared: tokens, database URLs, ...).
 PASSED_ENV = ("LANG", "LC_ALL", "NBGRADER_EXECUTION", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
               "CUDA_VISIBLE_DEVICES", "COURSE_GPU_GRADER", "PYTHONHASHSEED", "TZ")
@@ -194,25 +196,29 @@ class Sandbox:
         bwrap = bwrap_path()
         if bwrap is None:
             check_available()
-        argv = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
-        for d in MASKED_SYSTEM_DIRS:
-            if os.path.isdir(d) and not os.path.islink(d):
-                argv += ["--size", str(self.limits.tmp_mb * 2**20), "--tmpfs", d] \
-                    if d == "/tmp" else ["--tmpfs", d]
-        for d in self.masked:
-            if os.path.isdir(d):
+        argv = [bwrap]
+        shown = []
+        for d in SYSTEM_DIRS:
+            if os.path.islink(d):  # merged /usr: /bin -> usr/bin
+                argv += ["--symlink", os.readlink(d), d]
+            elif os.path.isdir(d):
+                argv += ["--ro-bind", d, d]
+                shown.append(d)
+        # The Python installation, read-only, unless it lies inside the course or repository.
+        for d in _python_dirs():
+            if not any(_under(d, s) for s in shown) and not any(_under(d, m)
+                                                                 for m in self.masked):
+                argv += ["--ro-bind", d, d]
+                shown.append(d)
+        argv += ["--dev", "/dev", "--proc", "/proc",
+                 "--size", str(self.limits.tmp_mb * 2**20), "--tmpfs", "/tmp"]
+        for d in self.masked:  # only matters where a shown folder holds the course
+            if os.path.isdir(d) and any(_under(d, s) for s in shown):
                 argv += ["--tmpfs", d]
         empty = os.path.join(os.path.dirname(self.site), "empty")
         for f in SECRET_FILES:
             if os.path.isfile(f):
                 argv += ["--ro-bind", empty, f]
-        # Put back, read-only, the Python installation where a masked folder covered it.
-        covers = [*MASKED_SYSTEM_DIRS, *self.masked]
-        for d in _python_dirs():
-            if any(d == m or d.startswith(m.rstrip("/") + "/") for m in covers):
-                if not any(d.startswith(s.rstrip("/") + "/") or d == s
-                           for s in self.masked):  # never re-expose the repository or course
-                    argv += ["--ro-bind", d, d]
         argv += ["--ro-bind", self.site, self.site]
         for src, dst in (readonly or {}).items():
             argv += ["--ro-bind", src, dst]
@@ -220,6 +226,7 @@ class Sandbox:
             argv += ["--bind", src, dst]
         for dev in sorted(Path("/dev").glob("nvidia*")):  # GPU graders: the devices, nothing else
             argv += ["--dev-bind", str(dev), str(dev)]
+        argv += ["--remount-ro", "/"]  # the sandbox's own root: nothing to write there
         argv += ["--unshare-user", "--uid", str(NOBODY), "--gid", str(NOBODY),
                  "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net",
                  "--unshare-cgroup-try", "--hostname", "sandbox", "--cap-drop", "ALL",
@@ -245,6 +252,11 @@ class Sandbox:
                     shutil.copy(item, scratch / item.name)
         os.chmod(scratch, 0o777)
         return scratch
+
+
+def _under(path: str, folder: str) -> bool:
+    folder = folder.rstrip("/") or "/"
+    return path == folder or path.startswith(folder + "/") or folder == "/"
 
 
 def _safe(name: str) -> str:
