@@ -62,12 +62,18 @@ class SourceInfo:
     notebook: str
     order: list[str]                 # grade_ids of the release notebook, in order
     cells: dict[str, dict]           # grade_id -> {cell_type, locked, source}
-    points: dict[str, float]         # test cell grade_id -> max points
+    points: dict[str, float]         # autograded test cell grade_id -> max points
     solutions: set[str]
+    manual: dict[str, float] = field(default_factory=dict)  # manually graded answers -> points
 
     @property
     def max_score(self) -> float:
+        """The autograded points (manually graded answers are graded later, in formgrader)."""
         return float(sum(self.points.values()))
+
+    @property
+    def manual_max(self) -> float:
+        return float(sum(self.manual.values()))
 
 
 def source_info(db_url: str, assignment: str, release: Path) -> SourceInfo:
@@ -78,11 +84,15 @@ def source_info(db_url: str, assignment: str, release: Path) -> SourceInfo:
         nb = gb.find_notebook(name, assignment)
         cells = {c.name: {"cell_type": c.cell_type, "locked": bool(c.locked), "source": c.source}
                  for c in nb.source_cells}
-        points = {c.name: float(c.max_score) for c in nb.grade_cells if c.cell_type == "code"}
         solutions = {c.name for c in nb.solution_cells}
+        # A grade cell that is also a solution cell (or markdown) is a manually graded answer.
+        points = {c.name: float(c.max_score) for c in nb.grade_cells
+                  if c.cell_type == "code" and c.name not in solutions}
+        manual = {c.name: float(c.max_score) for c in nb.grade_cells if c.name not in points}
     order = [c.metadata.get("nbgrader", {}).get("grade_id")
              for c in nbformat.read(release, as_version=4).cells]
-    return SourceInfo(assignment, name, [g for g in order if g], cells, points, solutions)
+    return SourceInfo(assignment, name, [g for g in order if g], cells, points, solutions,
+                      manual)
 
 
 # ----------------------------------------------------------------------------- submissions
@@ -183,10 +193,11 @@ def _sanitize(nb, info: SourceInfo) -> list[str]:
             continue
         seen.add(gid)
         trusted = info.cells[gid]
-        want = {"grade": gid in info.points, "solution": gid in info.solutions,
+        graded = {**info.points, **info.manual}
+        want = {"grade": gid in graded, "solution": gid in info.solutions,
                 "locked": trusted["locked"]}
-        if gid in info.points:
-            want["points"] = info.points[gid]
+        if gid in graded:
+            want["points"] = graded[gid]
         edits = [f"{k} {meta.get(k)!r} -> {v!r}" for k, v in want.items() if meta.get(k) != v]
         if edits:
             problems.append(f"cell {gid}: nbgrader metadata edited ({', '.join(edits)}); restored")
@@ -534,13 +545,14 @@ def write_csv(path: Path, subs: list[Submission], info: SourceInfo) -> Path:
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["student", "submitted_as", "assignment", "status", "score",
-                         "max_score", *tests, "nbgrader_score", "source", "problems"])
+                         "max_score", *tests, "manual_points_pending", "nbgrader_score",
+                         "source", "problems"])
         for sub in sorted(subs, key=lambda s: s.student):
             nbg = "" if sub.nbgrader is None else f"{sum(sub.nbgrader.values()):g}"
             writer.writerow([sub.student, sub.submitted_as or sub.student, info.assignment,
                              sub.status, f"{sub.score:g}",
                              f"{info.max_score:g}", *(f"{sub.final.get(t, 0.0):g}" for t in tests),
-                             nbg, sub.origin, " | ".join(sub.problems)])
+                             f"{info.manual_max:g}", nbg, sub.origin, " | ".join(sub.problems)])
     return path
 
 
@@ -599,8 +611,11 @@ def write_report(out: Path, subs: list[Submission], info: SourceInfo,
     page.write_text(
         f"<html><head><meta charset='utf-8'><title>{info.assignment} report</title></head><body>"
         f"<h1>{info.assignment}: {len(subs)} submissions</h1>"
-        f"<p>mean {mean:.2f} / {info.max_score:g}; graded in {seconds:.0f} s; "
-        f"{len(flagged)} submissions with problems.</p>"
+        f"<p>mean {mean:.2f} / {info.max_score:g} autograded points; graded in {seconds:.0f} s; "
+        f"{len(flagged)} submissions with problems."
+        + (f" {info.manual_max:g} more points per submission are manually graded answers: grade "
+           "them in nbgrader's formgrader (they are left pending in the gradebook)."
+           if info.manual else "") + "</p>"
         f"<img src='plots/scores.png'><img src='plots/per_question.png'>"
         f"<img src='plots/hardest_tests.png'><h2>Batch problems</h2><ul>{batch or '<li>none</li>'}"
         f"</ul><h2>Problems by submission</h2><ul>{items or '<li>none</li>'}</ul></body></html>")
