@@ -21,7 +21,9 @@ and the re-check) goes through :class:`Sandbox`. Inside, student code:
   it ends, its whole process tree ends with it (the PID namespace dies with its first process).
 
 The kernel talks to nbgrader over IPC sockets in a bound folder (TCP cannot cross
-``--unshare-net``) and is interrupted by message (a signal would kill bwrap). Recipe and gotchas:
+``--unshare-net``). It is interrupted by SIGINT, which the supervising launcher forwards to the
+kernel inside (bwrap, in a session of its own, never sees it; a message-mode interrupt would hang
+nbclient for good on a kernel that is already dead). Recipe and gotchas:
 shared/DESIGN.md and book/instructor_guide.md ("Broken and hostile notebooks").
 
 ``python -m course_lib.grading.sandbox kernel CONFIG -f CONNECTION_FILE`` is the kernelspec's
@@ -295,6 +297,24 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def _children(pid: int) -> list[int]:
+    kids = []
+    try:
+        for t in os.listdir(f"/proc/{pid}/task"):
+            kids += [int(k) for k in Path(f"/proc/{pid}/task/{t}/children").read_text().split()]
+    except OSError:
+        pass
+    return kids
+
+
+def _program_pid(bwrap_pid: int) -> int | None:
+    """The host PID of the program bwrap runs (bwrap -> the namespace's init -> the program)."""
+    for init in _children(bwrap_pid):
+        for program in _children(init):
+            return program
+    return None
+
+
 def _collect(fd: int, into: list[dict]) -> None:
     """Read the audit channel's JSON lines until it closes (bounded: a flood is cut)."""
     with os.fdopen(fd, "rb") as stream:
@@ -311,9 +331,14 @@ def _collect(fd: int, into: list[dict]) -> None:
 def run_sandboxed(box: "Sandbox", command: list[str], name: str, writable: dict[str, str],
                   readonly: dict[str, str] | None = None, cwd: str | None = None,
                   env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = (),
-                  stdin=None, stdout=None, stderr=None, poll_s: float = 0.05) -> RunReport:
+                  stdin=None, stdout=None, stderr=None, poll_s: float = 0.05,
+                  forward_sigint: bool = False) -> RunReport:
     """Run ``command`` in ``box``, killing it (and so everything inside) when it exceeds its
-    process count or wall time, or when this supervisor is asked to stop (SIGTERM/SIGINT)."""
+    process count or wall time, or when this supervisor gets SIGTERM. ``forward_sigint``: pass
+    SIGINT on to the program inside (a kernel's interrupt) instead of stopping it.
+
+    bwrap runs in a session of its own, so the signals a kernel manager sends to this
+    supervisor's process group reach the sandbox only through here."""
     import threading
 
     audit_read, audit_write = os.pipe()
@@ -323,7 +348,7 @@ def run_sandboxed(box: "Sandbox", command: list[str], name: str, writable: dict[
     start = time.monotonic()
     try:
         proc = subprocess.Popen(argv + command, pass_fds=(*pass_fds, audit_write), stdin=stdin,
-                                stdout=stdout, stderr=stderr)
+                                stdout=stdout, stderr=stderr, start_new_session=True)
     finally:
         os.close(audit_write)
     reader = threading.Thread(target=_collect, args=(audit_read, audit), daemon=True)
@@ -331,6 +356,14 @@ def run_sandboxed(box: "Sandbox", command: list[str], name: str, writable: dict[
     killed, peak, limits = None, 0, box.limits
 
     def stop(signum, frame):  # the kernel manager shutting its kernel down: not a problem
+        if signum == signal.SIGINT and forward_sigint:
+            program = _program_pid(proc.pid)
+            if program is not None:
+                try:
+                    os.kill(program, signal.SIGINT)
+                except OSError:
+                    pass
+            return
         proc.kill()
 
     in_main = threading.current_thread() is threading.main_thread()
@@ -372,8 +405,10 @@ def install_kernelspec(folder: Path, sandbox: Sandbox | None, mem_mb: int) -> Pa
         argv = [sys.executable, "-m", "course_lib.grading.sandbox", "kernel", str(config),
                 "-f", "{connection_file}"]
         name = f"Python 3 (grading sandbox, {mem_mb} MiB limit)"
+    # Interrupts by signal: the launcher passes SIGINT on to the kernel inside. (Message-mode
+    # interrupts hang nbclient for good when the kernel is already dead: a blocking zmq send.)
     spec = {"argv": argv, "display_name": name, "language": "python",
-            "interrupt_mode": "message", "metadata": {"debugger": False}}
+            "interrupt_mode": "signal", "metadata": {"debugger": False}}
     (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1))
     return Path(folder)
 
@@ -390,7 +425,8 @@ def launch_kernel(config: Path, connection_file: str, kernel_args: list[str] = (
                "--file-mb", str(lim.file_mb), "-f", "/tmp/connection.json", *kernel_args]
     report = run_sandboxed(box, command, name,
                            writable={str(scratch): cwd, box.ipc_dir: box.ipc_dir},
-                           readonly={connection_file: "/tmp/connection.json"}, cwd=cwd)
+                           readonly={connection_file: "/tmp/connection.json"}, cwd=cwd,
+                           forward_sigint=True)
     if box.events_dir:
         events = Path(box.events_dir) / f"kernel-{Path(cwd).parent.name}.json"
         with open(events, "a") as f:  # one line per kernel start of this student
