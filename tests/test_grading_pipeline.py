@@ -189,7 +189,9 @@ procs = [subprocess.Popen(['sleep', '60']) for _ in range(200)]
         "forge_recheck": (_with({"part4": forge}), p["part1-tests"] + p["part2-tests"]
                           + p["part3-tests"]),
         "input_transformer": (_with({"part4": transformer}), TOTAL - p["part4-tests"]),
-        "patch_layer": (_with({"part2": patch_layer}), TOTAL - p["part2-tests"]),
+        # Its patch outlives its cell in nbgrader's kernel, so part 5's check is misled too.
+        "patch_layer": (_with({"part2": patch_layer}), TOTAL - p["part2-tests"]
+                        - p["part5-tests"]),
         "frame_walk": (_with({"part4": frame_walk}), TOTAL - p["part4-tests"]),
         "logging_stderr": (_with({"part1": logged_part1}), TOTAL),
         "spawn_daemon": (_with({"part1": daemon}), TOTAL),
@@ -388,7 +390,7 @@ PROBLEM_WORDS = {
     "nan_result": "NaN", "wrong_dtype": "dtype", "wrong_device": "device",
     RENAMED: "renamed", MISSING: "missing notebook",
     "edit_course_lib": "tried to change files outside its folder",
-    "forge_recheck": "nbgrader gave", "input_transformer": "nbgrader gave",
+    "forge_recheck": "forged", "input_transformer": "nbgrader gave",
     "patch_layer": "replaced protected objects", "spawn_daemon": "started processes",
     "fork_bomb": "processes", "slow_cells": "of its", "Jane  Doe": "graded as student id",
 }

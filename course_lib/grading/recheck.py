@@ -513,8 +513,9 @@ def _judge(job: dict, guard: Guard, shell, timeout: float, mem_mb, emit, scratch
         else:
             emit(**event)
     status = _reap(pid, timeout)
-    if dead or status:
-        emit(event="exit", reason=status or dead)
+    if dead or status:  # a forged reply is the reason, whatever became of the process after
+        emit(event="exit", reason=dead if "forged" in (dead or "") or "channel" in (dead or "")
+             else status or dead)
     else:
         emit(event="done")
     os.close(req_w)
