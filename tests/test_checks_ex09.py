@@ -130,6 +130,8 @@ def linear_shared():
     (lambda: nn.Sequential(nn.Conv2d(1, 10, 3)), "Reduce the feature map"),
     (lambda: "a model", "should return an nn.Module"),
     (lambda: nn.Sequential(nn.Sequential(Custom())), "`0.0` is a Custom"),
+    (lambda: nn.Sequential(*[nn.ReLU() for _ in range(200)], linear_classifier()),
+     "has 202 layers; use at most 100"),
 ])
 def test_wrong_designs_fail_the_budget_with_advice(build, words):
     assert words in failure(checks.check_budget, build)

@@ -40,6 +40,7 @@ MAX_EPOCHS = 20
 MIN_BATCH_SIZE = 32
 MAX_LR = 0.1
 MAX_WEIGHT_DECAY = 0.1
+MAX_LAYERS = 100      # leaf modules: each adds fixed per-call overhead that the budget does not see
 RECIPE_KEYS = ("epochs", "batch_size", "lr", "weight_decay")
 
 # The layers a design may use. The budget is measured by counting what PyTorch's standard conv
@@ -62,6 +63,10 @@ def digits():
 # ------------------------------------------------------------------------- building a design
 def _check_layers(model: nn.Module, name: str) -> None:
     allowed = CONTAINERS + LAYERS
+    leaves = sum(1 for m in model.modules() if not any(True for _ in m.children()))
+    if leaves > MAX_LAYERS:
+        fail(f"{name} has {leaves} layers; use at most {MAX_LAYERS}. Every layer costs time on "
+             f"each call whatever its mult-adds, and the check trains your design several times.")
     for path, module in model.named_modules():
         if type(module) in allowed:
             continue
