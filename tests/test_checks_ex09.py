@@ -2,6 +2,7 @@
 stderr; designs over budget, custom modules, pretrained models, bad recipes and a linear classifier
 fail with a message that says what to do. The design under test is read from the solutions
 notebook, so the test and the notebook cannot drift apart."""
+import ast
 import contextlib
 import copy
 import io
@@ -40,6 +41,12 @@ def solution() -> dict:
         exec(cells[gid].split("\n\n\nsummarize(")[0], namespace)
     recipe = re.search(r"### BEGIN SOLUTION\n(.*?)\n### END SOLUTION", cells["part2"], re.S)
     exec(recipe.group(1), namespace)
+    # the hidden test's cases: literal keyword arguments of the calls in the hidden block
+    hidden = cells["part2-tests"].split("### BEGIN HIDDEN TESTS")[1].split("### END HIDDEN")[0]
+    namespace["hidden_accuracy_cases"] = [
+        {k.arg: ast.literal_eval(k.value) for k in node.keywords}
+        for node in ast.walk(ast.parse(hidden)) if isinstance(node, ast.Call)
+        and getattr(node.func, "attr", "") == "check_accuracy"]
     return namespace
 
 
@@ -73,8 +80,11 @@ def test_solution_passes_every_check_without_stderr(solution):
     with contextlib.redirect_stderr(stderr):
         checks.check_budget(solution["build_model"])
         checks.check_accuracy(solution["build_model"], solution["RECIPE"])
+        for case in solution["hidden_accuracy_cases"]:
+            checks.check_accuracy(solution["build_model"], solution["RECIPE"], **case)
         checks.check_alternative(solution["build_model"], solution["build_alternative"])
     assert stderr.getvalue() == ""
+    assert solution["hidden_accuracy_cases"], "the hidden test passes its own seeds"
 
 
 def test_check_trains_exactly_like_the_notebook(solution):
