@@ -557,6 +557,8 @@ def serve(results_fd: int, timeout: float, mem_mb: int | None, check_modules: li
           scratch: Path, sandboxed: bool) -> None:
     """The server's loop: read jobs (JSON lines) on stdin, write events on ``results_fd``."""
     _no_ptrace()
+    # As in nbgrader's own kernels: a setup cell never pip-installs course_lib while grading.
+    os.environ["NBGRADER_EXECUTION"] = "autograde"
     shell = _import_checks(check_modules)
     guard = Guard()  # after the imports and IPython's own set-up, before any student code
 
