@@ -156,6 +156,26 @@ def test_dead_workers_are_retried_and_a_killer_is_failed_alone(tmp_path):
     assert "killed its worker 2 times" in got["poison"].reason
 
 
+def sleep_then_echo(chunk: list, seconds: float) -> list:
+    time.sleep(seconds)
+    return list(chunk)
+
+
+@pytest.mark.slow
+def test_when_every_worker_is_gone_the_rest_fail_with_the_reason(tmp_path):
+    """The only worker (a `dask worker` process group) goes down mid-task and none comes back:
+    after the engine's patience, every item still waiting is a Failure that says why."""
+    with dask_cluster(tmp_path / "dask", {"only": ()}) as c:
+        with cluster.Engine(scheduler=c.address, no_worker_timeout=10) as engine:
+            import threading
+
+            threading.Timer(3, stop, (c.workers["only"], signal.SIGKILL)).start()
+            got = engine.map_chunks(sleep_then_echo, [[1], [2]], 60, key=str)
+    assert set(got) == {"1", "2"}
+    assert all(isinstance(v, cluster.Failure) and "no dask worker" in v.reason
+               for v in got.values()), got
+
+
 @pytest.mark.slow
 def test_gpu_work_goes_only_to_gpu_workers(two_workers):
     with cluster.Engine(scheduler=two_workers.address) as engine:

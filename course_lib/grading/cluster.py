@@ -28,6 +28,7 @@ and the outputs. Around that:
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib.metadata
 import json
@@ -45,6 +46,9 @@ from typing import Callable
 # How often the scheduler may see a task's worker die before the task fails (KilledWorker):
 # 1 = one retry elsewhere. A submission that kills two workers is graded 0.
 ALLOWED_FAILURES = 1
+ALLOWED_LOSSES = 2       # a finished task's result lost with its worker: graded again, twice
+NO_WORKER_TIMEOUT_S = 600  # no worker able to take the tasks this long: the rest fail (rows say so)
+POLL_S = 5               # how often the coordinator looks for new or vanished workers
 MAX_LOG_CHARS = 200_000  # of each shard log sent back to the coordinator
 RESULTS = "results"      # OUT/results/<student>.json: the resume cache
 MAX_CHUNK = 16           # submissions per task at most (see chunked)
@@ -61,16 +65,6 @@ class EnvironmentMismatch(ClusterError):
 
 
 # ----------------------------------------------------------------------------- environment
-def _tree_hash(folder: Path, pattern: str = "*.py") -> str:
-    digest = hashlib.sha256()
-    for path in sorted(folder.rglob(pattern)):
-        if "__pycache__" in path.parts:
-            continue
-        digest.update(str(path.relative_to(folder)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
 def _version(package: str) -> str:
     try:
         return importlib.metadata.version(package)
@@ -78,24 +72,46 @@ def _version(package: str) -> str:
         return "not installed"
 
 
-def fingerprint(assignment: str) -> dict[str, str]:
+def checks_hash(assignment: str) -> str:
+    """Hash of the checks the assignment is graded with, as this process imports them."""
+    import course_lib
+
+    folder = Path(course_lib.__file__).parent / "checks"
+    digest = hashlib.sha256()
+    for name in ("__init__.py", "cases.py", f"{assignment}.py"):
+        path = folder / name
+        digest.update(name.encode())
+        digest.update(path.read_bytes() if path.is_file() else b"")
+    return digest.hexdigest()[:16]
+
+
+def fingerprint(assignment: str, sandboxed: bool = True) -> dict[str, str]:
     """What must be equal on every host for a submission to get the same grade everywhere.
 
     Versions are read from package metadata (importing torch here would cost seconds per worker);
-    course_lib is hashed file by file, since an edited working copy keeps its version number."""
+    course_lib is hashed file by file, since an edited working copy keeps its version number.
+    ``sandboxed``: also whether bubblewrap works here (a worker that cannot sandbox is refused)."""
     import course_lib
-    from course_lib.grading.grade_class import _checks_hash
+    from course_lib.grading import sandbox
+    from course_lib.grading.grade_class import _course_lib_hash
 
-    return {
+    found = {
         "python": platform.python_version(),
-        "course_lib": f"{course_lib.__version__} (source {_tree_hash(Path(course_lib.__file__).parent)})",
+        "course_lib": f"{course_lib.__version__} (source {_course_lib_hash()[:16]})",
         "nbgrader": _version("nbgrader"),
         # The release, not the build: a GPU host's CUDA build (2.13.0+cu128) grades like the
         # coordinator's CPU build (2.13.0+cpu); the GPU-only checks are what differs, by design.
         "torch": _version("torch").split("+")[0],
         "ipykernel": _version("ipykernel"),
-        f"checks of {assignment}": _checks_hash(assignment)[:16],
+        f"checks of {assignment}": checks_hash(assignment),
     }
+    if sandboxed:
+        try:
+            sandbox.check_available()
+            found["sandbox"] = "bubblewrap works"
+        except sandbox.SandboxUnavailable as exc:
+            found["sandbox"] = str(exc)
+    return found
 
 
 def differences(ours: dict[str, str], theirs: dict[str, str]) -> list[str]:
@@ -162,11 +178,12 @@ class Engine:
     retry and split policy described in the module docstring."""
 
     def __init__(self, workers: int = 1, scheduler: str | None = None,
-                 connect_timeout: float = 30, log: Callable[[str], None] | None = None) -> None:
+                 connect_timeout: float = 30, log: Callable[[str], None] | None = None,
+                 no_worker_timeout: float = NO_WORKER_TIMEOUT_S) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.workers, self.scheduler = workers, scheduler
-        self.connect_timeout = connect_timeout
+        self.connect_timeout, self.no_worker_timeout = connect_timeout, no_worker_timeout
         self.log = log or (lambda message: None)
         self.client = self.cluster = None
         self._old_allowed_failures: int | None = None
@@ -184,9 +201,10 @@ class Engine:
                 # bounds memory (the nanny would only see the worker process's own memory).
                 self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1,
                                             processes=True, host="127.0.0.1",
-                                            dashboard_address=None, memory_limit=0,
+                                            dashboard_address="127.0.0.1:0", memory_limit=0,
                                             silence_logs=50)
                 self.client = Client(self.cluster)
+            self.wait_for_workers(self.workers)
         else:
             try:
                 self.client = Client(self.scheduler, timeout=self.connect_timeout)
@@ -227,20 +245,19 @@ class Engine:
         return self.client.scheduler_info(n_workers=-1)["workers"]
 
     def slots(self, resources: dict | None = None) -> int:
-        """Worker threads that could run a task needing ``resources`` now (at least 1, so
-        that tasks wait at the scheduler while workers restart)."""
+        """Worker threads that could run a task needing ``resources`` now."""
         need = resources or {}
-        return max(1, sum(w.get("nthreads", 1) for w in self.worker_info().values()
-                          if all((w.get("resources") or {}).get(r, 0) >= n
-                                 for r, n in need.items())))
+        return sum(w.get("nthreads", 1) for w in self.worker_info().values()
+                   if all((w.get("resources") or {}).get(r, 0) >= n for r, n in need.items()))
 
     def gpu_workers(self) -> list[str]:
-        return sorted(a for a, w in self.worker_info().items() if (w.get("resources") or {}).get(GPU, 0) >= 1)
+        return sorted(a for a, w in self.worker_info().items()
+                      if (w.get("resources") or {}).get(GPU, 0) >= 1)
 
-    def check_environment(self, assignment: str) -> dict[str, str]:
+    def check_environment(self, assignment: str, sandboxed: bool = True) -> dict[str, str]:
         """Compare every connected worker's fingerprint with ours; raise on any difference."""
-        ours = fingerprint(assignment)
-        theirs = self.client.run(fingerprint, assignment)
+        ours = fingerprint(assignment, sandboxed)
+        theirs = self.client.run(fingerprint, assignment, sandboxed)
         refused = {w: differences(ours, fp) for w, fp in theirs.items()}
         refused = {w: d for w, d in refused.items() if d}
         if refused:
@@ -261,61 +278,90 @@ class Engine:
         :class:`EnvironmentMismatch` raised on a worker stops everything."""
         from collections import deque
 
-        from distributed import as_completed
+        from distributed import wait
         from distributed.scheduler import KilledWorker
 
         results: dict = {}
-        pending = {}
+        pending: dict = {}          # future -> chunk
+        lost: dict[int, int] = {}   # id(chunk) -> times its result was lost or cancelled
         backlog = deque(c for c in chunks if c)
-        queue = as_completed()
+        no_worker_since = None
 
         def fill() -> None:
             # No more tasks in flight than worker threads that may run them: the scheduler blames
             # a worker's death on every task queued on that worker, and an innocent submission
             # queued beside a killer must not be failed with it.
-            while backlog and len(pending) < self.slots(resources):
+            while backlog and len(pending) < max(1, self.slots(resources)):
                 chunk = backlog.popleft()
                 digest = hashlib.sha1(repr([key(i) for i in chunk]).encode()).hexdigest()[:10]
                 future = self.client.submit(
                     fn, chunk, *args, resources=resources, pure=False,
                     key=f"{getattr(fn, '__name__', 'task')}-{digest}-{time.monotonic_ns()}")
-                pending[future.key] = chunk
-                queue.add(future)
+                pending[future] = chunk
 
-        fill()
-        for future in queue:
-            chunk = pending.pop(future.key)
-            if future.status == "finished":
-                try:
-                    values = future.result()
-                except Exception as exc:  # its result was lost with a worker: grade it again
-                    self.log(f"the result of a task of {len(chunk)} was lost ({_describe(exc)})")
-                    backlog.appendleft(chunk)
-                    fill()
+        def fail(item, reason: str) -> None:
+            results[key(item)] = Failure(reason)
+            if on_done:
+                on_done(item, results[key(item)])
+
+        while backlog or pending:
+            fill()  # also when workers joined since the last round
+            try:
+                done = wait(list(pending), timeout=POLL_S, return_when="FIRST_COMPLETED").done
+            except TimeoutError:
+                done = set()
+            if not done:
+                if self.slots(resources):
+                    no_worker_since = None
                     continue
-                for item, result in zip(chunk, values):
-                    results[key(item)] = result
-                    if on_done:
-                        on_done(item, result)
-                fill()
-                continue
-            exc = future.exception()
-            if isinstance(exc, EnvironmentMismatch):
-                raise exc
-            if len(chunk) > 1:
-                self.log(f"a task of {len(chunk)} failed ({_describe(exc)}); "
-                         "retrying its items one by one")
-                backlog.extendleft([item] for item in reversed(chunk))
-            else:
-                if isinstance(exc, KilledWorker):
-                    reason = (f"grading it killed its worker {exc.allowed_failures + 1} times "
-                              f"(last on {exc.last_worker.address}); scored 0")
+                no_worker_since = no_worker_since or time.monotonic()
+                if time.monotonic() - no_worker_since < self.no_worker_timeout:
+                    continue
+                self.log(f"no worker for {self.no_worker_timeout:g} s: giving up")
+                for chunk in [*pending.values(), *backlog]:
+                    for item in chunk:
+                        fail(item, f"no dask worker could grade it for "
+                                   f"{self.no_worker_timeout:g} s (all died or left); scored 0, "
+                                   "run grade_class again to grade it")
+                for future in pending:
+                    future.cancel()
+                break
+            for future in done:
+                chunk = pending.pop(future)
+                if future.status == "finished":
+                    try:
+                        values = future.result()
+                    except Exception:  # its result was lost with its worker
+                        values = None
+                    if values is not None:
+                        for item, result in zip(chunk, values):
+                            results[key(item)] = result
+                            if on_done:
+                                on_done(item, result)
+                        continue
+                if future.status in ("finished", "cancelled"):  # lost: grade it again
+                    lost[id(chunk)] = lost.get(id(chunk), 0) + 1
+                    if lost[id(chunk)] <= ALLOWED_LOSSES:
+                        self.log(f"a task of {len(chunk)} was lost ({future.status}); again")
+                        backlog.appendleft(chunk)
+                        continue
+                    for item in chunk:
+                        fail(item, f"its grading task was lost {lost[id(chunk)]} times "
+                                   "(scheduler or client restarted?); scored 0, run grade_class "
+                                   "again to grade it")
+                    continue
+                exc = future.exception()
+                if isinstance(exc, EnvironmentMismatch):
+                    raise exc
+                if len(chunk) > 1:
+                    self.log(f"a task of {len(chunk)} failed ({_describe(exc)}); "
+                             "retrying its items one by one")
+                    backlog.extendleft([item] for item in reversed(chunk))
+                elif isinstance(exc, KilledWorker):
+                    fail(chunk[0], f"grading it killed its worker {exc.allowed_failures + 1} "
+                                   f"times (last on {exc.last_worker.address}); scored 0")
                 else:
-                    reason = f"grading failed on the worker ({_describe(exc)}); scored 0"
-                results[key(chunk[0])] = Failure(reason)
-                if on_done:
-                    on_done(chunk[0], results[key(chunk[0])])
-            fill()
+                    fail(chunk[0], f"grading failed on the worker ({_describe(exc)}); scored 0")
         return results
 
 
@@ -357,13 +403,16 @@ class ChunkJob:
     cell_timeout: float
     mem_mb: int
     fingerprint: dict[str, str]
+    limits: object = None      # sandbox.Limits; None: no sandbox (--no-sandbox)
+    hide: list[str] = field(default_factory=list)  # coordinator folders to mask where they exist
 
     def bundle_hash(self, sources_only: bool = False) -> str:
         """Hash of the bundle; ``sources_only``: of what the grades depend on (the config and
         the assignment's sources), not of the files generated from them (stamped each run)."""
         digest = hashlib.sha256()
         for name in sorted(self.bundle):
-            if sources_only and not (name == "nbgrader_config.py" or name.startswith("solutions/")):
+            if sources_only and not (name == "nbgrader_config.py"
+                                     or name.startswith("solutions/")):
                 continue
             digest.update(name.encode() + b"\0" + self.bundle[name])
         return digest.hexdigest()[:16]
@@ -396,25 +445,45 @@ def course_bundle(shard: Path, assignment: str) -> dict[str, bytes]:
     return files
 
 
-# Per worker process: the course template and kernel setup, reused by every task of a batch.
-_TEMPLATES: dict[tuple, tuple[Path, dict]] = {}
+# Per worker process: the course template and sandbox of the current batch, reused by its tasks
+# (the folders of an earlier batch are removed when a new one arrives, and at exit).
+_TEMPLATES: dict[tuple, tuple[Path, object]] = {}
 _TEMPLATE_LOCK = threading.Lock()
 
 
-def _template(job: ChunkJob) -> tuple[Path, dict]:
-    from course_lib.grading.kernel import install_kernelspec, kernel_env
+def _drop_templates() -> None:
+    for root, box in _TEMPLATES.values():
+        shutil.rmtree(root, ignore_errors=True)
+        if box is not None:
+            shutil.rmtree(box.ipc_dir, ignore_errors=True)
+    _TEMPLATES.clear()
 
-    key = (job.bundle_hash(), job.assignment, job.mem_mb)
+
+atexit.register(_drop_templates)
+
+
+def _template(job: ChunkJob) -> tuple[Path, object]:
+    """(a folder for this batch on this worker, holding the generated course in ``shard/``;
+    the batch's sandbox or None). The folder is masked from student code with the coordinator's
+    folders that exist on this host (the same machine, or a shared file system)."""
+    from course_lib.grading import sandbox
+
+    key = (job.bundle_hash(), job.assignment, job.mem_mb, repr(job.limits), tuple(job.hide))
     with _TEMPLATE_LOCK:
         if key in _TEMPLATES and _TEMPLATES[key][0].is_dir():
             return _TEMPLATES[key]
-        root = Path(tempfile.mkdtemp(prefix="grading-template-"))
+        _drop_templates()
+        root = Path(tempfile.mkdtemp(prefix="grading-worker-"))
         for name, data in job.bundle.items():
             path = root / "shard" / name
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
-        env = kernel_env(install_kernelspec(root / "jupyter", job.mem_mb))
-        _TEMPLATES[key] = (root / "shard", env)
+        box = None
+        if job.limits is not None:
+            box = sandbox.Sandbox.for_batch(root, hide=[Path(p) for p in job.hide
+                                                        if Path(p).exists()],
+                                            limits=job.limits)
+        _TEMPLATES[key] = (root, box)
         return _TEMPLATES[key]
 
 
@@ -437,19 +506,25 @@ def grade_chunk(items: list[Work], job: ChunkJob) -> list[Graded]:
     """A dask task: grade ``items`` end to end in a private course on this worker (autograde,
     re-check, feedback, as :func:`course_lib.grading.grade_class._grade_shard` does), and return
     the results as data. Nothing is written outside this worker's temporary folder."""
-    from course_lib.grading import grade_class
     from course_lib.grading import course as grading
+    from course_lib.grading import grade_class, sandbox
+    from course_lib.grading.kernel import kernel_env
 
     worker = _worker_address()
-    diffs = differences(job.fingerprint, fingerprint(job.assignment))
+    diffs = differences(job.fingerprint, fingerprint(job.assignment, job.limits is not None))
     if diffs:
         raise EnvironmentMismatch(_mismatch_message(worker, diffs))
     started = time.monotonic()
-    template, env = _template(job)
-    work = Path(tempfile.mkdtemp(prefix="grading-chunk-"))
+    root, box = _template(job)
+    template = root / "shard"
+    work = Path(tempfile.mkdtemp(prefix="chunk-", dir=root))
+    box = box.for_shard() if box is not None else None  # IPC sockets of its own
     try:
         shard = work / "shard"
-        grade_class._prepare_shard(template, job.assignment, shard, template, env)
+        settings = {"cell_timeout": job.cell_timeout, "mem_mb": job.mem_mb, "sandbox": box,
+                    "env": kernel_env(sandbox.install_kernelspec(work / "jupyter", box,
+                                                                 job.mem_mb))}
+        grade_class._prepare_shard(template, job.assignment, shard, template, settings["env"])
         subs = []
         for item in items:
             sub = grade_class.Submission(item.student, "", problems=list(item.problems))
@@ -458,12 +533,11 @@ def grade_chunk(items: list[Work], job: ChunkJob) -> list[Graded]:
             sub.notebook.write_bytes(item.notebook)
             subs.append(sub)
         prepared = time.monotonic()
-        grade_class._grade_shard(shard, subs, job.info, env, job.cell_timeout, job.mem_mb,
+        grade_class._grade_shard(shard, subs, job.info, settings,
                                  {name: _Bar() for name in ("autograde", "recheck", "feedback")})
         a = job.assignment
         html_name = grading.notebook_name(a).replace(".ipynb", ".html")
-        stages = _stage_seconds(shard, prepared)
-        stages["prepare"] = prepared - started
+        stages = dict(settings.get("seconds", {}), prepare=prepared - started)
         timings = _notebook_timings(shard, subs, job.info, _wall(prepared))
         stages.update(timings.pop(None, {}))
         results = []
@@ -472,7 +546,8 @@ def grade_chunk(items: list[Work], job: ChunkJob) -> list[Graded]:
             results.append(Graded(
                 sub.student, sub.status, sub.nbgrader, dict(sub.recheck), dict(sub.final),
                 sub.problems[len(item.problems):],
-                page.read_text(errors="replace") if page.is_file() else None, worker,
+                page.read_text(encoding="utf-8", errors="replace")
+                if page.is_file() and not page.is_symlink() else None, worker,
                 timings.get(sub.student, {})))
         results[0].chunk = {"students": [i.student for i in items], "stages": stages,
                             "logs": {log.name: log.read_text(errors="replace")[-MAX_LOG_CHARS:]
@@ -480,26 +555,13 @@ def grade_chunk(items: list[Work], job: ChunkJob) -> list[Graded]:
         return results
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if box is not None:
+            shutil.rmtree(box.ipc_dir, ignore_errors=True)
 
 
 def _wall(monotonic: float) -> float:
     """The wall-clock time (as file times and nbgrader's stamps use) of a monotonic reading."""
     return time.time() - (time.monotonic() - monotonic)
-
-
-def _stage_seconds(shard: Path, start: float) -> dict[str, float]:
-    """Seconds spent in autograde, re-check and feedback, from when each stage's log was last
-    written (each stage writes its log until its process exits; the stages run in this order)."""
-    marks = {}
-    for stage in ("autograde", "recheck", "feedback"):
-        log = shard / f"{stage}.log"
-        if log.is_file():
-            marks[stage] = log.stat().st_mtime
-    seconds, previous = {}, _wall(start)
-    for stage, mark in marks.items():
-        seconds[stage] = max(0.0, mark - previous)
-        previous = mark
-    return seconds
 
 
 def _notebook_timings(shard: Path, subs: list, info, autograde_start: float) -> dict:
@@ -608,26 +670,32 @@ class Dispatch:
 
 
 def grade_submissions(engine: Engine, subs: list, info, template: Path, out: Path,
-                      cell_timeout: float, mem_mb: int, chunk_size: int | None = None,
+                      cell_timeout: float, mem_mb: int, limits=None, hide: list[Path] = (),
+                      chunk_size: int | None = None,
                       progress: Callable[[int], None] | None = None) -> Dispatch:
     """Grade every submission that has a notebook on ``engine``'s workers and record the results
     in ``subs`` (scores, status, problems; ``sub.feedback`` points to the HTML written under
     ``out/feedback``). ``template`` is a shard in which the assignment was generated
-    (:func:`course_bundle`). Raises :class:`EnvironmentMismatch` / :class:`ClusterError` before grading
-    if the workers cannot be trusted or reached."""
+    (:func:`course_bundle`). ``limits`` (``sandbox.Limits``) runs student code in the sandbox,
+    hiding the ``hide`` folders; ``None`` runs it without one (``--no-sandbox``). Raises
+    :class:`EnvironmentMismatch` / :class:`ClusterError` before grading if the workers cannot be
+    trusted or reached."""
     from course_lib.grading import course as grading
 
     a = info.assignment
     out = Path(out)
     report = Dispatch()
     engine.wait_for_workers(1)
-    ours = engine.check_environment(a)
+    ours = engine.check_environment(a, sandboxed=limits is not None)
     resources, note = route(engine, a)
     if note:
         report.notes.append(note)
-    job = ChunkJob(a, course_bundle(template, a), info, cell_timeout, mem_mb, ours)
-    cache = ResultCache(out / RESULTS, {"fingerprint": ours, "sources": job.bundle_hash(sources_only=True),
-                                        "cell_timeout": cell_timeout, "mem_mb": mem_mb})
+    job = ChunkJob(a, course_bundle(template, a), info, cell_timeout, mem_mb, ours, limits,
+                   [str(Path(p).resolve()) for p in hide])
+    cache = ResultCache(out / RESULTS, {"fingerprint": ours,
+                                        "sources": job.bundle_hash(sources_only=True),
+                                        "cell_timeout": cell_timeout, "mem_mb": mem_mb,
+                                        "sandbox": repr(limits)})
     html_name = grading.notebook_name(a).replace(".ipynb", ".html")
     by_student = {s.student: s for s in subs}
     keys: dict[str, str] = {}
@@ -638,7 +706,7 @@ def grade_submissions(engine: Engine, subs: list, info, template: Path, out: Pat
         if graded.feedback_html is not None:
             sub.feedback = out / "feedback" / sub.student / a / html_name
             sub.feedback.parent.mkdir(parents=True, exist_ok=True)
-            sub.feedback.write_text(graded.feedback_html)
+            sub.feedback.write_text(graded.feedback_html, encoding="utf-8")
         report.timings[sub.student] = graded.timing
         if progress:
             progress(1)
