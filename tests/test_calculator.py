@@ -1,4 +1,4 @@
-"""The book's in-browser calculator (book/_static/calculator/conv_calculator.js) computes what
+"""The book's in-browser calculator (book/_static/site/conv_calculator.js) computes what
 course_lib computes: the same cases go through the JavaScript (run by node, as a browser would run
 it, with no DOM) and through course_lib, and must give the same numbers, and reject the same bad
 inputs. tests/test_browser.py drives the widget itself in Chromium."""
@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO
 from course_lib import atrous, conv, costs, separable
 
-SCRIPT = REPO / "book" / "_static" / "calculator" / "conv_calculator.js"
+SCRIPT = REPO / "book" / "_static" / "site" / "conv_calculator.js"
 NODE = shutil.which("node")
 if NODE is None and os.environ.get("CI"):
     raise RuntimeError("node is missing in CI: .ci/run installs it (apt-get install nodejs)")

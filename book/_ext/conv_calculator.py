@@ -1,4 +1,4 @@
-"""Sphinx extension: the in-browser convolution calculator (book/_static/calculator/).
+"""Sphinx extension: the in-browser convolution calculator (book/_static/site/).
 
 ``{conv-calculator}`` writes an empty ``<div class="conv-calculator">`` whose ``data-*``
 attributes preset the layer (options ``c``, ``m``, ``k``, ``stride``, ``padding``, ``dilation``,
@@ -15,14 +15,12 @@ network: the page works offline. Without JavaScript the div says what it would s
 from __future__ import annotations
 
 import html
-from pathlib import Path
 
 from docutils import nodes
 from docutils.parsers.rst import directives
 from sphinx.application import Sphinx
 from sphinx.util.docutils import SphinxDirective
 
-STATIC = Path(__file__).resolve().parent.parent / "_static" / "calculator"
 NUMBERS = ("c", "m", "k", "stride", "padding", "dilation", "groups", "height", "width")
 
 
@@ -49,14 +47,9 @@ class ConvCalculator(SphinxDirective):
         return [nodes.raw("", markup, format="html")]
 
 
-def _add_static_path(app: Sphinx, config) -> None:
-    if str(STATIC) not in config.html_static_path:
-        config.html_static_path.append(str(STATIC))
-
-
 def setup(app: Sphinx) -> dict:
     app.add_directive("conv-calculator", ConvCalculator)
-    app.connect("config-inited", _add_static_path)
+    app.setup_extension("page_style")  # serves book/_static/site/, where the script lives
     app.add_js_file("conv_calculator.js")
     app.add_css_file("conv_calculator.css")
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -197,7 +197,7 @@
     stackLabel.appendChild(stack);
     const add = document.createElement("button");
     add.type = "button";
-    add.name = "append";
+    add.name = "append-layer";
     add.textContent = "append this layer";
     form.append(stackLabel, add);
 
