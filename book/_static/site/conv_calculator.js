@@ -164,6 +164,10 @@
     const form = document.createElement("form");
     form.className = "conv-calculator-form";
     form.setAttribute("aria-label", "convolution calculator");
+    const title = document.createElement("p");
+    title.className = "conv-calculator-title";
+    title.textContent = "Convolution calculator (runs in your browser)";
+    form.appendChild(title);
     form.addEventListener("submit", (e) => e.preventDefault());
     const grid = document.createElement("div");
     grid.className = "conv-calculator-inputs";
@@ -180,6 +184,7 @@
       grid.appendChild(wrap);
     }
     const biasWrap = document.createElement("label");
+    biasWrap.className = "conv-calculator-bias";
     const bias = document.createElement("input");
     Object.assign(bias, { type: "checkbox", name: "bias", id: `conv-calc-${index}-bias` });
     bias.checked = root.dataset.bias === "true";
@@ -240,7 +245,8 @@
         row("effective_kernel", "kernel span d(K − 1) + 1", r.effectiveKernel),
         row("params", "parameters K²·(C/g)·M" + (read().bias ? " + M" : ""), fmt(r.params)),
         row("macs", "mult-adds K²·(C/g)·M·H<sub>out</sub>·W<sub>out</sub>", fmt(r.macs)),
-        row("sep_params", "depthwise-separable parameters K²C + CM", fmt(r.sepParams)),
+        row("sep_params", "depthwise-separable parameters K²C + CM" +
+          (read().bias ? " + C + M" : ""), fmt(r.sepParams)),
         row("sep_macs", "depthwise-separable mult-adds (K²C + CM)·H<sub>out</sub>·W<sub>out</sub>",
           fmt(r.sepMacs)),
         row("sep_ratio", "separable / standard (g = 1): 1/M + 1/K²", r.sepRatio.toFixed(4)),
