@@ -45,7 +45,7 @@ def test_bad_image():
 
 from matplotlib.patches import Circle  # noqa: E402
 
-from course_lib import atrous  # noqa: E402
+from course_lib import atrous, mobilenet  # noqa: E402
 from course_lib.viz import _draw  # noqa: E402
 
 
@@ -126,7 +126,9 @@ def test_aspp_diagram_shapes_and_taps_on_the_map():
 
 
 def test_mobilenet_block_and_stage_shapes():
-    assert viz.layer_names(__import__("course_lib").mobilenet.MobileNetV1()._block(64, 128, 1)) == [
+    with torch.device("meta"):
+        block = mobilenet.MobileNetV1()._block(64, 128, 1)
+    assert viz.layer_names(block) == [
         "3x3 depthwise conv, 64 ch.", "BatchNorm", "ReLU", "1x1 conv, 64 → 128 ch.", "BatchNorm",
         "ReLU"]
     # The paper's Table 1 (input-size column, with the stride-1 erratum for the last block).
