@@ -53,6 +53,13 @@ def _texts(ax) -> str:
     return " ".join(t.get_text() for t in ax.figure.findobj(matplotlib.text.Text))
 
 
+def assert_readable(fig):
+    """At most MAX_WIDTH_IN wide, and its smallest text at least 9 screen pixels high once the
+    figure is scaled to the book's text column."""
+    assert fig.get_size_inches()[0] <= _draw.MAX_WIDTH_IN
+    assert _draw.smallest_font_px(fig) >= 9, _draw.smallest_font_px(fig)
+
+
 def test_im2col_indices_match_hand_unfolding():
     c_in, size, k = 2, 4, 3
     cols = viz.unfolded_indices(c_in, size, k)
@@ -77,6 +84,7 @@ def test_im2col_diagram_draws_every_number_and_the_product_shapes():
     # 32 input numbers + 18 x 4 unfolded entries, each its own text
     numbers = [t for t in ax.texts if t.get_text().isdigit()]
     assert len(numbers) == 32 + 18 * 4
+    assert_readable(ax.figure)
     with pytest.raises(ValueError, match="highlight"):
         viz.draw_im2col(highlight=4)
     plt.close("all")
@@ -91,6 +99,7 @@ def test_separable_shapes_follow_the_formulas():
     texts = _texts(ax)
     for shape in shapes.values():
         assert str(shape) in texts
+    assert_readable(ax.figure)
     plt.close("all")
 
 
@@ -106,6 +115,7 @@ def test_inception_family_shapes_and_groups():
     ax = viz.draw_inception_family(c, t, s)
     texts = _texts(ax)
     assert "groups = 3" in texts and "groups = 12" in texts
+    assert_readable(ax.figure)
     plt.close("all")
 
 
@@ -122,6 +132,7 @@ def test_aspp_diagram_shapes_and_taps_on_the_map():
     hollow = [p for p in taps if p.get_facecolor()[:3] == (1.0, 1.0, 1.0)]
     # Centre pixel 16 of 33: offsets +-6 and +-12 stay on the map, +-18 all leave it (8 taps).
     assert len(taps) == 27 and len(hollow) == 8
+    assert_readable(ax.figure)
     plt.close("all")
 
 
@@ -140,7 +151,8 @@ def test_mobilenet_block_and_stage_shapes():
     assert half[1][1] == (16, 64, 64) and half[-2][1] == (512, 1, 1)
     ax = viz.draw_network_shapes()
     assert "C = 1024" in _texts(ax) and "7 x 7" in _texts(ax)
-    viz.draw_mobilenet_block()
+    assert_readable(ax.figure)
+    assert_readable(viz.draw_mobilenet_block().figure)
     plt.close("all")
 
 
@@ -152,20 +164,5 @@ def test_gridding_panels_are_drawn_to_scale():
     pixel_widths = [ax.get_window_extent().width / m.shape[1]
                     for ax, m in zip(fig.axes, maps.values())]
     assert max(pixel_widths) / min(pixel_widths) < 1.02, pixel_widths
-    plt.close(fig)
-
-
-@pytest.mark.parametrize("draw", [
-    lambda: viz.draw_im2col().figure, lambda: viz.draw_separable_shapes().figure,
-    lambda: viz.draw_inception_family().figure, lambda: viz.draw_aspp().figure,
-    lambda: viz.draw_mobilenet_block().figure, lambda: viz.draw_network_shapes().figure,
-    lambda: viz.show_sampled_pixels_to_scale(
-        {"a": atrous.sampled_pixels([(3, 1, 2)] * 3), "b": atrous.sampled_pixels([(3, 1, 1)])}),
-], ids=["im2col", "separable", "inception", "aspp", "mobilenet_block", "mobilenet_stages",
-        "gridding"])
-def test_diagram_text_is_readable_at_page_width(draw):
-    fig = draw()
-    assert fig.get_size_inches()[0] <= _draw.MAX_WIDTH_IN
-    # At least 9 screen pixels high once the figure is scaled to the book's text column.
-    assert _draw.smallest_font_px(fig) >= 9, _draw.smallest_font_px(fig)
+    assert_readable(fig)
     plt.close(fig)
