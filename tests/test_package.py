@@ -7,6 +7,7 @@ but no course_lib (nor myst_nb, like Colab), first with no course_lib, then with
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -333,9 +334,9 @@ class Venv:
         self.kernels = root / "share" / "jupyter" / "kernels"
         spec = self.kernels / "colab-sim"
         spec.mkdir(parents=True)
-        spec.joinpath("kernel.json").write_text(
-            '{"argv": ["%s", "-m", "ipykernel_launcher", "-f", "{connection_file}"], '
-            '"display_name": "Colab simulation", "language": "python"}' % self.python)
+        spec.joinpath("kernel.json").write_text(json.dumps({
+            "argv": [str(self.python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": "Colab simulation", "language": "python"}))
 
     def env(self, **extra: str) -> dict:
         """The environment of the kernel (no PYTHONPATH: that would show the working copy)."""
