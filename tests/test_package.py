@@ -468,7 +468,10 @@ def _assert_setup_used_the_release(nb: nbformat.NotebookNode) -> None:
 
 def _assert_every_test_passes(nb: nbformat.NotebookNode, assignment: str) -> None:
     """nbgrader's rule: a test cell with an error or any stderr output scores 0."""
-    tests = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
+    # Autograded test cells only: written answers (markdown) are graded by a person.
+    tests = [c for c in nb.cells if c.cell_type == "code"
+             and c.metadata.get("nbgrader", {}).get("grade")
+             and not c.metadata.get("nbgrader", {}).get("solution")]
     assert tests
     for cell in tests:
         bad = [o for o in cell.outputs if o.output_type == "error"
