@@ -149,6 +149,27 @@ def call_student(fn: Callable[..., Any], *args: Any, name: str | None = None,
         fail(f"{label} raised {type(exc).__name__} on {call}: {exc}")
 
 
+def call_each(fn: Callable[..., Any], calls: Iterable[tuple[tuple, dict]],
+              name: str | None = None) -> list[Any]:
+    """:func:`call_student` on every (args, kwargs) first, before any expected value exists. A
+    call that fails is kept as its :class:`CheckFailed` and raised by :func:`answer` when its
+    case comes up, so the first case still fails first (with its own hint)."""
+    results: list[Any] = []
+    for args, kwargs in calls:
+        try:
+            results.append(call_student(fn, *args, name=name, **kwargs))
+        except CheckFailed as exc:
+            results.append(exc)
+    return results
+
+
+def answer(result: Any) -> Any:
+    """A result of :func:`call_each`: the student's value, or its failure raised now."""
+    if isinstance(result, CheckFailed):
+        raise result
+    return result
+
+
 def expect_tensor(actual: Any, expected: torch.Tensor, what: str, atol: float = 1e-4,
                   rtol: float = 1e-4) -> None:
     """Compare a student's tensor to the reference: type, shape, finiteness, then values."""

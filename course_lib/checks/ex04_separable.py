@@ -138,7 +138,7 @@ def check_separable_block(SeparableConv2d: Callable,
         if pointwise.stride != (1, 1):
             fail(f"{call}: the stride is on the pointwise conv. The outputs come out the same, but "
                  f"the depthwise conv then computes every position and the 1x1 conv throws "
-                 f"most of them away: put stride={s} on the depthwise conv.")
+                 f"{1 - 1 / (s * s):.0%} of them away: put stride={s} on the depthwise conv.")
         if depthwise.stride != (s, s):
             fail(f"{call}: depthwise.stride is {depthwise.stride}, but the block's stride is "
                  f"{s}: put stride={s} on the depthwise conv.")

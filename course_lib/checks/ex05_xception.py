@@ -9,7 +9,7 @@ from torch import nn
 
 from course_lib import xception
 from course_lib.separable import DepthwiseSeparableConv2d
-from course_lib.checks import (_REF, as_int, as_number, call_student, course_references,
+from course_lib.checks import (_REF, CheckFailed, as_int, as_number, call_student, course_references,
                                describe_call, expect_close, expect_int, expect_tensor, fail, passed,
                                refusing)
 from course_lib.checks.cases import ConvCase
@@ -83,13 +83,24 @@ def check_grouped_conv(grouped_conv: Callable, seed: int = VISIBLE_SEED, count: 
     cases = grouped_cases(seed, count)
     advice = ("grouped_conv must do the grouping itself: slice the channels and call F.conv2d "
               "with groups=1 on each slice (a grouped convolution was called).")
+    answers: list = []
     with refusing(advice, convolutions="grouped", references=course_references("xception")):
-        answers = [call_student(grouped_conv, case.x, case.weight, name="grouped_conv",
-                                **case.kwargs()) for case in cases]
+        for case in cases:
+            try:
+                answers.append(call_student(grouped_conv, case.x, case.weight, name="grouped_conv",
+                                            **case.kwargs()))
+            except CheckFailed as exc:   # reported when its case comes up, in order
+                answers.append(exc)
     for case, got in zip(cases, answers):
         c, m = case.x.shape[1], case.weight.shape[0]
         call = describe_call("grouped_conv", (case.x, case.weight), case.kwargs())
         what = f"{call} [C={c}, M={m}, groups={case.groups}]"
+        if isinstance(got, CheckFailed):
+            if c != m and "raised" in str(got):
+                raise CheckFailed(f"{got} Hint: group i reads input channels [i*C/g, (i+1)*C/g) "
+                                  f"but owns weight rows (output channels) [i*M/g, (i+1)*M/g); "
+                                  f"C/g and M/g differ here.") from None
+            raise got
         expected = _REF["conv2d"](case.x, case.weight, **case.kwargs())
         if type(got) is torch.Tensor and not (got.shape == expected.shape and _REF["allclose"](
                 got.detach().float(), expected, atol=1e-4, rtol=1e-4)):
@@ -197,6 +208,9 @@ def check_middle_flow_share(middle_flow_share: object) -> None:
     rounding to 3 decimals, tight enough that leaving out BatchNorm's parameters (0.0015 less)
     fails."""
     answer = as_number(middle_flow_share, "middle_flow_share")
+    if 1 < answer <= 100:
+        fail(f"middle_flow_share: got {answer:g}; give a fraction between 0 and 1, not a "
+             f"percentage.")
     with torch.device("meta"):
         net = xception.Xception()
     by_flow = xception.params_by_flow(net)

@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from course_lib import atrous
-from course_lib.checks import (_REF, as_int, call_student, course_references, describe_call,
+from course_lib.checks import (_REF, CheckFailed, answer, as_int, call_each, call_student, course_references, describe_call,
                                expect_int, expect_tensor, fail, passed, refusing)
 
 VISIBLE_SEED = 606
@@ -39,9 +39,10 @@ def check_dilate_kernel(dilate_kernel: Callable,
     weights = [(torch.randn(m, c, kh, kw, generator=g), r) for m, c, kh, kw, r in cases]
     advice = "dilate_kernel must insert the zeros itself, not call course_lib.atrous."
     with refusing(advice, references=course_references("atrous")):
-        answers = [call_student(dilate_kernel, weight, r, name="dilate_kernel")
-                   for weight, r in weights]
+        answers = call_each(dilate_kernel, [((weight, r), {}) for weight, r in weights],
+                            name="dilate_kernel")
     for (weight, r), got in zip(weights, answers):
+        got = answer(got)
         call = describe_call("dilate_kernel", (weight, r))
         expected = atrous.dilate_kernel(weight, r)
         if isinstance(got, torch.Tensor) and got.shape != expected.shape:
@@ -133,11 +134,16 @@ def check_atrous_conv_same(atrous_conv_same: Callable,
     advice = ("atrous_conv_same must compute the padding itself (and call F.conv2d), not call "
               "course_lib.atrous.")
     with refusing(advice, references=course_references("atrous")):
-        answers = [call_student(atrous_conv_same, x, weight, bias=bias, dilation=r,
-                                name="atrous_conv_same") for x, weight, bias, r in cases]
+        answers = call_each(atrous_conv_same, [((x, weight), dict(bias=bias, dilation=r))
+                                               for x, weight, bias, r in cases],
+                            name="atrous_conv_same")
     for (x, weight, bias, r), got in zip(cases, answers):
         k = weight.shape[-1]
         call = describe_call("atrous_conv_same", (x, weight), {"bias": bias, "dilation": r})
+        if isinstance(got, CheckFailed) and r > 1 and "size" in str(got):
+            raise CheckFailed(f"{got} Hint: does the padding take the rate into account? A "
+                              f"{k}x{k} kernel at rate {r} spans r * (K - 1) + 1 pixels.") from None
+        got = answer(got)
         expected = _REF["conv2d"](x, weight, bias, padding=r * (k - 1) // 2, dilation=r)
         if isinstance(got, torch.Tensor) and got.shape != expected.shape:
             hint = ""
