@@ -156,7 +156,7 @@ def test_number_mistakes():
     assert "separable / standard" in failure(checks.check_numbers, 432, 75,
                                              1 / 16 + 1 / 9, 9)
     assert "groups=3" in failure(checks.check_numbers, 432, 27 * 16 + 48, 5.76, 9)
-    assert "min(16, 9)" in failure(checks.check_numbers, 432, 75, 1 / (1 / 16 + 1 / 9), 16)
+    assert "smaller of its two sizes" in failure(checks.check_numbers, 432, 75, 1 / (1 / 16 + 1 / 9), 16)
     assert "no bias" in failure(checks.check_numbers, 448, 75, 1 / (1 / 16 + 1 / 9), 9)
     assert "expected a whole number" in failure(checks.check_numbers, "432", 75, 5.76, 9)
     assert "expected a number" in failure(checks.check_numbers, 432, 75, None, 9)

@@ -240,8 +240,8 @@ def check_numbers(example_standard_params: Any, example_separable_params: Any,
     g = torch.Generator().manual_seed(VISIBLE_SEED)
     rank = int(torch.linalg.matrix_rank(torch.randn(16, 9, generator=g)))
     expect_int(answers[3], rank, "exact_depth_multiplier",
-               {16: "each channel's slice W[:, c] is a 16 x 9 matrix: its rank is at most "
-                    "min(16, 9).",
+               {16: "each channel's slice W[:, c] is a 16 x 9 matrix: its rank is at most the "
+                    "smaller of its two sizes.",
                 3: "the input channels are independent of each other; what limits the fit is "
                    "the rank of each channel's M x K^2 slice.",
                 1: "d = 1 gives rank-1 slices, but a generic kernel's slices have higher rank."})
