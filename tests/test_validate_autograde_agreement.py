@@ -1,6 +1,5 @@
 """No surprises: for every student variant of tests/exercise_variants.py (alternative valid
-solutions, typical wrong answers, partly right notebooks) and the reference solution,
-``nbgrader validate`` (what a student sees before handing in) and ``nbgrader autograde`` (what the
+solutions, typical wrong answers, partly right notebooks), ``nbgrader validate`` (what a student sees before handing in) and ``nbgrader autograde`` (what the
 grade is) agree on every test cell: a cell validate passes scores full marks, a cell it fails
 scores less.
 
@@ -20,7 +19,7 @@ import nbformat
 import pytest
 
 from course_lib import grading
-from conftest import ASSIGNMENTS, REPO, SOLUTION_STUDENT
+from conftest import ASSIGNMENTS, REPO
 from exercise_variants import variant_notebook, variant_students
 
 pytestmark = pytest.mark.slow
@@ -49,8 +48,9 @@ VALIDATE_ALL = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def validation(tmp_path_factory):
-    """Starts validating every variant (and each reference solution) in the background; the test
-    collects the result after the shared autograde has run."""
+    """Starts validating every variant in the background; the test collects the result after the
+    shared autograde has run. (The reference solutions need no run here: tests/test_notebooks.py
+    proves they pass validate and score full marks.)"""
     folder = tmp_path_factory.mktemp("validate")
     notebooks = {}
     for student, (assignment, changes) in variant_students(ASSIGNMENTS).items():
@@ -58,11 +58,6 @@ def validation(tmp_path_factory):
         path.parent.mkdir()
         nbformat.write(variant_notebook(assignment, changes), path)
         notebooks[student] = (assignment, path)
-    for assignment in ASSIGNMENTS:
-        path = folder / f"{assignment}__{SOLUTION_STUDENT}" / grading.notebook_name(assignment)
-        path.parent.mkdir()
-        nbformat.write(variant_notebook(assignment, {}), path)
-        notebooks[f"{assignment}__{SOLUTION_STUDENT}"] = (assignment, path)
     proc = subprocess.Popen(
         [sys.executable, "-c", VALIDATE_ALL, str(REPO)] + [str(p) for _, p in notebooks.values()],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=folder,
@@ -80,8 +75,7 @@ def test_validate_and_autograde_agree_on_every_cell(validation, graded_course):
     for student, (assignment, path) in notebooks.items():
         result = validated[str(path)]
         assert result["other"] == [], f"{student}: validate reported {result['other']}"
-        graded_as = SOLUTION_STUDENT if student.endswith(SOLUTION_STUDENT) else student
-        cells = grading.scores(graded_course, assignment)[graded_as].cells
+        cells = grading.scores(graded_course, assignment)[student].cells
         for cell, (score, maximum) in cells.items():
             validate_passes = cell not in result["failed"]
             autograde_passes = score == maximum
