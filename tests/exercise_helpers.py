@@ -20,7 +20,8 @@ def hidden_blocks(assignment: str) -> list[str]:
     for cell in nb["cells"]:
         source = "".join(cell["source"])
         if "### BEGIN HIDDEN TESTS" in source:
-            blocks.append(source.split("### BEGIN HIDDEN TESTS")[1].split("### END HIDDEN TESTS")[0])
+            hidden = source.split("### BEGIN HIDDEN TESTS")[1]
+            blocks.append(hidden.split("### END HIDDEN TESTS")[0])
     return blocks
 
 
@@ -64,3 +65,14 @@ def _copy_function(function, module_globals):
     copy.__kwdefaults__ = function.__kwdefaults__
     copy.__qualname__ = function.__qualname__
     return copy
+
+
+def run_all_cases(assignment: str, pairs) -> int:
+    """Run each (check, answer) pair on the visible defaults and on every hidden call of the
+    solution notebook; returns how many check calls ran."""
+    runs = 0
+    for check, answer in pairs:
+        for kwargs in case_sets(assignment, check.__name__):
+            check(answer, **kwargs)
+            runs += 1
+    return runs

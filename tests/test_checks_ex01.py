@@ -11,7 +11,7 @@ import course_lib.checks.ex01_standard as checks
 from course_lib.checks.cases import conv_cases
 from course_lib import conv, costs
 from course_lib.checks import CheckFailed
-from exercise_helpers import as_student, case_sets
+from exercise_helpers import as_student, case_sets, run_all_cases
 
 # course_lib's own functions refuse while a student's function runs: answer with private copies.
 conv2d_unfold, conv_output_size = as_student(conv.conv2d_unfold), as_student(conv.conv_output_size)
@@ -30,12 +30,12 @@ def test_reference_answers_pass_without_stderr():
     """Visible and hidden cases (the hidden ones read from the solution notebook)."""
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
-        for check, answer in ((checks.check_output_size, conv_output_size),
-                              (checks.check_conv2d_unfold, conv2d_unfold),
-                              (checks.check_conv_params, reference_params),
-                              (checks.check_conv_macs, reference_macs)):
-            for kwargs in case_sets("ex01_standard", check.__name__):
-                check(answer, **kwargs)
+        run_all_cases("ex01_standard", [
+            (checks.check_output_size, conv_output_size),
+            (checks.check_conv2d_unfold, conv2d_unfold),
+            (checks.check_conv_params, reference_params),
+            (checks.check_conv_macs, reference_macs),
+        ])
     assert stderr.getvalue() == ""
 
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import course_lib.checks.ex02_pointwise as checks
 from course_lib.checks import CheckFailed
 from course_lib import conv, costs, pointwise
-from exercise_helpers import as_student, case_sets
+from exercise_helpers import as_student, case_sets, run_all_cases
 
 conv2d_macs, conv2d_params = as_student(costs.conv2d_macs), as_student(costs.conv2d_params)
 conv_output_size = as_student(conv.conv_output_size)
@@ -43,15 +43,13 @@ def failure(check, *args, **kwargs) -> str:
 def test_reference_answers_pass_without_stderr(capsys):
     """Visible and hidden cases (the hidden ones read from the solution notebook)."""
     stderr = io.StringIO()
-    runs = 0
     with contextlib.redirect_stderr(stderr):
-        for check, answer in ((checks.check_pointwise_matmul, pointwise_as_matmul),
-                              (checks.check_pointwise_via_linear, reference_via_linear),
-                              (checks.check_pointwise_params, reference_params),
-                              (checks.check_pointwise_macs, reference_macs)):
-            for kwargs in case_sets("ex02_pointwise", check.__name__):
-                check(answer, **kwargs)
-                runs += 1
+        runs = run_all_cases("ex02_pointwise", [
+            (checks.check_pointwise_matmul, pointwise_as_matmul),
+            (checks.check_pointwise_via_linear, reference_via_linear),
+            (checks.check_pointwise_params, reference_params),
+            (checks.check_pointwise_macs, reference_macs),
+        ])
     assert stderr.getvalue() == ""
     lines = capsys.readouterr().out.splitlines()
     assert runs == 8 and len(lines) == runs and all(line.startswith("\u2714") for line in lines)

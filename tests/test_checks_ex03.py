@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import course_lib.checks.ex03_depthwise as checks
 from course_lib import costs, depthwise
-from exercise_helpers import as_student, case_sets
+from exercise_helpers import as_student, case_sets, run_all_cases
 from test_checks_ex02 import failure, notebook_cell
 
 conv2d_macs, conv2d_params = as_student(costs.conv2d_macs), as_student(costs.conv2d_params)
@@ -30,15 +30,13 @@ def reference_macs(c, kernel, oh, ow, k=1):
 def test_reference_answers_pass_without_stderr(capsys):
     """Visible and hidden cases (the hidden ones read from the solution notebook)."""
     stderr = io.StringIO()
-    runs = 0
     with contextlib.redirect_stderr(stderr):
-        for check, answer in ((checks.check_depthwise_conv2d, depthwise_per_channel),
-                              (checks.check_keras_to_torch, keras_to_torch_depthwise_kernel),
-                              (checks.check_depthwise_params, reference_params),
-                              (checks.check_depthwise_macs, reference_macs)):
-            for kwargs in case_sets("ex03_depthwise", check.__name__):
-                check(answer, **kwargs)
-                runs += 1
+        runs = run_all_cases("ex03_depthwise", [
+            (checks.check_depthwise_conv2d, depthwise_per_channel),
+            (checks.check_keras_to_torch, keras_to_torch_depthwise_kernel),
+            (checks.check_depthwise_params, reference_params),
+            (checks.check_depthwise_macs, reference_macs),
+        ])
     assert stderr.getvalue() == ""
     lines = capsys.readouterr().out.splitlines()
     assert runs == 8 and len(lines) == runs and all(line.startswith("\u2714") for line in lines)

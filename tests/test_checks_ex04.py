@@ -10,7 +10,7 @@ from torch import nn
 import course_lib.checks.ex04_separable as checks
 from course_lib.checks import CheckFailed
 from course_lib import separable
-from exercise_helpers import as_student, case_sets
+from exercise_helpers import as_student, case_sets, run_all_cases
 
 separable_to_full_kernel = as_student(separable.separable_to_full_kernel)
 
@@ -53,12 +53,12 @@ def test_reference_answers_pass_without_stderr():
     """Visible and hidden cases (the hidden ones read from the solution notebook)."""
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
-        for check, answer in ((checks.check_separable_params, ref_params),
-                              (checks.check_separable_macs, ref_macs),
-                              (checks.check_separable_block, make_block()),
-                              (checks.check_separable_to_full, ref_full)):
-            for kwargs in case_sets("ex04_separable", check.__name__):
-                check(answer, **kwargs)
+        run_all_cases("ex04_separable", [
+            (checks.check_separable_params, ref_params),
+            (checks.check_separable_macs, ref_macs),
+            (checks.check_separable_block, make_block()),
+            (checks.check_separable_to_full, ref_full),
+        ])
     assert stderr.getvalue() == ""
 
 
@@ -66,8 +66,8 @@ def test_wrappers_of_course_lib_are_refused():
     """A one-line wrapper of course_lib's reference (the old guard only looked at __module__)."""
     wrapper = lambda dw, pw: separable.separable_to_full_kernel(dw, pw)  # noqa: E731
     assert "your own code" in failure(checks.check_separable_to_full, wrapper)
-    assert "formula yourself" in failure(checks.check_separable_params,
-                                         lambda c, m, k, d=1: separable.separable_params(c, m, k, d))
+    own = lambda c, m, k, d=1: separable.separable_params(c, m, k, d)  # noqa: E731
+    assert "formula yourself" in failure(checks.check_separable_params, own)
 
 
 def test_block_with_batchnorm_and_relu_is_told_so():

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import course_lib.checks.ex05_xception as checks
 from course_lib.checks import CheckFailed
-from exercise_helpers import case_sets
+from exercise_helpers import case_sets, run_all_cases
 
 
 def reference_params(c, m, k, groups, bias=True):
@@ -40,11 +40,11 @@ def test_reference_answers_pass_without_stderr():
     """Visible and hidden cases (the hidden ones read from the solution notebook)."""
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
-        for check, answer in ((checks.check_grouped_params, reference_params),
-                              (checks.check_grouped_conv, sliced_conv),
-                              (checks.check_towers_to_grouped, towers_to_grouped)):
-            for kwargs in case_sets("ex05_xception", check.__name__):
-                check(answer, **kwargs)
+        run_all_cases("ex05_xception", [
+            (checks.check_grouped_params, reference_params),
+            (checks.check_grouped_conv, sliced_conv),
+            (checks.check_towers_to_grouped, towers_to_grouped),
+        ])
     assert stderr.getvalue() == ""
 
 

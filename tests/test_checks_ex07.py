@@ -15,7 +15,7 @@ import course_lib.checks.ex07_mobilenet as checks
 from course_lib import bench, mobilenet
 from course_lib.checks import CheckFailed
 from course_lib.separable import DepthwiseSeparableConv2d
-from exercise_helpers import case_sets
+from exercise_helpers import case_sets, run_all_cases
 
 BLOCKS = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)] + [(512, 1)] * 5 + \
     [(1024, 2), (1024, 1)]
@@ -90,9 +90,10 @@ def test_reference_answers_pass_without_stderr():
     """Visible and hidden cases (the hidden ones read from the solution notebook)."""
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
-        for check, answer in ((checks.check_mobilenet, build), (checks.check_time_ms, time_ms)):
-            for kwargs in case_sets("ex07_mobilenet", check.__name__):
-                check(answer, **kwargs)
+        run_all_cases("ex07_mobilenet", [
+            (checks.check_mobilenet, build),
+            (checks.check_time_ms, time_ms),
+        ])
     assert stderr.getvalue() == ""
 
 

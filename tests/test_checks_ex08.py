@@ -12,7 +12,7 @@ import course_lib.checks.ex08_autoencoder as checks
 from course_lib import autoencoder as ae
 from course_lib.checks import CheckFailed
 from course_lib.training import fit, seeded
-from exercise_helpers import as_student, case_sets
+from exercise_helpers import as_student, case_sets, run_all_cases
 
 
 def failure(check, *args, **kwargs) -> str:
@@ -50,29 +50,33 @@ def prebuilt(channels=(16, 32), decoder="transposed"):
     return lambda latent: models[latent]
 
 
-@pytest.fixture(scope="module")
-def trained():
-    """The reference recipe of part 4 (also the one the notebook uses to justify the threshold)."""
+def train_reference(seed: int = 0, epochs: int = 15):
+    """The reference recipe of part 4 (the one behind the notebook's threshold)."""
     torch.set_num_threads(1)
     data = checks.digits()
-    seeded(0)
+    seeded(seed)
     model = reference_build(checks.LATENT_DIM)
-    history = fit(model, data.x_train, data.x_train, loss_fn=F.mse_loss, epochs=15,
-                  batch_size=128, lr=6e-3, seed=0, progress=False)
+    history = fit(model, data.x_train, data.x_train, loss_fn=F.mse_loss, epochs=epochs,
+                  batch_size=128, lr=6e-3, seed=seed, progress=False)
     return model, history
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return train_reference()
 
 
 def test_reference_answers_pass_without_stderr():
     """Visible and hidden cases (the hidden ones read from the solution notebook)."""
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
-        for check, answer in ((checks.check_downsampled_size, reference_downsampled),
-                              (checks.check_transposed_output_size, transposed_output_size),
-                              (checks.check_autoencoder, prebuilt()),
-                              (checks.check_autoencoder, prebuilt((8, 16), "upsample")),
-                              (checks.check_pca_reconstruct, reference_pca)):
-            for kwargs in case_sets("ex08_autoencoder", check.__name__):
-                check(answer, **kwargs)
+        run_all_cases("ex08_autoencoder", [
+            (checks.check_downsampled_size, reference_downsampled),
+            (checks.check_transposed_output_size, transposed_output_size),
+            (checks.check_autoencoder, prebuilt()),
+            (checks.check_autoencoder, prebuilt((8, 16), "upsample")),
+            (checks.check_pca_reconstruct, reference_pca),
+        ])
     assert stderr.getvalue() == ""
 
 
@@ -87,14 +91,10 @@ def test_course_lib_autoencoder_is_refused():
 def test_recorded_reference_runs_justify_the_threshold():
     """The numbers the notebook shows instead of training (checks.REFERENCE_TEST_MSE) are what
     the reference recipe gives, and the threshold sits between them and PCA."""
-    torch.set_num_threads(1)
-    data = checks.digits()
     for seed, recorded in checks.REFERENCE_TEST_MSE.items():
-        seeded(seed)
-        model = reference_build(checks.LATENT_DIM)
-        fit(model, data.x_train, data.x_train, loss_fn=F.mse_loss, epochs=15, batch_size=128,
-            lr=6e-3, seed=seed, progress=False)
-        assert ae.reconstruction_mse(model, data.x_test) == pytest.approx(recorded, rel=0.05)
+        model, _ = train_reference(seed)
+        assert ae.reconstruction_mse(model, checks.digits().x_test) == pytest.approx(recorded,
+                                                                                     rel=0.05)
     assert max(checks.REFERENCE_TEST_MSE.values()) < checks.MSE_THRESHOLD \
         < checks.reference_pca_mse(checks.LATENT_DIM)
 
@@ -138,12 +138,7 @@ def test_untrained_model_fails_with_advice():
 
 def test_short_training_is_not_told_that_fit_ran_on_the_wrong_data():
     """fit(...) did run on (x_train, x_train), just not long enough: the advice says so."""
-    torch.set_num_threads(1)
-    data = checks.digits()
-    seeded(0)
-    model = reference_build(checks.LATENT_DIM)
-    history = fit(model, data.x_train, data.x_train, loss_fn=F.mse_loss, epochs=3,
-                  batch_size=128, lr=6e-3, seed=0, progress=False)
+    model, history = train_reference(epochs=3)
     msg = failure(checks.check_trained, model, history)
     assert "Training ran, but not far enough" in msg and "x_train itself" not in msg
     torch.manual_seed(0)

@@ -1,7 +1,7 @@
 """No surprises: for every student variant of tests/exercise_variants.py (alternative valid
-solutions, typical wrong answers, partly right notebooks), ``nbgrader validate`` (what a student sees before handing in) and ``nbgrader autograde`` (what the
-grade is) agree on every test cell: a cell validate passes scores full marks, a cell it fails
-scores less.
+solutions, typical wrong answers, partly right notebooks), ``nbgrader validate`` (what a student
+sees before handing in) and ``nbgrader autograde`` (what the grade is) agree on every test cell: a
+cell validate passes scores full marks, a cell it fails scores less.
 
 Cost: the variants ride along in the shared graded course (one ``nbgrader autograde`` for the whole
 suite, tests/conftest.py); validation runs all variants in ONE background process (one nbgrader
