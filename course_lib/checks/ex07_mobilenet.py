@@ -1,9 +1,12 @@
 """Checks for exercise 7, MobileNetV1 and timing ("FLOPs are not latency").
 
 Grading is fair on any machine: the timing function is tested on a CPU against workloads with a
-known answer (sleeps, a slow warm-up, outliers) and against a simulated asynchronous GPU (a fake
-``torch.cuda`` whose work only finishes when synchronized), so a missing synchronize is caught
-without a GPU. The part that needs a real GPU passes with a note where there is none.
+known answer (sleeps, a slow warm-up, outliers, exact call counts) and against a simulated
+asynchronous GPU (a fake ``torch.cuda`` whose work only finishes when synchronized), so a missing
+synchronize is caught without a GPU. Part 4's timings must be values the student's own ``time_ms``
+returned (:func:`recorded`). The GPU part passes with a note where the grader has no GPU; on a GPU
+grader it runs the student's ``time_ms`` on the GPU and compares it, and any ``gpu_ms`` given, with
+the grader's own measurement (:func:`check_gpu_measurements`).
 """
 from __future__ import annotations
 
@@ -306,6 +309,35 @@ def check_time_ms(time_ms: Callable, ms: float = 8.0, gpu_ms: float = 10.0) -> N
            "(simulated) CUDA.")
 
 
+# --- part 4: measurements on this machine ----------------------------------------------------
+
+class _Recorded:
+    """The student's ``time_ms`` with a record of what each call returned: part 4's numbers must
+    be values it actually produced in this session, not typed in."""
+
+    def __init__(self, time_ms: Callable):
+        self.__wrapped__ = time_ms
+        self.results: list[float] = []
+        functools.update_wrapper(self, time_ms)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        result = self.__wrapped__(*args, **kwargs)
+        try:
+            self.results.append(float(_plain(result)))
+        except (TypeError, ValueError):
+            pass
+        return result
+
+
+def recorded(time_ms: Any) -> Any:
+    """Wrap the student's ``time_ms`` (part 3's test cell does it before part 4 runs) so part 4's
+    check can tell measured numbers from typed-in ones. Anything not callable is returned as it
+    is (the part 3 test then reports it)."""
+    if not callable(time_ms) or isinstance(time_ms, _Recorded):
+        return time_ms
+    return _Recorded(time_ms)
+
+
 def check_cpu_measurements(mobilenet_ms: Any, conv_mobilenet_ms: Any, measured_speedup: Any,
                            macs_ratio: Any, batch: int, resolution: int,
                            time_ms: Any = None) -> None:
@@ -373,33 +405,6 @@ GPU_SETTING = dict(batch=64, resolution=224)   # bf16 autocast, channels_last, i
 # band per value, and the ratio of the two networks (which depends less on the GPU) the tight one.
 GPU_TOLERANCE = 3.0
 GPU_VALUE_TOLERANCE = 10.0
-
-
-class _Recorded:
-    """The student's ``time_ms`` with a record of what each call returned: part 4's numbers must
-    be values it actually produced in this session, not typed in."""
-
-    def __init__(self, time_ms: Callable):
-        self.__wrapped__ = time_ms
-        self.results: list[float] = []
-        functools.update_wrapper(self, time_ms)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        result = self.__wrapped__(*args, **kwargs)
-        try:
-            self.results.append(float(_plain(result)))
-        except (TypeError, ValueError):
-            pass
-        return result
-
-
-def recorded(time_ms: Any) -> Any:
-    """Wrap the student's ``time_ms`` (part 3's test cell does it before part 4 runs) so part 4's
-    check can tell measured numbers from typed-in ones. Anything not callable is returned as it
-    is (the part 3 test then reports it)."""
-    if not callable(time_ms) or isinstance(time_ms, _Recorded):
-        return time_ms
-    return _Recorded(time_ms)
 
 
 def _measure_on_gpu(time_ms: Callable) -> dict[str, tuple[float, float]]:
