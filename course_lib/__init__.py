@@ -5,4 +5,6 @@ mult-adds), ``timing`` (CPU/CUDA benchmarks), ``data`` (offline datasets), ``viz
 ``checks`` (student-facing checks), ``grading`` (nbgrader automation). Import what you use, e.g.
 ``from course_lib.costs import summarize``.
 """
-__version__ = "0.1.0"
+# The course's release number, and the only place it is written: pyproject.toml reads it (setuptools
+# dynamic version) and every exercise's setup cell pins it (course_lib.grading.authoring).
+__version__ = "0.2.0"

@@ -143,12 +143,13 @@ class CostSummary:
 
 
 def summarize(model: nn.Module, input_or_shape: torch.Tensor | Sequence[int],
-              include_zero_cost: bool = False) -> CostSummary:
+              include_zero_cost: bool = False, count_macs: bool = True) -> CostSummary:
     """Per-leaf-module parameters and measured MACs for one forward pass.
 
     Each leaf module (one with no children) is measured on its own by a FlopCounterMode opened in a
     forward pre-hook and closed in the forward hook. Layers with no parameters and no MACs (ReLU,
-    pooling) are left out unless ``include_zero_cost``.
+    pooling) are left out unless ``include_zero_cost``. ``count_macs=False`` records shapes and
+    parameters only (every MAC count 0), without the counters' overhead.
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"summarize expects an nn.Module, got {type(model).__name__}")
@@ -160,10 +161,12 @@ def summarize(model: nn.Module, input_or_shape: torch.Tensor | Sequence[int],
         counter = FlopCounterMode(display=False)
 
         def pre_hook(mod, args):
-            counter.__enter__()
+            if count_macs:
+                counter.__enter__()
 
         def post_hook(mod, args, output):
-            counter.__exit__(None, None, None)
+            if count_macs:
+                counter.__exit__(None, None, None)
             shape = tuple(output.shape) if isinstance(output, torch.Tensor) else ()
             params = sum(p.numel() for p in mod.parameters(recurse=False))
             records.append(LayerCost(name, type(mod).__name__, shape, params,
@@ -183,7 +186,7 @@ def summarize(model: nn.Module, input_or_shape: torch.Tensor | Sequence[int],
             h.remove()
     layers = [r for r in records if include_zero_cost or r.params or r.macs]
     # Parameters of non-leaf modules (rare: e.g. a class token) still count in the total.
-    return CostSummary(layers, count_params(model), measure_macs(model, x))
+    return CostSummary(layers, count_params(model), measure_macs(model, x) if count_macs else 0)
 
 
 def percent(part: float, whole: float) -> float:

@@ -21,7 +21,7 @@ def test_cells_carry_nbgrader_metadata(tmp_path):
     assert meta[3]["grade"] and meta[3]["points"] == 2 and meta[3]["locked"]
     assert "### BEGIN HIDDEN TESTS" in nb.cells[3].source
     assert "import course_lib.checks.ex99_demo as checks" in nb.cells[1].source
-    assert authoring.REPOSITORY_URL in nb.cells[1].source
+    assert authoring.publishing().site_url + authoring.WHEEL_FOLDER in nb.cells[1].source
     assert all(c.get("outputs", []) == [] for c in nb.cells)
 
 

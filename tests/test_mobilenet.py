@@ -80,7 +80,15 @@ def test_table2_shares_and_the_erratum():
             assert "1.19" in row.note and "1.91" in row.note
         else:
             assert round(row.macs_pct, 2) == row.paper_macs_pct, kind
+        # The printed parameter shares (74.59 / 24.33) are those of a count without the FC
+        # layer's 1,000 biases; with them the shares are 74.57 / 24.35. The note says so.
+        if kind in ("Conv 1x1", "FC"):
+            assert round(row.params_pct, 2) != row.paper_params_pct
+            assert "leave out the FC layer's 1,000 biases" in row.note
+        elif kind != "Conv 3x3":
             assert row.note == ""
+    assert (round(rows["Conv 1x1"].params_pct, 2), round(rows["FC"].params_pct, 2)) == \
+        (74.57, 24.35)
     # the printed column does not sum to 100: that is how the misprint shows
     assert round(sum(r.paper_macs_pct for r in rows.values()), 2) == 99.29
 
@@ -183,3 +191,29 @@ def test_bad_inputs_are_value_errors():
         model(torch.zeros(3, 64, 64))
     with pytest.raises(ValueError, match="num_classes"):
         mn.MobileNetV1(num_classes=0)
+
+
+def test_table4_conv_mobilenet_printed_count_leaves_out_the_fc_layer():
+    rows = {r.name: r for r in mn.table4()}
+    conv = rows["Conv MobileNet"]
+    assert f"{conv.macs_m:,.1f}" == "4,867.3" and conv.paper_macs_m == 4866
+    assert round(conv.macs_m - 1000 * 1024 / 1e6) == 4866  # 1024 -> 1000 FC mult-adds
+    assert "without the FC layer" in conv.note and rows["MobileNet"].note == ""
+
+
+def test_tables_8_and_10_recompute_the_mobilenet_rows():
+    t8 = {r.name: r for r in mn.table8()}
+    assert round(t8["1.0 MobileNet-224"].macs_m) == 569
+    assert math.isnan(t8["VGG 16"].macs_m) and t8["VGG 16"].paper_params_m == 138
+    t10 = {r.name: r for r in mn.table10()}
+    for name, row in t10.items():
+        if name.startswith(("0.75", "1.0")):
+            # 120 classes: the body's parameters plus a 120-way classifier
+            alpha = float(name.split()[0])
+            features = int(1024 * alpha)
+            body = mn.total_params(alpha) - (features * 1000 + 1000)
+            assert round(row.params_m * 1e6) == body + features * 120 + 120
+            assert round(row.params_m, 1) == row.paper_params_m, name
+    # the 1.0 rows print the 1000-class mult-adds (568.7 -> 569, not 567.8 -> 568)
+    assert "1000-class" in t10["1.0 MobileNet-224"].note
+    assert t10["0.75 MobileNet-224"].note == "" and round(t10["0.75 MobileNet-224"].macs_m) == 325

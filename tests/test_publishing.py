@@ -16,9 +16,10 @@ import pytest
 import yaml
 
 from conftest import REPO
-from course_lib.grading.authoring import REPOSITORY_URL
+from course_lib.grading import authoring
 
 CONFIG = yaml.safe_load((REPO / "_config.yml").read_text())
+REPOSITORY_URL = authoring.publishing(REPO).repository_url
 TOC = yaml.safe_load((REPO / "_toc.yml").read_text())
 
 
@@ -47,9 +48,21 @@ CHAPTERS = [p for p in PAGES if re.match(r"book/ch\d\d_", p)]
 
 # --- configuration ------------------------------------------------------------------------------
 
-def test_repository_url_is_the_one_the_exercises_install_from():
-    assert CONFIG["repository"]["url"] == REPOSITORY_URL
+def test_repository_branch_is_the_one_the_book_publishes():
     assert CONFIG["repository"]["branch"] == "main"
+    workflow = yaml.safe_load((REPO / ".github" / "workflows" / "book.yml").read_text())
+    assert workflow[True]["push"]["branches"] == ["main"]  # YAML reads the key `on` as True
+
+
+def test_book_workflow_publishes_the_wheel_where_setup_cells_install_from():
+    """The wheel goes into the built site at the folder the setup cells name, and is attached to
+    the repository's release of that version (their second source)."""
+    workflow = (REPO / ".github" / "workflows" / "book.yml").read_text()
+    assert "-m build" in workflow and "twine check --strict" in workflow
+    assert f"_build/html/{authoring.WHEEL_FOLDER}" in workflow
+    assert 'gh release create "v$VERSION"' in workflow
+    info = authoring.publishing(REPO)
+    assert info.wheel_folders[1] == f"{REPOSITORY_URL}/releases/download/v{info.version}/"
 
 
 def test_launch_buttons_configured():
@@ -168,9 +181,10 @@ def test_pages_load_nothing_from_the_network(built_book):
     """Scripts, styles and images all come from the book itself (it must render offline)."""
     for page in built_book.rglob("*.html"):
         html = page.read_text(encoding="utf-8")
-        external = [t for t in re.findall(r'<(?:script|img|link)\b[^>]*?(?:src|href)="(https?:[^"]*)"',
-                                          html)
-                    if 'rel="canonical"' not in t]
+        # A canonical <link> (html.baseurl) names the page's published address; it loads nothing.
+        external = [url for tag, url in re.findall(
+                        r'(<(?:script|img|link)\b[^>]*?(?:src|href)="(https?:[^"]*)")', html)
+                    if 'rel="canonical"' not in tag]
         assert not external, f"{page.relative_to(built_book)} loads {external}"
 
 
@@ -199,13 +213,17 @@ def test_page_has_download_and_launch_buttons(built_book, page):
     repo_path = REPOSITORY_URL.removeprefix("https://github.com/")
     assert f"mybinder.org/v2/gh/{repo_path}/main" in html, "Binder button"
     assert "hub/user-redirect/git-pull?repo=" in html, "JupyterHub button"
-    if page.startswith("exercises/"):
-        assert (f"https://colab.research.google.com/github/{repo_path}/blob/main/{page}.ipynb"
-                in html), "Colab button"
-    else:  # a MyST chapter: readers can download it as a notebook too
+    # Exercises are notebooks; a chapter's launch buttons open its .ipynb twin (Colab cannot open
+    # a .md file), which begins with the setup cell.
+    assert (f"https://colab.research.google.com/github/{repo_path}/blob/main/{page}.ipynb"
+            in html), "Colab button"
+    assert f"urlpath=lab/tree/{page}.ipynb" in html, "Binder opens the notebook"
+    for launch in (f"colab.research.google.com/github/{repo_path}/blob/main/{page}.md",
+                   f"urlpath=lab/tree/{page}.md"):
+        assert launch not in html, "a launch link to the .md"
+    if page.startswith("book/"):  # a MyST chapter: readers can download it as a notebook too
         assert "Download notebook file" in html
-        # Colab cannot open a .md file: the menu must not offer a link that fails.
-        assert f"colab.research.google.com/github/{repo_path}/blob/main/{page}.md" not in html
+        assert (REPO / f"{page}.ipynb").is_file()
 
 
 @pytest.mark.slow

@@ -206,6 +206,8 @@ def _child(job: dict, timeout: float, log) -> None:
         log.write(json.dumps(event) + "\n")
         log.flush()
 
+    # As in nbgrader's own kernels: a setup cell never pip-installs course_lib while grading.
+    os.environ["NBGRADER_EXECUTION"] = "autograde"
     shell = InteractiveShell.instance()
     guard = Guard()  # after IPython's own set-up, before any student code
     protected_names: dict[str, object] = {}
