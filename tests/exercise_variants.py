@@ -269,6 +269,13 @@ def solution_sources(assignment: str) -> dict[str, str]:
     return sources
 
 
+def autograded_cells(assignment: str) -> set[str]:
+    """grade ids of the test cells the autograder scores (not the written answers)."""
+    nb = json.loads((REPO / "solutions" / assignment / f"{assignment}.ipynb").read_text())
+    return {c["metadata"]["nbgrader"]["grade_id"] for c in nb["cells"]
+            if c["cell_type"] == "code" and c["metadata"].get("nbgrader", {}).get("grade")}
+
+
 def variant_notebook(assignment: str, changes: dict[str, str]) -> nbformat.NotebookNode:
     """The released notebook with every solution cell filled in: ``changes`` where given, the
     reference solution elsewhere."""

@@ -29,3 +29,25 @@ def test_duplicate_grade_ids_rejected(tmp_path):
     with pytest.raises(ValueError, match="duplicate grade_id"):
         authoring.write_notebook(tmp_path / "x.ipynb", [authoring.markdown("a", "x"),
                                                         authoring.markdown("a", "y")])
+
+
+def test_manual_answer_is_released_as_an_empty_answer(tmp_path):
+    """nbgrader's own ClearSolutions turns the model answer and rubric into "YOUR ANSWER HERE"."""
+    from nbgrader.preprocessors import ClearSolutions
+
+    path = authoring.write_notebook(tmp_path / "ex99_demo.ipynb", [
+        authoring.markdown("q-md", "Which network is faster, and why?"),
+        authoring.manual_answer("q", 3, "The separable one: 8x fewer mult-adds.",
+                                "- 2 points: names the separable network\n- 1 point: says why"),
+    ])
+    nb = nbformat.read(path, as_version=4)
+    cell = nb.cells[1]
+    assert cell.cell_type == "markdown"
+    assert cell.metadata.nbgrader == {"grade": True, "grade_id": "q", "locked": False,
+                                      "points": 3, "schema_version": 3, "solution": True}
+    assert "Rubric (3 points)" in cell.source and "8x fewer" in cell.source
+    released, _ = ClearSolutions().preprocess(nb, {})
+    assert released.cells[1].source == "YOUR ANSWER HERE"
+    assert released.cells[0].source == "Which network is faster, and why?"
+    with pytest.raises(ValueError, match="points > 0"):
+        authoring.manual_answer("q", 0, "a", "b")

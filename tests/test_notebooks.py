@@ -1,6 +1,7 @@
 """Every exercise, through the real nbgrader: the committed release is exactly what nbgrader
 generates from the source (no drift), the solution passes ``nbgrader validate`` and scores full
-marks when autograded, and the blank release scores 0."""
+marks on every autograded cell when autograded (its written answers wait for a person), and the
+blank release scores 0."""
 from __future__ import annotations
 
 import json
@@ -81,12 +82,38 @@ def test_solution_passes_nbgrader_validate(assignment):
     assert result.passed, result.output
 
 
+def _manual_cells(assignment: str) -> dict[str, float]:
+    """grade_id -> points of the source notebook's manually graded written answers."""
+    nb = nbformat.read(REPO / "solutions" / assignment / grading.notebook_name(assignment),
+                       as_version=4)
+    return {c.metadata.nbgrader["grade_id"]: float(c.metadata.nbgrader["points"])
+            for c in nb.cells if c.cell_type == "markdown"
+            and c.metadata.get("nbgrader", {}).get("grade")}
+
+
+def _pending_manual_grades(course, assignment: str, student: str) -> set[str]:
+    """Cells nbgrader's autograde left for a person (needs_manual_grade in the gradebook)."""
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gradebook:
+        submission = gradebook.find_submission(assignment, student)
+        return {g.name for nb in submission.notebooks for g in nb.grades if g.needs_manual_grade}
+
+
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_solution_scores_full_marks(graded_course, assignment):
+    """Every autograded cell full; every written answer waits for a person, with no automatic
+    score (nbgrader cannot grade prose), and nothing else does."""
     score = grading.scores(graded_course, assignment)[SOLUTION_STUDENT]
-    lost = {cell: s for cell, s in score.cells.items() if s[0] != s[1]}
-    assert score.max_score > 0
-    assert score.score == score.max_score, f"solution lost points in {lost}"
+    manual = _manual_cells(assignment)
+    auto = {cell: s for cell, s in score.cells.items() if cell not in manual}
+    lost = {cell: s for cell, s in auto.items() if s[0] != s[1]}
+    assert sum(s[1] for s in auto.values()) > 0
+    assert not lost, f"solution lost points in {lost}"
+    assert set(score.cells) >= set(manual), "a written answer is missing from the gradebook"
+    assert score.max_score == sum(s[1] for s in auto.values()) + sum(manual.values())
+    assert _pending_manual_grades(graded_course, assignment, SOLUTION_STUDENT) == set(manual)
+    assert score.score == sum(s[1] for s in auto.values()), "written answers scored by a machine"
 
 
 # Test cells that give full marks on a grader without a GPU, whatever the notebook holds (a student
@@ -105,3 +132,5 @@ def test_blank_release_scores_zero(graded_course, assignment):
         assert all(score.cells[cell][0] == score.cells[cell][1] for cell in free), score.cells
         earned = {cell: s for cell, s in earned.items() if cell not in free}
     assert not earned, f"a blank notebook earned points in {earned}"
+    # an unanswered written answer scores 0 without a person (nbgrader sees it unchanged)
+    assert not _pending_manual_grades(graded_course, assignment, BLANK_STUDENT)

@@ -11,6 +11,8 @@ Conventions every exercise follows:
   references first;
 * test cells are one-line calls into ``course_lib.checks``, with hidden tests between
   ``### BEGIN HIDDEN TESTS`` / ``### END HIDDEN TESTS``;
+* written answers are manually graded markdown cells (:func:`manual_answer`) whose model answer
+  and rubric sit in the solution region, so only graders see them;
 * notebooks are stored without outputs, with a python3 kernelspec.
 
 The release number and the URLs come from one place each (:func:`publishing`): the version from
@@ -306,6 +308,20 @@ def tests(grade_id: str, points: float, visible: str, hidden: str = "") -> nbfor
         source += "\n### BEGIN HIDDEN TESTS\n" + hidden.strip("\n") + "\n### END HIDDEN TESTS"
     return nbformat.v4.new_code_cell(source, metadata=_meta(
         grade_id, grade=True, solution=False, locked=True, points=points))
+
+
+def manual_answer(grade_id: str, points: float, model_answer: str,
+                  rubric: str) -> nbformat.NotebookNode:
+    """A manually graded written answer (nbgrader's "Manually graded answer"): a markdown cell
+    the student edits. In the release its solution region becomes "YOUR ANSWER HERE"; in the
+    source it holds the model answer and the grading rubric (put the question in the markdown
+    cell before it: that one is released)."""
+    if not points > 0:
+        raise ValueError(f"a manually graded answer needs points > 0, got {points!r}")
+    source = ("### BEGIN SOLUTION\n**Model answer.** " + model_answer.strip() +
+              f"\n\n**Rubric ({points:g} points).**\n\n" + rubric.strip() + "\n### END SOLUTION")
+    return nbformat.v4.new_markdown_cell(source, metadata=_meta(
+        grade_id, grade=True, solution=True, locked=False, points=points))
 
 
 def write_notebook(path: Path, cells: list[nbformat.NotebookNode]) -> Path:
