@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 import os
 import zipfile
 from pathlib import Path
@@ -71,6 +72,138 @@ def _with(edits: dict[str, str]) -> nbformat.NotebookNode:
 
 
 WRONG_UNFOLD = "def conv2d_unfold(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):\n"
+
+
+def _hostile(paths: dict[str, str]) -> dict[str, tuple[object, float]]:
+    """Submissions that attack the course, the grader or classmates (they know the instructor's
+    paths, as a student with a copy of the course repository would). ``paths``: course,
+    submitted, repo."""
+    p = POINTS
+    known = repr(sorted(paths.values()))
+    classmates = repr(sorted([paths["course"], paths["submitted"]]))
+    part4_wrong = WRONG_UNFOLD + "    return x\n"
+    read_solutions = part4_wrong + f"""
+import glob, os, course_lib
+roots = {known} + [os.getcwd(), os.path.dirname(course_lib.__file__)]
+for root in roots:
+    for parent in [root, *[os.path.dirname(root)] * 3]:
+        for found in glob.glob(os.path.join(parent, '**', 'solutions', 'ex01_standard', '*.ipynb'),
+                               recursive=True):
+            import nbformat
+            for cell in nbformat.read(found, 4).cells:
+                if cell.metadata.get('nbgrader', {{}}).get('grade_id') == 'part4':
+                    exec(cell.source)
+"""
+    edit_course_lib = part4_wrong + f"""
+import os, course_lib.checks
+for root in {known} + [os.path.dirname(os.path.dirname(course_lib.__file__))]:
+    for target in [os.path.join(root, 'course_lib', 'checks', 'ex01_standard.py'),
+                   course_lib.checks.__file__]:
+        try:
+            with open(target, 'a') as f:
+                f.write('\\ncheck_conv2d_unfold = lambda *a, **k: None\\n')
+        except OSError:
+            pass
+"""
+    vandal = """
+import glob, os, shutil
+for root in %s:
+    for path in glob.glob(os.path.join(root, '**', '*.ipynb'), recursive=True) + \
+            glob.glob(os.path.join(root, '**', 'gradebook.db'), recursive=True):
+        try:
+            if 'vandal' in path:
+                continue
+            if path.endswith('.db') or 'delete' in os.getcwd():
+                os.remove(path)
+            else:
+                with open(path, 'w') as f:
+                    f.write('{"cells": []}')
+        except OSError:
+            pass
+for path in glob.glob('../../**/*', recursive=True):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+""" % classmates
+    forge = part4_wrong + """
+import json, os, glob
+checks.check_conv2d_unfold = lambda *a, **k: None
+line = json.dumps({"event": "cell", "cell": "part4-tests", "kind": "test", "score": 6,
+                   "points": 6, "error": False}) + "\\n"
+for fd in range(3, 64):
+    try:
+        os.write(fd, line.encode())
+    except OSError:
+        pass
+for path in glob.glob('/**/*.jsonl', recursive=True):
+    try:
+        open(path, 'a').write(line)
+    except OSError:
+        pass
+"""
+    transformer = part4_wrong + """
+def _swallow(lines):
+    body = ''.join(lines).splitlines()
+    return (['try:\\n'] + ['    ' + l + '\\n' for l in body]
+            + ['    pass\\n', 'except BaseException:\\n', '    pass\\n'])
+get_ipython().input_transformers_cleanup.append(_swallow)
+"""
+    patch_layer = """
+import torch.nn as nn
+def _no_params(self, *args, **kwargs):
+    nn.Module.__init__(self)
+nn.Conv2d.__init__ = _no_params
+def conv_params(in_channels, out_channels, kernel_size, bias=True):
+    return 0
+"""
+    frame_walk = WRONG_UNFOLD + """    import sys
+    frame = sys._getframe(1)
+    while frame is not None:
+        for value in frame.f_locals.values():
+            if isinstance(value, torch.Tensor) and value.dim() == 4 and value is not x \
+                    and value is not weight and value.shape[:2] == (x.shape[0], weight.shape[0]):
+                return value.clone()
+        frame = frame.f_back
+    return x
+"""
+    solved = _cells_by_id(_solved_release())
+    logging_setup = ("import logging, sys\nlogging.basicConfig(stream=sys.stderr, "
+                     "level=logging.INFO, force=True)\n_log = logging.getLogger('me')\n")
+    logged_part1 = logging_setup + solved["part1"].source.replace(
+        "    span =", "    _log.info('conv_output_size called')\n    span =")
+    daemon = solved["part1"].source + """
+import subprocess
+subprocess.Popen(['sleep', '600'], start_new_session=True)
+"""
+    fork_bomb = part4_wrong + """
+import subprocess
+procs = [subprocess.Popen(['sleep', '60']) for _ in range(200)]
+"""
+    slow = solved["part2"].source + f"\nimport time\ntime.sleep({0.6 * CELL_TIMEOUT})\n"
+    return {
+        "read_solutions": (_with({"part4": read_solutions}), TOTAL - p["part4-tests"]),
+        "edit_course_lib": (_with({"part4": edit_course_lib}), TOTAL - p["part4-tests"]),
+        "vandal": (_with({"part1": solved["part1"].source + vandal}), TOTAL),
+        "vandal_delete": (_with({"part1": solved["part1"].source + vandal}), TOTAL),
+        "forge_recheck": (_with({"part4": forge}), p["part1-tests"] + p["part2-tests"]
+                          + p["part3-tests"]),
+        "input_transformer": (_with({"part4": transformer}), TOTAL - p["part4-tests"]),
+        # Its patch outlives its cell in nbgrader's kernel, so part 5's check is misled too.
+        "patch_layer": (_with({"part2": patch_layer}), TOTAL - p["part2-tests"]
+                        - p["part5-tests"]),
+        "frame_walk": (_with({"part4": frame_walk}), TOTAL - p["part4-tests"]),
+        "logging_stderr": (_with({"part1": logged_part1}), TOTAL),
+        "spawn_daemon": (_with({"part1": daemon}), TOTAL),
+        "fork_bomb": (_with({"part4": fork_bomb}), p["part1-tests"] + p["part2-tests"]
+                      + p["part3-tests"]),
+        "slow_cells": (_with({"part2": slow}), TOTAL),
+        # Honest students whose names clean to the same id (they differ in spacing): both graded.
+        "Jane Doe": (_solved_release(), TOTAL),
+        "Jane  Doe": (_with({"part4": part4_wrong}), TOTAL - p["part4-tests"]),
+        # Graded after the attacks (ids sort last): must get exactly what it deserves.
+        "zz_later_wrong": (_with({"part4": part4_wrong}), TOTAL - p["part4-tests"]),
+    }
 
 
 def _adversarial() -> dict[str, tuple[object, float]]:
@@ -143,14 +276,39 @@ def _adversarial() -> dict[str, tuple[object, float]]:
 RENAMED, MISSING = "renamed_notebook", "missing_notebook"
 
 
+def _tree_hash(root: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """path -> sha256 of every file under ``root`` (links by target), except under ``skip``."""
+    digests = {}
+    for path in sorted(Path(root).rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if any(rel == s or rel.startswith(s + "/") for s in skip) or "__pycache__" in rel:
+            continue
+        if path.is_symlink():
+            digests[rel] = "link:" + os.readlink(path)
+        elif path.is_file():
+            digests[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return digests
+
+
+def _protected_trees(course: Path, submitted: Path) -> dict[str, dict[str, str]]:
+    """What no submission may change: the course (but the gradebook and the pipeline's own
+    output), the repository's course_lib, solutions and releases, and the submissions."""
+    return {"course": _tree_hash(course, skip=("gradebook.db", "grading")),
+            "course_lib": _tree_hash(REPO / "course_lib"),
+            "solutions": _tree_hash(REPO / "solutions"),
+            "exercises": _tree_hash(REPO / "exercises"),
+            "submitted": _tree_hash(submitted)}
+
+
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
-    """One pipeline run over every adversarial submission (2 workers)."""
+    """One pipeline run, sandboxed, over every adversarial and hostile submission (2 workers)."""
     tmp = tmp_path_factory.mktemp("class")
     course = grading.new_course(tmp / "course", [ASSIGNMENT], root=REPO)
     submitted = tmp / "submitted"
     expected = {}
-    for student, (nb, score) in _adversarial().items():
+    paths = {"course": str(course), "submitted": str(submitted), "repo": str(REPO)}
+    for student, (nb, score) in {**_adversarial(), **_hostile(paths)}.items():
         folder = submitted / student / ASSIGNMENT
         folder.mkdir(parents=True)
         path = folder / grading.notebook_name(ASSIGNMENT)
@@ -165,34 +323,60 @@ def graded(tmp_path_factory):
     expected[RENAMED] = TOTAL
     (submitted / MISSING / ASSIGNMENT).mkdir(parents=True)
     expected[MISSING] = 0.0
+    before = _protected_trees(course, submitted)
     result = grade_class.grade_class(ASSIGNMENT, submitted, course, workers=2,
                                      cell_timeout=CELL_TIMEOUT, mem_mb=MEM_MB, quiet=True)
-    return result, expected, course
+    after = _protected_trees(course, submitted)
+    return result, expected, course, (before, after)
 
 
 
 
 @pytest.mark.slow
 def test_every_submission_gets_the_score_it_deserves(graded):
-    result, expected, _ = graded
-    got = {s.student: s.score for s in result.submissions}
+    result, expected, _, _ = graded
+    got = {s.submitted_as: s.score for s in result.submissions}
     wrong = {k: (got.get(k), v) for k, v in expected.items() if got.get(k) != v}
-    details = {s.student: s.problems for s in result.submissions if s.student in wrong}
+    details = {s.submitted_as: s.problems for s in result.submissions if s.submitted_as in wrong}
     assert not wrong, f"(got, expected) per student: {wrong}\nproblems: {details}"
 
 
 @pytest.mark.slow
+def test_nothing_outside_each_students_folder_changed(graded):
+    """No submission changed the course, the repository's code, solutions or releases, or any
+    submitted notebook (its own included: the pipeline grades copies)."""
+    before, after = graded[3]
+    for name in before:
+        changed = sorted(k for k in before[name].keys() | after[name].keys()
+                         if before[name].get(k) != after[name].get(k))
+        assert not changed, f"{name}: changed by grading: {changed[:10]}"
+
+
+@pytest.mark.slow
+def test_students_whose_ids_collide_are_both_graded(graded):
+    result, expected, course, _ = graded
+    rows = {r["submitted_as"]: r for r in csv.DictReader(result.csv.open())}
+    assert float(rows["Jane Doe"]["score"]) == expected["Jane Doe"] == TOTAL
+    assert float(rows["Jane  Doe"]["score"]) == expected["Jane  Doe"] < TOTAL
+    assert rows["Jane Doe"]["student"] != rows["Jane  Doe"]["student"]
+    book = grading.scores(course, ASSIGNMENT)
+    assert book[rows["Jane Doe"]["student"]].score == TOTAL
+
+
+@pytest.mark.slow
 def test_export_has_one_row_per_submission(graded):
-    result, expected, course = graded
+    result, expected, course, _ = graded
     rows = list(csv.DictReader(result.csv.open()))
-    assert sorted(r["student"] for r in rows) == sorted(expected)
+    assert sorted(r["submitted_as"] for r in rows) == sorted(expected)
+    assert len({r["student"] for r in rows}) == len(rows), "two submissions share an id"
     for row in rows:
-        assert float(row["score"]) == expected[row["student"]]
+        assert float(row["score"]) == expected[row["submitted_as"]]
         assert float(row["max_score"]) == TOTAL
         assert sum(float(row[g]) for g in POINTS) == float(row["score"])
     # The course gradebook holds the same scores, ungradable submissions included.
     book = grading.scores(course, ASSIGNMENT)
-    assert {s: v.score for s, v in book.items()} == expected
+    ids = {r["student"]: r["submitted_as"] for r in rows}
+    assert {ids[s]: v.score for s, v in book.items()} == expected
     assert all(v.max_score == TOTAL for v in book.values())
 
 
@@ -205,29 +389,36 @@ PROBLEM_WORDS = {
     "deleted_tests": "deleted", "edited_tests": "edited", "edited_points": "metadata edited",
     "nan_result": "NaN", "wrong_dtype": "dtype", "wrong_device": "device",
     RENAMED: "renamed", MISSING: "missing notebook",
+    "edit_course_lib": "tried to change files outside its folder",
+    "forge_recheck": "forged", "input_transformer": "nbgrader gave",
+    "patch_layer": "replaced protected objects", "spawn_daemon": "started processes",
+    "fork_bomb": "processes", "slow_cells": "of its", "Jane  Doe": "graded as student id",
 }
 
 
 @pytest.mark.slow
 def test_each_problem_is_reported(graded):
-    result, _, _ = graded
-    problems = {s.student: " | ".join(s.problems) for s in result.submissions}
+    result, _, _, _ = graded
+    problems = {s.submitted_as: " | ".join(s.problems) for s in result.submissions}
     missing = {k: problems.get(k) for k, word in PROBLEM_WORDS.items()
                if word not in problems.get(k, "")}
     assert not missing, missing
     assert problems["solution"] == "", "a clean solution must not be flagged"
     assert not result.batch_problems
     summary = result.problems.read_text()
-    for student in PROBLEM_WORDS:
-        assert student in summary
+    for sub in result.submissions:
+        if sub.submitted_as in PROBLEM_WORDS:
+            assert sub.student in summary
+    for honest in ("logging_stderr", "Jane Doe", "vandal", "read_solutions"):
+        assert "nbgrader gave" not in problems[honest], problems[honest]
 
 
 @pytest.mark.slow
 def test_feedback_and_report_are_written(graded):
-    result, expected, _ = graded
+    result, expected, _, _ = graded
     for sub in result.submissions:
         assert sub.feedback is not None and sub.feedback.is_file(), sub.student
-    assert "Score" in next(s for s in result.submissions if s.student == "corrupt_json"
+    assert "Score" in next(s for s in result.submissions if s.submitted_as == "corrupt_json"
                            ).feedback.read_text()
     for name in ("scores.png", "per_question.png", "hardest_tests.png"):
         assert (result.out / "plots" / name).stat().st_size > 1000
@@ -248,13 +439,38 @@ def test_guard_detects_and_restores_replacements():
         checks._REF["conv2d"] = None
         changed = guard.changes()
         assert "course_lib.checks.fail" in changed
-        assert "torch.Tensor.any" in changed
+        assert any(c.startswith("torch.Tensor.any") for c in changed)
         assert "course_lib.checks._REF (contents)" in changed
     finally:
         guard.restore()
     assert checks.fail is original_fail and torch.Tensor.any is original_any
     assert checks._REF["conv2d"] is torch.nn.functional.conv2d
     assert guard.changes() == []
+
+
+def test_guard_sees_layers_and_cuda_and_tells_the_server():
+    """Methods of nn layers and torch.cuda are protected; the digest the child reports differs
+    from the snapshot's exactly while something is replaced."""
+    import torch
+
+    guard = Guard()
+    baseline = guard.digest()
+    original_init, original_available = torch.nn.Conv2d.__init__, torch.cuda.is_available
+    try:
+        torch.nn.Conv2d.__init__ = lambda self, *a, **k: torch.nn.Module.__init__(self)
+        torch.cuda.is_available = lambda: True
+        torch.nn.Linear.extra_method = lambda self: None
+        changed = guard.changes()
+        assert "torch.nn.modules.conv.Conv2d.__init__" in changed
+        assert "torch.cuda.is_available" in changed
+        assert "torch.nn.modules.linear.Linear.extra_method (added)" in changed
+        assert guard.digest() != baseline
+    finally:
+        guard.restore()
+    assert torch.nn.Conv2d.__init__ is original_init
+    assert torch.cuda.is_available is original_available
+    assert not hasattr(torch.nn.Linear, "extra_method")
+    assert guard.digest() == baseline
 
 
 def _info():

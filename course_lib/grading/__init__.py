@@ -5,9 +5,10 @@ this subpackage is the trust boundary, kept apart so that the student-facing pac
 
 * :mod:`.course` — single nbgrader steps in a course directory (generate, validate, autograde);
 * :mod:`.grade_class` — grade a whole class (``python -m course_lib.grade_class``);
-* :mod:`.kernel` — the resource-limited kernel nbgrader starts for each submission;
+* :mod:`.sandbox` — the bubblewrap sandbox every execution of student code goes through;
+* :mod:`.kernel` — the resource-limited kernel nbgrader starts (inside the sandbox);
 * :mod:`.recheck` — the re-check that student code cannot reach;
-* :mod:`.bench` — throughput of the pipeline;
+* :mod:`.bench`, :mod:`.sandbox_bench` — throughput of the pipeline, and the sandbox's cost;
 * :mod:`.authoring` — writes nbgrader source notebooks.
 
 The names of :mod:`.course` are re-exported here (``from course_lib import grading;

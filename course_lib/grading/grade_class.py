@@ -42,7 +42,8 @@ import nbformat
 from tqdm import tqdm
 
 from course_lib.grading import course as grading
-from course_lib.grading.kernel import DEFAULT_MEM_MB, install_kernelspec, kernel_env
+from course_lib.grading import recheck, sandbox
+from course_lib.grading.kernel import DEFAULT_MEM_MB, kernel_env
 
 MAX_ZIP_BYTES = 2 * 2**30  # refuse zips that would unpack to more than this
 FLOOD_CHARS = 100_000  # a cell printing more than this is reported
@@ -61,12 +62,18 @@ class SourceInfo:
     notebook: str
     order: list[str]                 # grade_ids of the release notebook, in order
     cells: dict[str, dict]           # grade_id -> {cell_type, locked, source}
-    points: dict[str, float]         # test cell grade_id -> max points
+    points: dict[str, float]         # autograded test cell grade_id -> max points
     solutions: set[str]
+    manual: dict[str, float] = field(default_factory=dict)  # manually graded answers -> points
 
     @property
     def max_score(self) -> float:
+        """The autograded points (manually graded answers are graded later, in formgrader)."""
         return float(sum(self.points.values()))
+
+    @property
+    def manual_max(self) -> float:
+        return float(sum(self.manual.values()))
 
 
 def source_info(db_url: str, assignment: str, release: Path) -> SourceInfo:
@@ -77,11 +84,15 @@ def source_info(db_url: str, assignment: str, release: Path) -> SourceInfo:
         nb = gb.find_notebook(name, assignment)
         cells = {c.name: {"cell_type": c.cell_type, "locked": bool(c.locked), "source": c.source}
                  for c in nb.source_cells}
-        points = {c.name: float(c.max_score) for c in nb.grade_cells if c.cell_type == "code"}
         solutions = {c.name for c in nb.solution_cells}
+        # A grade cell that is also a solution cell (or markdown) is a manually graded answer.
+        points = {c.name: float(c.max_score) for c in nb.grade_cells
+                  if c.cell_type == "code" and c.name not in solutions}
+        manual = {c.name: float(c.max_score) for c in nb.grade_cells if c.name not in points}
     order = [c.metadata.get("nbgrader", {}).get("grade_id")
              for c in nbformat.read(release, as_version=4).cells]
-    return SourceInfo(assignment, name, [g for g in order if g], cells, points, solutions)
+    return SourceInfo(assignment, name, [g for g in order if g], cells, points, solutions,
+                      manual)
 
 
 # ----------------------------------------------------------------------------- submissions
@@ -91,7 +102,8 @@ class Submission:
     origin: str
     notebook: Path | None = None          # sanitized notebook to grade; None: nothing gradable
     problems: list[str] = field(default_factory=list)
-    status: str = "ok"                     # ok | missing | corrupt | graded-by-recheck
+    status: str = "ok"                     # ok | missing | corrupt | graded-by-recheck | error
+    submitted_as: str = ""                 # the name it came under (folder or LMS file prefix)
     nbgrader: dict[str, float] | None = None
     recheck: dict[str, float] = field(default_factory=dict)
     final: dict[str, float] = field(default_factory=dict)
@@ -105,6 +117,24 @@ class Submission:
 def _student_id(raw: str) -> str:
     cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", raw).strip("-.") or "unknown"
     return cleaned
+
+
+def student_ids(names: list[str]) -> dict[str, str]:
+    """A distinct gradebook id for every submitted name, never merging two students.
+
+    Names are cleaned to letters, digits, '_', '-', '.'; where two names clean to the same id,
+    the ones that changed get a suffix from a hash of the name itself (stable across runs and
+    independent of the other names' order)."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(_student_id(name), []).append(name)
+    ids = {}
+    for cleaned, members in groups.items():
+        for name in members:
+            clash = len(members) > 1 and name != cleaned
+            ids[name] = (f"{cleaned}-{hashlib.sha1(name.encode()).hexdigest()[:6]}" if clash
+                         else cleaned)
+    return ids
 
 
 def _safe_unzip(archive: Path, dest: Path) -> Path:
@@ -131,7 +161,7 @@ def _safe_unzip(archive: Path, dest: Path) -> Path:
 
 
 def _find_candidates(root: Path, assignment: str) -> dict[str, list[Path]]:
-    """student -> notebooks found for them, for the layouts in the module docstring."""
+    """submitted name -> notebooks found for it, for the layouts in the module docstring."""
     if (root / "submitted").is_dir():
         root = root / "submitted"
     entries = [p for p in root.iterdir() if not p.name.startswith((".", "__MACOSX"))]
@@ -142,10 +172,10 @@ def _find_candidates(root: Path, assignment: str) -> dict[str, list[Path]]:
     for entry in sorted(entries):
         if entry.is_dir():
             folder = entry / assignment if (entry / assignment).is_dir() else entry
-            found.setdefault(_student_id(entry.name), []).extend(
+            found.setdefault(entry.name, []).extend(
                 sorted(p for p in folder.glob("*.ipynb") if ".ipynb_checkpoints" not in p.parts))
         elif entry.suffix == ".ipynb":  # LMS style: <student>_<anything>.ipynb
-            found.setdefault(_student_id(entry.name.split("_")[0]), []).append(entry)
+            found.setdefault(entry.name.split("_")[0], []).append(entry)
     return found
 
 
@@ -163,10 +193,11 @@ def _sanitize(nb, info: SourceInfo) -> list[str]:
             continue
         seen.add(gid)
         trusted = info.cells[gid]
-        want = {"grade": gid in info.points, "solution": gid in info.solutions,
+        graded = {**info.points, **info.manual}
+        want = {"grade": gid in graded, "solution": gid in info.solutions,
                 "locked": trusted["locked"]}
-        if gid in info.points:
-            want["points"] = info.points[gid]
+        if gid in graded:
+            want["points"] = graded[gid]
         edits = [f"{k} {meta.get(k)!r} -> {v!r}" for k, v in want.items() if meta.get(k) != v]
         if edits:
             problems.append(f"cell {gid}: nbgrader metadata edited ({', '.join(edits)}); restored")
@@ -192,14 +223,19 @@ def ingest(submissions: Path, info: SourceInfo, workdir: Path) -> list[Submissio
         root = _safe_unzip(submissions, workdir / "unzipped")
     expected = grading.notebook_name(info.assignment)
     result = []
-    for student, paths in _find_candidates(root, info.assignment).items():
-        sub = Submission(student, str(root))
+    candidates = _find_candidates(root, info.assignment)
+    ids = student_ids(list(candidates))
+    for name, paths in candidates.items():
+        student = ids[name]
+        sub = Submission(student, str(root), submitted_as=name)
+        if student != name:
+            sub.problems.append(f"submitted as {name!r}: graded as student id {student!r}")
         exact = [p for p in paths if p.name == expected]
         if exact:
             chosen = exact[-1]
         elif len(paths) == 1:
             chosen = paths[0]
-            if not chosen.name.startswith(f"{student}_"):  # LMS names are <student>_...: fine
+            if not chosen.name.startswith(f"{name}_"):  # LMS names are <student>_...: fine
                 sub.problems.append(f"notebook renamed to {chosen.name!r}; graded as {expected}")
         elif paths:
             named = [p for p in paths if info.assignment in p.name] or paths
@@ -249,6 +285,7 @@ def _prepare_shard(course: Path, assignment: str, shard: Path, template: Path | 
 
 def _stream(cmd: list[str], cwd: Path, env: dict, log: Path, pattern: str, tick) -> int:
     """Run ``cmd``, saving its output to ``log`` and calling ``tick`` on lines with ``pattern``."""
+    env = {**env, "PYTHONUNBUFFERED": "1"}  # the log is complete even if the step hangs
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, errors="replace")
@@ -259,7 +296,7 @@ def _stream(cmd: list[str], cwd: Path, env: dict, log: Path, pattern: str, tick)
         return proc.wait()
 
 
-def _recheck_jobs(subs: list[Submission], info: SourceInfo, shard: Path) -> list[dict]:
+def _recheck_jobs(subs: list[Submission], info: SourceInfo) -> list[dict]:
     """The cells to run for each submission: student code as submitted, locked and test cells
     from the gradebook, deleted test cells put back where the release had them."""
     jobs = []
@@ -296,14 +333,11 @@ def _recheck_jobs(subs: list[Submission], info: SourceInfo, shard: Path) -> list
                                        "source": info.cells[gid]["source"],
                                        "points": info.points.get(gid, 0.0)}))
             seen.add(gid)
-        jobs.append({"student": sub.student, "cells": [e for _, e in entries],
-                     "result": str(shard / "recheck" / f"{sub.student}.jsonl")})
+        jobs.append({"student": sub.student, "cells": [e for _, e in entries]})
     return jobs
 
 
-def _read_recheck(sub: Submission, path: Path, info: SourceInfo, timeout: float) -> None:
-    events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] \
-        if path.is_file() else []
+def _read_recheck(sub: Submission, events: list[dict], info: SourceInfo, timeout: float) -> None:
     last_started = None
     for ev in events:
         kind = ev.get("event")
@@ -337,13 +371,13 @@ def _read_recheck(sub: Submission, path: Path, info: SourceInfo, timeout: float)
                     sub.problems.append(
                         f"test {cell}: protected objects replaced while it ran "
                         f"({', '.join(ev['tampered_during'][:4])}); cell scored 0")
-        elif kind == "killed":
-            sub.problems.append(f"cell {ev['cell']}: {ev['reason']}; process stopped")
+        elif kind == "forged":
+            sub.problems.append(f"cell {ev['cell']}: a forged result on the re-check's channel; "
+                                "that and later tests score 0")
         elif kind == "exit":
             sub.problems.append(f"kernel died in cell {last_started} ({ev['reason']}); later "
                                 "cells score 0")
-    if not any(ev.get("event") == "done" for ev in events) and not any(
-            ev.get("event") in ("exit", "killed") for ev in events):
+    if not any(ev.get("event") in ("done", "exit") for ev in events):
         sub.problems.append("re-check did not finish")
     for gid in info.points:
         sub.recheck.setdefault(gid, 0.0)
@@ -388,9 +422,12 @@ def _fallback_feedback(sub: Submission, info: SourceInfo, dest: Path) -> Path:
     return dest
 
 
-def _grade_shard(shard: Path, subs: list[Submission], info: SourceInfo, env: dict,
-                 timeout: float, mem_mb: int, bars: dict) -> None:
+def _grade_shard(shard: Path, subs: list[Submission], info: SourceInfo, settings: dict,
+                 bars: dict) -> None:
+    """autograde -> re-check -> final scores -> feedback, for one shard course. Student code
+    runs only inside ``settings["sandbox"]`` (when there is one)."""
     a, nbname = info.assignment, grading.notebook_name(info.assignment)
+    timeout, box, env = settings["cell_timeout"], settings["sandbox"], settings["env"]
     for sub in subs:
         target = shard / "submitted" / sub.student / a
         target.mkdir(parents=True, exist_ok=True)
@@ -398,22 +435,23 @@ def _grade_shard(shard: Path, subs: list[Submission], info: SourceInfo, env: dic
     t = str(int(timeout))
     _stream([sys.executable, "-m", "nbgrader", "autograde", a, "--create", "--force",
              f"--Execute.timeout={t}", f"--ExecutePreprocessor.timeout={t}",
-             "--OverwriteCells.add_missing_cells=True"],
+             "--OverwriteCells.add_missing_cells=True",
+             *(box.kernel_manager_args("kernel") if box else [])],
             shard, env, shard / "autograde.log", "Autograding", bars["autograde"].update)
     graded = grading.scores(shard, a)
     for sub in subs:
-        ok = (shard / "autograded" / sub.student / a / nbname).is_file()
-        if ok and sub.student in graded:
+        autograded = shard / "autograded" / sub.student / a / nbname
+        if autograded.is_file() and sub.student in graded:
             sub.nbgrader = {g: s for g, (s, _) in graded[sub.student].cells.items()
                             if g in info.points}
-    plan = shard / "recheck_plan.json"
-    plan.write_text(json.dumps({"jobs": _recheck_jobs(subs, info, shard), "timeout": timeout,
-                                "mem_mb": mem_mb,
-                                "check_modules": [f"course_lib.checks.{a}"]}))
-    _stream([sys.executable, "-m", "course_lib.grading.recheck", str(plan)], shard, env,
-            shard / "recheck.log", "rechecked", bars["recheck"].update)
+            sub.problems += _slow_cells(autograded, timeout)
+        if box is not None:
+            sub.problems += _sandbox_problems(Path(box.events_dir), sub.student, box)
+    events = recheck.recheck(_recheck_jobs(subs, info), timeout, settings["mem_mb"],
+                             [f"course_lib.checks.{a}"], box=box, log=shard / "recheck.log",
+                             progress=lambda student: bars["recheck"].update())
     for sub in subs:
-        _read_recheck(sub, shard / "recheck" / f"{sub.student}.jsonl", info, timeout)
+        _read_recheck(sub, events.get(sub.student, []), info, timeout)
         if sub.nbgrader is None:
             sub.status = "graded-by-recheck"
             sub.problems.append("nbgrader could not grade this notebook (kernel died or hung: "
@@ -431,16 +469,75 @@ def _grade_shard(shard: Path, subs: list[Submission], info: SourceInfo, env: dic
             shard / "feedback.log", "Converting notebook", bars["feedback"].update)
 
 
+def _slow_cells(autograded: Path, timeout: float) -> list[str]:
+    """Cells that used more than half their time limit, from nbclient's timing metadata, and a
+    notebook that used more than half of what all its cells together may take."""
+    from datetime import datetime
+
+    try:
+        nb = nbformat.read(autograded, as_version=4)
+    except Exception:  # nbgrader wrote it; a broken one is reported elsewhere
+        return []
+    problems, total, code_cells = [], 0.0, 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        code_cells += 1
+        timing = cell.metadata.get("execution", {})
+        try:
+            began = datetime.fromisoformat(timing["iopub.execute_input"].replace("Z", "+00:00"))
+            ended = datetime.fromisoformat(timing["shell.execute_reply"].replace("Z", "+00:00"))
+        except (KeyError, ValueError, AttributeError):
+            continue
+        seconds = (ended - began).total_seconds()
+        total += seconds
+        if seconds > 0.5 * timeout:
+            gid = cell.metadata.get("nbgrader", {}).get("grade_id", cell.get("id", "?"))
+            problems.append(f"cell {gid}: took {seconds:.0f} s of its {timeout:g} s limit "
+                            "(slows the whole batch)")
+    if code_cells and total > 0.5 * timeout * code_cells:
+        problems.append(f"used {total:.0f} s, most of its time budget "
+                        f"({timeout * code_cells:g} s)")
+    return problems
+
+
+def _sandbox_problems(events_dir: Path, student: str, box) -> list[str]:
+    """What the sandbox's supervisor saw of this student's kernel: processes it started, files
+    it tried to change outside its folder, and why it was stopped."""
+    path = events_dir / f"kernel-{student}.json"
+    problems = []
+    if not path.is_file():
+        return problems
+    for line in path.read_text().splitlines():
+        try:
+            run = json.loads(line)
+        except ValueError:
+            continue
+        if run.get("killed"):
+            problems.append(f"sandbox stopped the kernel: it {run['killed']}")
+        spawned = sorted({e["detail"] for e in run.get("audit", []) if e["kind"] == "spawn"})
+        # The audit hook sees every process Python starts; the supervisor's count (polled) also
+        # catches C-level forks, but may glimpse one transient process of the kernel's own.
+        if spawned or run.get("max_processes", 0) > 2:
+            problems.append(f"started processes ({', '.join(spawned[:3]) or 'not from Python'}"
+                            f", up to {run.get('max_processes', 0)} seen at once); all were "
+                            "ended with the notebook")
+        writes = [e["detail"] for e in run.get("audit", []) if e["kind"] == "write"]
+        if writes:
+            problems.append(f"tried to change files outside its folder ({'; '.join(writes[:3])}"
+                            f"{'; ...' if len(writes) > 3 else ''}): refused by the sandbox")
+    return problems
+
+
 # ----------------------------------------------------------------------------- outputs
-def _checks_hash(assignment: str) -> str:
-    """Hash of the check sources the assignment is graded with (a submission that rewrites them
-    on disk would change every later grade)."""
-    folder = Path(grading.__file__).parents[1] / "checks"
+def _course_lib_hash() -> str:
+    """Hash of every source file of course_lib (a submission that rewrote them on disk would
+    change every later grade: impossible in the sandbox, checked anyway)."""
+    folder = Path(grading.__file__).parents[1]
     digest = hashlib.sha256()
-    for name in ("__init__.py", "cases.py", f"{assignment}.py"):
-        path = folder / name
-        digest.update(name.encode())
-        digest.update(path.read_bytes() if path.is_file() else b"")
+    for path in sorted(folder.rglob("*.py")):
+        digest.update(str(path.relative_to(folder)).encode())
+        digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
@@ -448,13 +545,15 @@ def write_csv(path: Path, subs: list[Submission], info: SourceInfo) -> Path:
     tests = list(info.points)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["student", "assignment", "status", "score", "max_score", *tests,
-                         "nbgrader_score", "source", "problems"])
+        writer.writerow(["student", "submitted_as", "assignment", "status", "score",
+                         "max_score", *tests, "manual_points_pending", "nbgrader_score",
+                         "source", "problems"])
         for sub in sorted(subs, key=lambda s: s.student):
             nbg = "" if sub.nbgrader is None else f"{sum(sub.nbgrader.values()):g}"
-            writer.writerow([sub.student, info.assignment, sub.status, f"{sub.score:g}",
+            writer.writerow([sub.student, sub.submitted_as or sub.student, info.assignment,
+                             sub.status, f"{sub.score:g}",
                              f"{info.max_score:g}", *(f"{sub.final.get(t, 0.0):g}" for t in tests),
-                             nbg, sub.origin, " | ".join(sub.problems)])
+                             f"{info.manual_max:g}", nbg, sub.origin, " | ".join(sub.problems)])
     return path
 
 
@@ -513,8 +612,11 @@ def write_report(out: Path, subs: list[Submission], info: SourceInfo,
     page.write_text(
         f"<html><head><meta charset='utf-8'><title>{info.assignment} report</title></head><body>"
         f"<h1>{info.assignment}: {len(subs)} submissions</h1>"
-        f"<p>mean {mean:.2f} / {info.max_score:g}; graded in {seconds:.0f} s; "
-        f"{len(flagged)} submissions with problems.</p>"
+        f"<p>mean {mean:.2f} / {info.max_score:g} autograded points; graded in {seconds:.0f} s; "
+        f"{len(flagged)} submissions with problems."
+        + (f" {info.manual_max:g} more points per submission are manually graded answers: grade "
+           "them in nbgrader's formgrader (they are left pending in the gradebook)."
+           if info.manual else "") + "</p>"
         f"<img src='plots/scores.png'><img src='plots/per_question.png'>"
         f"<img src='plots/hardest_tests.png'><h2>Batch problems</h2><ul>{batch or '<li>none</li>'}"
         f"</ul><h2>Problems by submission</h2><ul>{items or '<li>none</li>'}</ul></body></html>")
@@ -536,9 +638,13 @@ class ClassResult:
 
 def grade_class(assignment: str, submissions: Path, course: Path, workers: int = 1,
                 db_url: str | None = None, out: Path | None = None, cell_timeout: float = 60,
-                mem_mb: int = DEFAULT_MEM_MB, quiet: bool = False) -> ClassResult:
+                mem_mb: int = DEFAULT_MEM_MB, quiet: bool = False, use_sandbox: bool = True,
+                limits: sandbox.Limits | None = None) -> ClassResult:
     """The whole pipeline (module docstring). Returns what it wrote; raises only on setup errors
-    (no such assignment, unreadable zip), never because of one student's notebook."""
+    (no such assignment, unreadable zip, no sandbox), never because of one student's notebook.
+
+    ``use_sandbox=False`` runs student code as the caller, with the caller's files in reach: only
+    for machines that cannot sandbox (the report says so on every page)."""
     start = time.monotonic()
     course = Path(course).resolve()
     if not (course / "nbgrader_config.py").is_file():
@@ -547,16 +653,24 @@ def grade_class(assignment: str, submissions: Path, course: Path, workers: int =
         raise FileNotFoundError(f"no source folder {course / 'solutions' / assignment}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    submissions = Path(submissions).resolve()
+    if not submissions.exists():
+        raise FileNotFoundError(f"no submissions at {submissions}")
+    if use_sandbox:
+        sandbox.check_available()
     db_url = db_url or f"sqlite:///{course / 'gradebook.db'}"
     out = Path(out or course / "grading" / assignment).resolve()
     if out.exists():
         shutil.rmtree(out)
     work = out / "work"
     work.mkdir(parents=True)
-    env = kernel_env(install_kernelspec(work / "jupyter", mem_mb))
-    checks_hash = _checks_hash(assignment)
+    lib_hash = _course_lib_hash()
+    batch_problems = [] if use_sandbox else [
+        "graded WITHOUT the sandbox (--no-sandbox): student code ran as the grader, with the "
+        "course, the gradebook and other submissions in reach"]
 
     # The shard template generates the assignment privately; the course's gradebook gets it too.
+    env = kernel_env(sandbox.install_kernelspec(work / "jupyter-setup", None, mem_mb))
     shards = [work / f"shard{i}" for i in range(workers)]
     _prepare_shard(course, assignment, shards[0], None, env)
     info = source_info(f"sqlite:///{shards[0] / 'gradebook.db'}", assignment,
@@ -572,12 +686,24 @@ def grade_class(assignment: str, submissions: Path, course: Path, workers: int =
         grading.run_nbgrader(["generate_assignment", assignment, "--force", f"--db={db_url}"],
                              cwd=course, env=env)
 
-    subs = ingest(Path(submissions), info, work)
+    subs = ingest(submissions, info, work)
     gradable = [s for s in subs if s.notebook is not None]
     groups = [gradable[i::workers] for i in range(workers)]
     shards = shards[:max(1, sum(1 for g in groups if g))]
     for shard in shards[1:]:
         _prepare_shard(course, assignment, shard, shards[0], env)
+    box = None
+    if use_sandbox:
+        code_cells = sum(1 for c in info.cells.values() if c["cell_type"] == "code")
+        limits = limits or sandbox.Limits(mem_mb=mem_mb)
+        # A kernel may take at most what all its cells may take, plus its start.
+        limits.wall_s = limits.wall_s or cell_timeout * (code_cells + 2) + 60
+        box = sandbox.Sandbox.for_batch(
+            work, hide=[course, out, submissions if submissions.is_dir() else
+                        submissions.parent], limits=limits)
+    settings = [{"cell_timeout": cell_timeout, "mem_mb": mem_mb, "sandbox": b,
+                 "env": kernel_env(sandbox.install_kernelspec(work / f"jupyter{i}", b, mem_mb))}
+                for i, b in enumerate([box.for_shard() if box else None for _ in shards])]
     bars = {name: tqdm(total=len(gradable), desc=f"{name:>9}", file=sys.stdout, unit="nb",
                        disable=quiet, leave=True, position=i)
             for i, name in enumerate(["autograde", "recheck", "feedback"])}
@@ -586,12 +712,28 @@ def grade_class(assignment: str, submissions: Path, course: Path, workers: int =
         update = bar.update
         bar.update = lambda n=1, _u=update: (lock.acquire(), _u(n), lock.release())
     with ThreadPoolExecutor(max_workers=len(shards)) as pool:
-        futures = [pool.submit(_grade_shard, shard, group, info, env, cell_timeout, mem_mb, bars)
-                   for shard, group in zip(shards, groups) if group]
-        for f in futures:
-            f.result()
+        futures = {pool.submit(_grade_shard, shard, group, info, s, bars): group
+                   for shard, group, s in zip(shards, groups, settings) if group}
+        for future, group in futures.items():
+            try:
+                future.result()
+            except Exception as exc:  # a broken step: its students get rows that say why
+                for sub in group:
+                    sub.status = "error"
+                    sub.problems.append(f"grading failed ({type(exc).__name__}: "
+                                        f"{str(exc).splitlines()[0][:200] if str(exc) else ''})"
+                                        "; scored by what finished, re-grade this submission")
+                    if not sub.final:
+                        sub.final = {g: min(sub.recheck.get(g, 0.0),
+                                            (sub.nbgrader or {}).get(g, 0.0))
+                                     for g in info.points}
     for bar in bars.values():
         bar.close()
+    for s in settings:
+        if s["sandbox"] is not None:
+            shutil.rmtree(s["sandbox"].ipc_dir, ignore_errors=True)
+    if box is not None:
+        shutil.rmtree(box.ipc_dir, ignore_errors=True)
 
     nbname = grading.notebook_name(assignment)
     for shard, group in zip(shards, groups):
@@ -599,24 +741,26 @@ def grade_class(assignment: str, submissions: Path, course: Path, workers: int =
             html_path = shard / "feedback" / sub.student / assignment / nbname.replace(
                 ".ipynb", ".html")
             dest = out / "feedback" / sub.student / assignment / html_path.name
-            if html_path.is_file():
+            if html_path.is_file() and not html_path.is_symlink():
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(html_path, dest)
                 sub.feedback = dest
     for sub in subs:
+        if sub.notebook is None:
+            sub.final = {g: 0.0 for g in info.points}
         if sub.feedback is None:
-            if sub.notebook is None:
-                sub.final = {g: 0.0 for g in info.points}
             sub.feedback = _fallback_feedback(
                 sub, info, out / "feedback" / sub.student / assignment /
                 nbname.replace(".ipynb", ".html"))
-    _write_scores(db_url, assignment, subs, as_manual=False)
+    try:
+        _write_scores(db_url, assignment, subs, as_manual=False)
+    except Exception as exc:  # the CSV below is still written: no grade is lost
+        batch_problems.append(f"could not write the course gradebook {db_url} "
+                              f"({type(exc).__name__}: {exc}); grades.csv has every score")
 
-    batch_problems = []
-    if _checks_hash(assignment) != checks_hash:
-        batch_problems.append("the checks (course_lib/checks) changed on disk during grading: a "
-                              "submission may have rewritten them; treat these grades as "
-                              "untrustworthy")
+    if _course_lib_hash() != lib_hash:
+        batch_problems.append("course_lib changed on disk during grading: a submission may have "
+                              "rewritten it; treat these grades as untrustworthy")
     seconds = time.monotonic() - start
     csv_path = write_csv(out / "grades.csv", subs, info)
     report = write_report(out, subs, info, batch_problems, seconds)
@@ -646,9 +790,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cell-timeout", type=float, default=60, help="seconds per cell")
     parser.add_argument("--mem-mb", type=int, default=DEFAULT_MEM_MB,
                         help="address-space limit per kernel, MiB")
+    parser.add_argument("--no-sandbox", action="store_true",
+                        help="run student code WITHOUT the bubblewrap sandbox (unsafe: only "
+                             "where bwrap cannot run; the report is marked)")
     args = parser.parse_args(argv)
-    result = grade_class(args.assignment, args.submissions, args.course, args.workers, args.db,
-                         args.out, args.cell_timeout, args.mem_mb)
+    if args.no_sandbox:
+        print("WARNING: grading without the sandbox: student code runs as you, with the course, "
+              "the gradebook and every submission in reach.", file=sys.stderr)
+    try:
+        result = grade_class(args.assignment, args.submissions, args.course, args.workers,
+                             args.db, args.out, args.cell_timeout, args.mem_mb,
+                             use_sandbox=not args.no_sandbox)
+    except sandbox.SandboxUnavailable as exc:
+        print(f"grade_class: {exc}", file=sys.stderr)
+        return 2
     print(result.problems.read_text())
     print(f"grades:   {result.csv}\nreport:   {result.report}\nfeedback: {result.out / 'feedback'}")
     return 0

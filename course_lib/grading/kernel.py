@@ -1,16 +1,18 @@
-"""A resource-limited Python kernel for autograding.
+"""The resource-limited Python kernel that runs a submission, inside the sandbox.
 
-nbgrader starts one Jupyter kernel per submission and has no sandbox: a student cell that allocates
-without bound can take the grading machine down with it. This module is a drop-in replacement for
-the ``python3`` kernel that first caps the kernel process's address space (``RLIMIT_AS``), so a
-runaway allocation fails inside the student's cell with ``MemoryError`` / "can't allocate memory"
-(the cell scores 0, the batch goes on) instead of exhausting the machine.
+nbgrader starts one Jupyter kernel per submission; :mod:`course_lib.grading.sandbox` starts it as
+``python -m course_lib.grading.kernel --mem-mb N --file-mb N -f CONNECTION_FILE`` inside bwrap.
+Before ipykernel starts, this module
 
-:func:`install_kernelspec` writes a kernelspec named ``python3`` into a private folder; putting that
-folder first on ``JUPYTER_PATH`` (see :func:`kernel_env`) makes nbgrader, which asks for the
-``python3`` kernel, start this one — only in the grading processes that get that environment.
+* caps the address space (``RLIMIT_AS``), so a runaway allocation fails inside the student's cell
+  with ``MemoryError`` (the cell scores 0, the batch goes on) instead of exhausting the machine;
+* caps the size of any file it writes (``RLIMIT_FSIZE``) and disables core dumps;
+* installs an audit hook (:func:`install_audit`) that reports, to the grader, processes the
+  student's code starts and files it tries to change outside its folder. Audit hooks cannot be
+  removed once added, so student code cannot switch the report off (it can only add noise to
+  its own report).
 
-Run as ``python -m course_lib.grading.kernel --mem-mb 4096 -f CONNECTION_FILE``.
+:func:`kernel_env` is the environment in which Jupyter finds the grading kernelspec first.
 """
 from __future__ import annotations
 
@@ -21,41 +23,105 @@ import sys
 from pathlib import Path
 
 DEFAULT_MEM_MB = 4096
+DEFAULT_FILE_MB = 64
+AUDIT_FD_ENV = "COURSE_AUDIT_FD"
+# Audit events that mean "started a process" and "changed the file system".
+SPAWN_EVENTS = {"os.fork", "os.forkpty", "os.posix_spawn", "os.spawn", "os.system", "os.exec",
+                "subprocess.Popen", "pty.spawn"}
+# event -> the positions of the paths it changes
+FILE_EVENTS = {"os.remove": (0,), "os.rmdir": (0,), "os.rename": (0, 1), "os.mkdir": (0,),
+               "os.symlink": (1,), "os.link": (1,), "os.chmod": (0,), "os.chown": (0,),
+               "os.truncate": (0,), "os.utime": (0,), "shutil.rmtree": (0,),
+               "shutil.move": (0, 1), "shutil.copyfile": (1,)}
 
 
-def apply_limits(mem_mb: int | None) -> None:
-    """Cap this process's address space at ``mem_mb`` MiB (inherited by its children).
+def apply_limits(mem_mb: int | None, file_mb: int | None = None) -> None:
+    """Cap this process's address space at ``mem_mb`` MiB and written files at ``file_mb`` MiB
+    (inherited by its children).
 
     The limit is on virtual memory: PyTorch and the interpreter reserve ~1.5 GiB of address space
     at import, so values below ~2048 make ``import torch`` itself fail."""
-    if not mem_mb:
-        return
-    if mem_mb < 1024:
-        raise ValueError(f"mem_mb={mem_mb} is too small for a Python + PyTorch kernel (>= 1024)")
-    limit = int(mem_mb) * 2**20
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if mem_mb:
+        if mem_mb < 1024:
+            raise ValueError(f"mem_mb={mem_mb} is too small for a Python + PyTorch kernel "
+                             "(>= 1024)")
+        _lower(resource.RLIMIT_AS, int(mem_mb) * 2**20)
+    if file_mb:
+        _lower(resource.RLIMIT_FSIZE, int(file_mb) * 2**20)
+    _lower(resource.RLIMIT_CORE, 0)
+
+
+def _lower(which: int, limit: int) -> None:
+    soft, hard = resource.getrlimit(which)
     if hard != resource.RLIM_INFINITY:
         limit = min(limit, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    resource.setrlimit(which, (limit, hard))
 
 
-def install_kernelspec(folder: Path, mem_mb: int = DEFAULT_MEM_MB) -> Path:
-    """Write ``folder/kernels/python3/kernel.json`` starting this wrapper; returns ``folder``."""
-    spec_dir = Path(folder) / "kernels" / "python3"
-    spec_dir.mkdir(parents=True, exist_ok=True)
-    spec = {
-        "argv": [sys.executable, "-m", "course_lib.grading.kernel", "--mem-mb", str(int(mem_mb)),
-                 "-f", "{connection_file}"],
-        "display_name": f"Python 3 (grading, {mem_mb} MiB limit)",
-        "language": "python",
-        "metadata": {"debugger": False},
-    }
-    (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1))
-    return Path(folder)
+def _outside(path: object, allowed: tuple[str, ...]) -> str | None:
+    """The absolute path if it lies outside the ``allowed`` folders, else None."""
+    if isinstance(path, int) or path is None:
+        return None
+    try:
+        full = os.path.abspath(os.fsdecode(path))
+    except (TypeError, ValueError):
+        return None
+    if any(full == a or full.startswith(a + os.sep) for a in allowed):
+        return None
+    return full
+
+
+def _writes(mode: object, flags: object) -> bool:
+    """Does an 'open' audit event (mode for open(), flags for os.open) open for writing?"""
+    if isinstance(mode, str):
+        return any(m in mode for m in "wax+")
+    if isinstance(flags, int):
+        return bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND))
+    return False
+
+
+def install_audit(fd: int, allowed: tuple[str, ...]):
+    """Report spawned processes and file changes outside ``allowed`` as JSON lines on ``fd``,
+    from the moment the returned ``start()`` is called (the kernel's own start is not reported).
+    """
+    seen: set[tuple[str, str]] = set()
+    busy = [True]
+    write = os.write
+
+    def hook(event: str, args: tuple) -> None:
+        if busy[0]:
+            return
+        what = None
+        if event in SPAWN_EVENTS or event.startswith("os.exec"):
+            what = ("spawn", event)
+        elif event == "open" and len(args) >= 3 and _writes(args[1], args[2]):
+            path = _outside(args[0], allowed)
+            what = ("write", path) if path else None
+        elif event in FILE_EVENTS:
+            paths = [_outside(args[i], allowed) for i in FILE_EVENTS[event] if i < len(args)]
+            path = next((p for p in paths if p), None)
+            what = ("write", f"{event} {path}") if path else None
+        if what is None or what in seen or len(seen) > 50:
+            return
+        seen.add(what)
+        busy[0] = True
+        try:
+            write(fd, (json.dumps({"kind": what[0], "detail": what[1][:300]}) + "\n").encode())
+        except OSError:
+            pass
+        finally:
+            busy[0] = False
+
+    sys.addaudithook(hook)
+
+    def start(*_) -> None:
+        busy[0] = False
+
+    return start
 
 
 def kernel_env(folder: Path, base: dict | None = None) -> dict:
-    """Environment in which Jupyter finds the limited kernel before the stock ``python3``."""
+    """Environment in which Jupyter finds the grading kernelspec before the stock ``python3``."""
     env = dict(os.environ if base is None else base)
     paths = [str(folder)] + [p for p in env.get("JUPYTER_PATH", "").split(os.pathsep) if p]
     env["JUPYTER_PATH"] = os.pathsep.join(paths)
@@ -65,18 +131,32 @@ def kernel_env(folder: Path, base: dict | None = None) -> dict:
     return env
 
 
+def _pop_option(argv: list[str], name: str, default: int) -> int:
+    if name in argv:
+        i = argv.index(name)
+        value = int(argv[i + 1])
+        del argv[i:i + 2]
+        return value
+    return default
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    mem_mb = DEFAULT_MEM_MB
-    if "--mem-mb" in argv:
-        i = argv.index("--mem-mb")
-        mem_mb = int(argv[i + 1])
-        del argv[i:i + 2]
-    apply_limits(mem_mb)
-    from ipykernel import kernelapp
+    mem_mb = _pop_option(argv, "--mem-mb", DEFAULT_MEM_MB)
+    file_mb = _pop_option(argv, "--file-mb", DEFAULT_FILE_MB)
+    apply_limits(mem_mb, file_mb)
+    start_audit = None
+    if os.environ.get(AUDIT_FD_ENV):
+        fd = int(os.environ.pop(AUDIT_FD_ENV))
+        os.set_inheritable(fd, False)  # the student's own processes do not get the channel
+        start_audit = install_audit(fd, (os.getcwd(), "/tmp", "/dev"))
+    from ipykernel.kernelapp import IPKernelApp
 
-    sys.argv = [sys.argv[0]] + argv
-    kernelapp.launch_new_instance()
+    app = IPKernelApp.instance()
+    app.initialize(argv)
+    if start_audit is not None:  # report what the notebook's cells do, not the kernel's start
+        app.shell.events.register("pre_run_cell", start_audit)
+    app.start()
 
 
 if __name__ == "__main__":

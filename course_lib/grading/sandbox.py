@@ -1,0 +1,487 @@
+"""The one door through which student code runs: a bubblewrap (``bwrap``) sandbox.
+
+Every execution of student code by the grading pipeline (the kernels ``nbgrader autograde`` starts,
+and the re-check) goes through :class:`Sandbox`. Inside, student code:
+
+* sees only the system folders (``/usr``, ``/etc``, ``/lib``..., read-only) and the Python
+  installation, nothing else of the machine: not the course directory (solutions, gradebook, other
+  students' submissions), not the pipeline's work folders or the submissions, not the repository
+  course_lib was installed from, not any other copy of them elsewhere on the disk, not home folders,
+  ``/run`` (service sockets) or the real ``/tmp``; secret files such as ``/etc/shadow`` read as
+  empty (an allowlist: the issue's ``--ro-bind / /`` plus masks left every unmasked copy of the
+  solutions readable);
+* imports course_lib from a read-only snapshot taken when grading started (so no submission can
+  change the code that grades later ones);
+* can write only to its own scratch folder (bound over the notebook's folder, so nothing it leaves
+  there, a symlink included, is ever read by the pipeline) and to a small private ``/tmp``;
+* runs as an unprivileged user in new user, PID, IPC, UTS and network namespaces (no network, no
+  loopback services) with every capability dropped and a cleared environment;
+* has its memory (``RLIMIT_AS``), file sizes (``RLIMIT_FSIZE``), number of processes (a watchdog:
+  RLIMIT_NPROC is not enforced for a root-owned user namespace) and wall-clock time bounded; when
+  it ends, its whole process tree ends with it (the PID namespace dies with its first process).
+
+The kernel talks to nbgrader over IPC sockets in a bound folder (TCP cannot cross
+``--unshare-net``). It is interrupted by SIGINT, which the supervising launcher forwards to the
+kernel inside (bwrap, in a session of its own, never sees it; a message-mode interrupt would hang
+nbclient for good on a kernel that is already dead). Recipe and gotchas:
+shared/DESIGN.md and book/instructor_guide.md ("Broken and hostile notebooks").
+
+``python -m course_lib.grading.sandbox kernel CONFIG -f CONNECTION_FILE`` is the kernelspec's
+command (see :func:`install_kernelspec`); ``python -m course_lib.grading.sandbox check`` says
+whether this machine can sandbox.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import course_lib
+
+# Files that must never be readable from inside, even though everything else is (the sandbox's
+# user maps to the instructor's, who may be root).
+SECRET_FILES = ("/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-",
+                "/etc/sudoers", "/etc/ssh/ssh_host_rsa_key", "/etc/ssh/ssh_host_ecdsa_key",
+                "/etc/ssh/ssh_host_ed25519_key", "/etc/ssh/ssh_host_dsa_key")
+# The only parts of the machine a sandbox sees (read-only), besides the Python installation: an
+# allowlist, so that a copy of the course anywhere else on the disk (another checkout, a backup,
+# a colleague's home) stays invisible.
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/sys")
+# Environment the sandbox passes on (everything else is cleared: tokens, database URLs, ...).
+PASSED_ENV = ("LANG", "LC_ALL", "NBGRADER_EXECUTION", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+              "CUDA_VISIBLE_DEVICES", "COURSE_GPU_GRADER", "PYTHONHASHSEED", "TZ")
+NOBODY = 65534
+
+
+class SandboxUnavailable(RuntimeError):
+    """This machine cannot run the sandbox; the message says how to fix it."""
+
+
+def bwrap_path() -> str | None:
+    return shutil.which("bwrap")
+
+
+def check_available() -> None:
+    """Raise :class:`SandboxUnavailable` with a fix when ``bwrap`` is missing or blocked."""
+    bwrap = bwrap_path()
+    if bwrap is None:
+        raise SandboxUnavailable(
+            "the grading sandbox needs bubblewrap, which is not installed: run "
+            "`sudo apt-get install bubblewrap` (Debian/Ubuntu) or `sudo dnf install bubblewrap`, "
+            "then grade again. To grade WITHOUT a sandbox (student code then runs as you, with "
+            "your files in reach) pass --no-sandbox.")
+    probe = subprocess.run([bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+                            "--unshare-user", "--uid", str(NOBODY), "--gid", str(NOBODY),
+                            "--unshare-pid", "--unshare-net", "--cap-drop", "ALL", "true"],
+                           capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:
+        why = (probe.stderr or probe.stdout).strip()
+        hint = ("On Ubuntu 23.10 and later, AppArmor blocks unprivileged user namespaces: allow "
+                "them for bwrap (e.g. `sudo sysctl kernel.apparmor_restrict_unprivileged_userns=0`,"
+                " or an AppArmor profile for /usr/bin/bwrap with `userns,`). In a container, run "
+                "it with user namespaces allowed (e.g. Docker's --security-opt "
+                "seccomp=unconfined). Check `sysctl user.max_user_namespaces` is > 0.")
+        raise SandboxUnavailable(f"bubblewrap is installed but cannot create a sandbox here "
+                                 f"({why or f'exit code {probe.returncode}'}). {hint} To grade "
+                                 "WITHOUT a sandbox pass --no-sandbox.")
+
+
+def snapshot_course_lib(dest: Path) -> Path:
+    """Copy the course_lib package that grades into ``dest/course_lib``; returns ``dest`` (the
+    folder to put on PYTHONPATH). The copy is what every sandbox imports, read-only."""
+    source = Path(course_lib.__file__).resolve().parent
+    target = Path(dest) / "course_lib"
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return Path(dest)
+
+
+def _source_checkouts() -> list[Path]:
+    """Repositories course_lib is imported from (an editable install, PYTHONPATH): they hold
+    solutions/, so student code must not see them."""
+    import importlib.util
+
+    origins = {Path(course_lib.__file__).resolve()}
+    for finder in sys.meta_path:  # an editable finder maps course_lib even when shadowed
+        try:
+            spec = finder.find_spec("course_lib", None)
+        except Exception:  # finders of other packages may refuse odd calls
+            continue
+        if spec is not None and spec.origin:
+            origins.add(Path(spec.origin).resolve())
+    spec = importlib.util.find_spec("course_lib")
+    if spec is not None and spec.origin:
+        origins.add(Path(spec.origin).resolve())
+    return sorted({o.parents[1] for o in origins if "site-packages" not in o.parts})
+
+
+def _python_dirs() -> list[str]:
+    """The folders the interpreter and its packages live in (put back under a masked home)."""
+    import site
+    import sysconfig
+
+    dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(sys.executable)}
+    dirs.update(p for p in sysconfig.get_paths().values() if p)
+    dirs.update(site.getsitepackages())
+    dirs.update(p for p in sys.path if p and os.path.isdir(p))
+    real = sorted({os.path.realpath(d) for d in dirs if d and os.path.isdir(d)})
+    return [d for d in real if not any(d.startswith(o + "/") for o in real)]  # outermost only
+
+
+@dataclass
+class Limits:
+    mem_mb: int = 4096          # address space per process (RLIMIT_AS)
+    file_mb: int = 64           # largest file it may write (RLIMIT_FSIZE)
+    processes: int = 64         # processes alive at once in the sandbox
+    tmp_mb: int = 256           # size of its private /tmp
+    wall_s: float | None = None  # the whole run (kernel or re-check child); None: no limit
+
+
+@dataclass
+class Sandbox:
+    """Where things are for one batch; serialisable for the kernel launcher (JSON)."""
+    masked: list[str]                  # folders replaced by empty ones (course, work, sources)
+    site: str                          # read-only course_lib snapshot, first on PYTHONPATH
+    ipc_dir: str | None = None         # the kernels' IPC sockets (bound read-write)
+    scratch_root: str | None = None    # where per-run scratch folders are made (outside view)
+    limits: Limits = field(default_factory=Limits)
+    events_dir: str | None = None      # launcher's reports (processes seen, wall time)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def for_batch(cls, work: Path, hide: list[Path], limits: Limits | None = None) -> "Sandbox":
+        """A sandbox for one grading batch whose private folders live under ``work``; ``hide``
+        lists the folders student code must not see (course, submissions, repository, ...)."""
+        work = Path(work).resolve()
+        site = snapshot_course_lib(work / "site")
+        (work / "empty").write_bytes(b"")  # what secret files read as, inside
+        ipc = Path(tempfile.mkdtemp(prefix="cl-ipc-"))  # short: socket paths are limited to 107
+        scratch = work / "scratch"
+        events = work / "sandbox-events"
+        scratch.mkdir(parents=True, exist_ok=True)
+        events.mkdir(parents=True, exist_ok=True)
+        masked = {str(Path(p).resolve()) for p in [*hide, work, *_source_checkouts()]}
+        return cls(sorted(masked), str(site), str(ipc), str(scratch), limits or Limits(),
+                   str(events))
+
+    def for_shard(self) -> "Sandbox":
+        """The same sandbox with IPC sockets of its own (one folder per shard course, so no
+        kernel can reach another shard's kernel)."""
+        return replace(self, ipc_dir=tempfile.mkdtemp(prefix="cl-ipc-"))
+
+    def kernel_manager_args(self, name: str) -> list[str]:
+        """nbgrader options that put its kernels on this sandbox's IPC sockets (and talk to them
+        with :class:`SandboxKernelClient`)."""
+        return ["--KernelManager.transport=ipc", f"--KernelManager.ip={self.ipc_dir}/{name}",
+                f"--KernelManager.client_class={__name__}.SandboxKernelClient"]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Sandbox":
+        data = json.loads(text)
+        data["limits"] = Limits(**data["limits"])
+        return cls(**data)
+
+    # ------------------------------------------------------------------ the command
+    def bwrap_argv(self, writable: dict[str, str], readonly: dict[str, str] | None = None,
+                   env: dict[str, str] | None = None, cwd: str | None = None) -> list[str]:
+        """bwrap's arguments. ``writable`` / ``readonly`` map host paths to sandbox paths."""
+        bwrap = bwrap_path()
+        if bwrap is None:
+            check_available()
+        argv = [bwrap]
+        shown = []
+        for d in SYSTEM_DIRS:
+            if os.path.islink(d):  # merged /usr: /bin -> usr/bin
+                argv += ["--symlink", os.readlink(d), d]
+            elif os.path.isdir(d):
+                argv += ["--ro-bind", d, d]
+                shown.append(d)
+        # The Python installation, read-only, unless it lies inside the course or repository.
+        for d in _python_dirs():
+            if not any(_under(d, s) for s in shown) and not any(_under(d, m)
+                                                                 for m in self.masked):
+                argv += ["--ro-bind", d, d]
+                shown.append(d)
+        argv += ["--dev", "/dev", "--proc", "/proc",
+                 "--size", str(self.limits.tmp_mb * 2**20), "--tmpfs", "/tmp"]
+        for d in self.masked:  # only matters where a shown folder holds the course
+            if os.path.isdir(d) and any(_under(d, s) for s in shown):
+                argv += ["--tmpfs", d]
+        empty = os.path.join(os.path.dirname(self.site), "empty")
+        for f in SECRET_FILES:
+            if os.path.isfile(f):
+                argv += ["--ro-bind", empty, f]
+        argv += ["--ro-bind", self.site, self.site]
+        for src, dst in (readonly or {}).items():
+            argv += ["--ro-bind", src, dst]
+        for src, dst in writable.items():
+            argv += ["--bind", src, dst]
+        for dev in sorted(Path("/dev").glob("nvidia*")):  # GPU graders: the devices, nothing else
+            argv += ["--dev-bind", str(dev), str(dev)]
+        argv += ["--remount-ro", "/"]  # the sandbox's own root: nothing to write there
+        argv += ["--unshare-user", "--uid", str(NOBODY), "--gid", str(NOBODY),
+                 "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net",
+                 "--unshare-cgroup-try", "--hostname", "sandbox", "--cap-drop", "ALL",
+                 "--die-with-parent", "--new-session", "--clearenv"]
+        full_env = {"PATH": f"{os.path.dirname(sys.executable)}:/usr/local/bin:/usr/bin:/bin",
+                    "HOME": "/tmp", "PYTHONPATH": self.site, "MPLBACKEND": "Agg",
+                    "MPLCONFIGDIR": "/tmp/matplotlib", "PYTHONDONTWRITEBYTECODE": "1",
+                    "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1"}
+        full_env.update({k: os.environ[k] for k in PASSED_ENV if k in os.environ})
+        full_env.update(env or {})
+        for k, v in full_env.items():
+            argv += ["--setenv", k, v]
+        if cwd:
+            argv += ["--chdir", cwd]
+        return argv
+
+    def new_scratch(self, name: str, copy_from: Path | None = None) -> Path:
+        """A fresh writable folder for one run (a copy of ``copy_from``'s files, no links)."""
+        scratch = Path(tempfile.mkdtemp(prefix=f"{_safe(name)}-", dir=self.scratch_root))
+        if copy_from is not None and Path(copy_from).is_dir():
+            for item in Path(copy_from).iterdir():
+                if item.is_file() and not item.is_symlink():
+                    shutil.copy(item, scratch / item.name)
+        os.chmod(scratch, 0o777)
+        return scratch
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_client_class():
+    from jupyter_client.asynchronous import AsyncKernelClient
+
+    class SandboxKernelClient(AsyncKernelClient):
+        """nbclient's kernel client without the heartbeat channel.
+
+        Over IPC, a heartbeat socket re-created after the kernel died blocks its thread for good
+        (a zmq send to a socket file that is gone), and nbclient then hangs joining it. The kernel
+        manager's own check (is the launcher process alive?) is what nbclient uses anyway."""
+
+        def start_channels(self, shell=True, iopub=True, stdin=True, hb=True, control=True):
+            super().start_channels(shell=shell, iopub=iopub, stdin=stdin, hb=False,
+                                   control=control)
+
+    return SandboxKernelClient
+
+
+def __getattr__(name: str):
+    if name == "SandboxKernelClient":  # imported lazily: only the grader needs jupyter_client
+        return _kernel_client_class()
+    raise AttributeError(name)
+
+
+def _under(path: str, folder: str) -> bool:
+    folder = folder.rstrip("/") or "/"
+    return path == folder or path.startswith(folder + "/") or folder == "/"
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)[:40] or "run"
+
+
+# ---------------------------------------------------------------------- running a sandbox
+@dataclass
+class RunReport:
+    """What the supervisor saw of one sandboxed run."""
+    name: str
+    seconds: float
+    max_processes: int      # processes the program started, at the busiest moment seen
+    killed: str | None      # which limit it broke, if the supervisor killed it for that
+    returncode: int | None
+    audit: list[dict] = field(default_factory=list)  # spawned processes, writes outside
+
+
+def _descendants(pid: int) -> list[int]:
+    """PIDs below ``pid`` (via /proc/<pid>/task/*/children)."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for t in tasks:
+            try:
+                kids = Path(f"/proc/{p}/task/{t}/children").read_text().split()
+            except OSError:
+                continue
+            for k in kids:
+                found.append(int(k))
+                todo.append(int(k))
+    return found
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    try:
+        for t in os.listdir(f"/proc/{pid}/task"):
+            kids += [int(k) for k in Path(f"/proc/{pid}/task/{t}/children").read_text().split()]
+    except OSError:
+        pass
+    return kids
+
+
+def _program_pid(bwrap_pid: int) -> int | None:
+    """The host PID of the program bwrap runs (bwrap -> the namespace's init -> the program)."""
+    for init in _children(bwrap_pid):
+        for program in _children(init):
+            return program
+    return None
+
+
+def _collect(fd: int, into: list[dict]) -> None:
+    """Read the audit channel's JSON lines until it closes (bounded: a flood is cut)."""
+    with os.fdopen(fd, "rb") as stream:
+        for line in stream:
+            if len(into) < 100:
+                try:
+                    event = json.loads(line)
+                    into.append({"kind": str(event["kind"])[:20],
+                                 "detail": str(event["detail"])[:300]})
+                except (ValueError, KeyError, TypeError):
+                    into.append({"kind": "garbage", "detail": "unreadable audit line"})
+
+
+def run_sandboxed(box: "Sandbox", command: list[str], name: str, writable: dict[str, str],
+                  readonly: dict[str, str] | None = None, cwd: str | None = None,
+                  env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = (),
+                  stdin=None, stdout=None, stderr=None, poll_s: float = 0.05,
+                  forward_sigint: bool = False) -> RunReport:
+    """Run ``command`` in ``box``, killing it (and so everything inside) when it exceeds its
+    process count or wall time, or when this supervisor gets SIGTERM. ``forward_sigint``: pass
+    SIGINT on to the program inside (a kernel's interrupt) instead of stopping it.
+
+    bwrap runs in a session of its own, so the signals a kernel manager sends to this
+    supervisor's process group reach the sandbox only through here."""
+    import threading
+
+    audit_read, audit_write = os.pipe()
+    argv = box.bwrap_argv(writable, readonly,
+                          env={**(env or {}), "COURSE_AUDIT_FD": str(audit_write)}, cwd=cwd)
+    audit: list[dict] = []
+    start = time.monotonic()
+    try:
+        proc = subprocess.Popen(argv + command, pass_fds=(*pass_fds, audit_write), stdin=stdin,
+                                stdout=stdout, stderr=stderr, start_new_session=True)
+    finally:
+        os.close(audit_write)
+    reader = threading.Thread(target=_collect, args=(audit_read, audit), daemon=True)
+    reader.start()
+    killed, peak, limits = None, 0, box.limits
+
+    def stop(signum, frame):  # the kernel manager shutting its kernel down: not a problem
+        if signum == signal.SIGINT and forward_sigint:
+            program = _program_pid(proc.pid)
+            if program is not None:
+                try:
+                    os.kill(program, signal.SIGINT)
+                except OSError:
+                    pass
+            return
+        proc.kill()
+
+    in_main = threading.current_thread() is threading.main_thread()
+    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)} if in_main else {}
+    try:
+        while proc.poll() is None:
+            # bwrap -> its namespace's init -> the program: count what the program started.
+            n = max(0, len(_descendants(proc.pid)) - 2)
+            peak = max(peak, n)
+            if n > limits.processes:
+                killed = f"started more than {limits.processes} processes"
+                proc.kill()
+            elif limits.wall_s and time.monotonic() - start > limits.wall_s:
+                killed = f"ran past its time budget of {limits.wall_s:g} s"
+                proc.kill()
+            time.sleep(poll_s)
+        proc.wait()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    reader.join(timeout=2)
+    return RunReport(name, round(time.monotonic() - start, 2), peak, killed, proc.returncode,
+                     audit)
+
+
+# ---------------------------------------------------------------------- the kernel launcher
+def install_kernelspec(folder: Path, sandbox: Sandbox | None, mem_mb: int) -> Path:
+    """Write ``folder/kernels/python3/kernel.json``: the limited kernel, sandboxed unless
+    ``sandbox`` is None. Returns ``folder`` (put it first on JUPYTER_PATH)."""
+    spec_dir = Path(folder) / "kernels" / "python3"
+    spec_dir.mkdir(parents=True, exist_ok=True)
+    if sandbox is None:
+        argv = [sys.executable, "-m", "course_lib.grading.kernel", "--mem-mb", str(int(mem_mb)),
+                "-f", "{connection_file}"]
+        name = f"Python 3 (grading, {mem_mb} MiB limit, NO sandbox)"
+    else:
+        config = spec_dir / "sandbox.json"
+        config.write_text(sandbox.to_json())
+        argv = [sys.executable, "-m", "course_lib.grading.sandbox", "kernel", str(config),
+                "-f", "{connection_file}"]
+        name = f"Python 3 (grading sandbox, {mem_mb} MiB limit)"
+    # Interrupts by signal: the launcher passes SIGINT on to the kernel inside. (Message-mode
+    # interrupts hang nbclient for good when the kernel is already dead: a blocking zmq send.)
+    spec = {"argv": argv, "display_name": name, "language": "python",
+            "interrupt_mode": "signal", "metadata": {"debugger": False}}
+    (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1))
+    return Path(folder)
+
+
+def launch_kernel(config: Path, connection_file: str, kernel_args: list[str] = ()) -> int:
+    """The kernelspec's command (runs outside the sandbox, as the grader): start the kernel in a
+    sandbox whose only writable folder is a scratch copy of the notebook's folder."""
+    box = Sandbox.from_json(Path(config).read_text())
+    cwd = os.getcwd()  # nbgrader starts the kernel in the notebook's folder
+    name = "/".join(Path(cwd).parts[-2:])
+    scratch = box.new_scratch(Path(cwd).parent.name, copy_from=Path(cwd))
+    lim = box.limits
+    command = [sys.executable, "-m", "course_lib.grading.kernel", "--mem-mb", str(lim.mem_mb),
+               "--file-mb", str(lim.file_mb), "-f", "/tmp/connection.json", *kernel_args]
+    report = run_sandboxed(box, command, name,
+                           writable={str(scratch): cwd, box.ipc_dir: box.ipc_dir},
+                           readonly={connection_file: "/tmp/connection.json"}, cwd=cwd,
+                           forward_sigint=True)
+    if box.events_dir:
+        events = Path(box.events_dir) / f"kernel-{Path(cwd).parent.name}.json"
+        with open(events, "a") as f:  # one line per kernel start of this student
+            f.write(json.dumps(asdict(report)) + "\n")
+    shutil.rmtree(scratch, ignore_errors=True)  # never follows the links a student left
+    return report.returncode or 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="The grading sandbox (bubblewrap).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    k = sub.add_parser("kernel", help="start a sandboxed kernel (a kernelspec's command)")
+    k.add_argument("config", type=Path)
+    k.add_argument("-f", dest="connection_file", required=True)
+    sub.add_parser("check", help="say whether this machine can run the sandbox")
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "kernel":  # extra: the kernel's own options (nbclient adds some)
+        return launch_kernel(args.config, args.connection_file, extra)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        check_available()
+    except SandboxUnavailable as exc:
+        print(f"NO: {exc}")
+        return 1
+    print(f"yes: {bwrap_path()} can sandbox student code on this machine")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

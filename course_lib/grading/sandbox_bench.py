@@ -1,0 +1,93 @@
+"""What the sandbox costs per submission: the same class graded with and without it, interleaved.
+
+    python -m course_lib.grading.sandbox_bench --n 10 --rounds 3 [--json book/data/sandbox_cost.json]
+
+Each round grades the same generated class (:func:`course_lib.grading.bench.generate_class`) once
+sandboxed and once with ``--no-sandbox``, alternating which goes first, so that drifts in the
+machine's load hit both alike. It prints seconds per submission for each, and the ratio of the
+medians, with the machine, its load average and the date. A run made while the load average
+exceeds the number of cores is refused unless ``--allow-busy`` (then the output is flagged).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from course_lib.grading import course as grading
+from course_lib.grading.bench import _machine, generate_class
+from course_lib.grading.grade_class import grade_class
+
+
+def busy() -> tuple[bool, float]:
+    """(is the machine busier than its cores?, 1-minute load average)."""
+    load = os.getloadavg()[0]
+    return load > (os.cpu_count() or 1), load
+
+
+def measure(n: int, rounds: int, assignment: str, workers: int,
+            cell_timeout: float) -> dict:
+    timings: dict[str, list[float]] = {"sandbox": [], "no_sandbox": []}
+    loads = [os.getloadavg()[0]]
+    with tempfile.TemporaryDirectory(prefix="sandbox_bench_") as tmp:
+        tmp = Path(tmp)
+        course = grading.new_course(tmp / "course", [assignment])
+        generate_class(course, assignment, n, tmp / "submitted")
+        for r in range(rounds):
+            order = ["sandbox", "no_sandbox"] if r % 2 == 0 else ["no_sandbox", "sandbox"]
+            for mode in order:
+                start = time.perf_counter()
+                grade_class(assignment, tmp / "submitted", course, workers=workers,
+                            cell_timeout=cell_timeout, quiet=True,
+                            use_sandbox=mode == "sandbox")
+                timings[mode].append((time.perf_counter() - start) / n)
+                loads.append(os.getloadavg()[0])
+    med = {mode: statistics.median(v) for mode, v in timings.items()}
+    return {"assignment": assignment, "submissions": n, "rounds": rounds, "workers": workers,
+            "s_per_submission": {m: [round(x, 3) for x in v] for m, v in timings.items()},
+            "median_s_per_submission": {m: round(v, 3) for m, v in med.items()},
+            "sandbox_over_no_sandbox": round(med["sandbox"] / med["no_sandbox"], 3),
+            "machine": _machine(), "date": time.strftime("%Y-%m-%d"),
+            "load_avg": [round(x, 1) for x in loads]}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=10, help="submissions per class")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--assignment", default="ex01_standard")
+    parser.add_argument("--cell-timeout", type=float, default=60)
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--allow-busy", action="store_true",
+                        help="measure even when the load average exceeds the cores (flagged)")
+    args = parser.parse_args(argv)
+    if args.n < 1 or args.rounds < 1:
+        parser.error("--n and --rounds must be >= 1")
+    too_busy, load = busy()
+    if too_busy and not args.allow_busy:
+        parser.exit(2, f"refusing to measure: load average {load:.1f} exceeds the "
+                       f"{os.cpu_count()} cores (other work would skew the figures); wait, "
+                       "or pass --allow-busy to measure anyway (the output is flagged)\n")
+    figures = measure(args.n, args.rounds, args.assignment, args.workers, args.cell_timeout)
+    figures["busy"] = max(figures["load_avg"]) > (os.cpu_count() or 1)
+    med = figures["median_s_per_submission"]
+    print(f"{args.n} submissions of {args.assignment}, {args.rounds} interleaved rounds, "
+          f"{args.workers} worker(s), {figures['machine']}, {figures['date']}:\n"
+          f"  sandbox    {med['sandbox']:.2f} s per submission\n"
+          f"  no sandbox {med['no_sandbox']:.2f} s per submission\n"
+          f"  ratio      {figures['sandbox_over_no_sandbox']:.3f} "
+          f"({100 * (figures['sandbox_over_no_sandbox'] - 1):+.1f} %)\n"
+          f"  load average during the run: {figures['load_avg']}"
+          + ("  (BUSY: figures skewed)" if figures["busy"] else ""))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1) + "\n")
+    return figures
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""The grading sandbox (course_lib.grading.sandbox), run for real with bubblewrap.
+
+Each test starts a real ``bwrap`` around a small Python program and checks what the program could
+and could not do: the same door every student notebook goes through when a class is graded.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+import course_lib
+from course_lib.grading import grade_class, sandbox
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory):
+    """A sandbox hiding a fake course (with a secret solution) and this repository."""
+    tmp = tmp_path_factory.mktemp("sandbox")
+    course = tmp / "course"
+    (course / "solutions").mkdir(parents=True)
+    (course / "solutions" / "answer.txt").write_text("the answer")
+    limits = sandbox.Limits(mem_mb=3072, processes=16, wall_s=60)
+    return sandbox.Sandbox.for_batch(tmp / "work", hide=[course], limits=limits), course
+
+
+def _run(box: sandbox.Sandbox, code: str, env: dict | None = None):
+    """Run ``code`` with the sandbox's Python in a fresh scratch folder; returns (report, output
+    as JSON printed by the program on its last line, or None)."""
+    scratch = box.new_scratch("test")
+    out = scratch.parent / f"{scratch.name}.out"
+    with open(out, "wb") as stdout:
+        report = sandbox.run_sandboxed(
+            box, [sys.executable, "-c", textwrap.dedent(code)], "test",
+            writable={str(scratch): str(scratch)}, cwd=str(scratch), env=env, stdout=stdout,
+            stderr=subprocess.STDOUT)
+    lines = out.read_text().strip().splitlines()
+    try:
+        return report, json.loads(lines[-1]) if lines else None
+    except ValueError:
+        return report, {"raw": out.read_text()[-2000:]}
+
+
+def test_this_machine_can_sandbox():
+    sandbox.check_available()
+
+
+def test_missing_bwrap_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(sandbox.SandboxUnavailable, match="apt-get install bubblewrap"):
+        sandbox.check_available()
+
+
+def test_grade_class_refuses_without_bwrap_and_says_how(monkeypatch, tmp_path, capsys):
+    (tmp_path / "submitted").mkdir()
+    monkeypatch.setenv("PATH", "/nonexistent")
+    code = grade_class.main(["ex01_standard", str(tmp_path / "submitted"), "--course", str(REPO),
+                             "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "apt-get install bubblewrap" in err and "--no-sandbox" in err
+    assert not (tmp_path / "out").exists(), "nothing may run before the sandbox is confirmed"
+
+
+def test_student_code_sees_no_course_no_repository_no_secrets(box, monkeypatch, tmp_path):
+    b, course = box
+    monkeypatch.setenv("GRADER_SECRET", "db-password")
+    (tmp_path / "backup" / "solutions").mkdir(parents=True)  # a copy the sandbox was not told of
+    report, seen = _run(b, f"""
+        import json, os, course_lib
+        def readable(path):
+            try:
+                with open(path) as f:
+                    return f.read(100)
+            except OSError as e:
+                return type(e).__name__
+        print(json.dumps({{
+            "solution": readable({str(course / 'solutions' / 'answer.txt')!r}),
+            "course": os.path.isdir({str(course)!r}) and os.listdir({str(course)!r}),
+            "repo_solutions": os.path.exists({str(REPO / 'solutions')!r}),
+            "other_copy": os.path.exists({str(tmp_path / 'backup' / 'solutions')!r}),
+            "shadow": readable("/etc/shadow"),
+            "course_lib": course_lib.__file__,
+            "uid": os.getuid(),
+            "env_secret": os.environ.get("GRADER_SECRET"),
+            "root_home": sorted(os.listdir("/root")),
+        }}))
+    """)
+    assert seen is not None and "raw" not in seen, seen
+    assert seen["solution"] == "FileNotFoundError" and not seen["course"]
+    assert seen["repo_solutions"] is False and seen["other_copy"] is False
+    assert seen["shadow"] == ""
+    assert seen["course_lib"].startswith(b.site), "course_lib must come from the snapshot"
+    assert seen["uid"] == sandbox.NOBODY
+    assert seen["env_secret"] is None
+    assert seen["root_home"] in ([], [".pyenv"]), "only the Python installation is put back"
+    assert report.returncode == 0
+
+
+def test_student_code_cannot_write_outside_its_folder(box):
+    b, _ = box
+    target = Path(b.site) / "course_lib" / "checks" / "__init__.py"
+    before = target.read_bytes()
+    report, seen = _run(b, f"""
+        import json, os
+        from course_lib.grading.kernel import install_audit  # as the grading kernel does
+        install_audit(int(os.environ["COURSE_AUDIT_FD"]), (os.getcwd(), "/tmp"))()
+        results = {{}}
+        for path in [{str(target)!r}, {course_lib.__file__!r}, "/usr/local/evil", "/etc/passwd"]:
+            try:
+                with open(path, "a") as f:
+                    f.write("# tampered")
+                results[path] = "written"
+            except OSError as e:
+                results[path] = type(e).__name__
+        with open("mine.txt", "w") as f:
+            f.write("ok")
+        with open("/tmp/scratch.txt", "w") as f:
+            f.write("ok")
+        results["own"] = open("mine.txt").read()
+        print(json.dumps(results))
+    """)
+    assert seen is not None and "raw" not in seen, seen
+    assert seen.pop("own") == "ok"
+    assert all(v != "written" for v in seen.values()), seen
+    assert target.read_bytes() == before
+    assert Path(course_lib.__file__).read_text().endswith("# tampered") is False
+    writes = [e["detail"] for e in report.audit if e["kind"] == "write"]
+    assert any("/etc/passwd" in w for w in writes), report.audit
+
+
+def test_no_network_not_even_loopback(box):
+    b, _ = box
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    accepted = []
+    threading.Thread(target=lambda: accepted.append(server.accept()), daemon=True).start()
+    try:
+        _, seen = _run(b, f"""
+            import json, socket
+            try:
+                socket.create_connection(("127.0.0.1", {port}), timeout=3)
+                result = "connected"
+            except OSError as e:
+                result = type(e).__name__
+            print(json.dumps({{"loopback": result}}))
+        """)
+    finally:
+        server.close()
+    assert seen["loopback"] != "connected" and not accepted
+
+
+def test_processes_are_limited_and_end_with_the_sandbox(box):
+    b, _ = box
+    report, _ = _run(b, """
+        import subprocess, time
+        procs = [subprocess.Popen(["sleep", "60"]) for _ in range(40)]
+        time.sleep(30)
+        print("{}")
+    """)
+    assert report.killed and "processes" in report.killed
+    assert report.seconds < 25
+    report, seen = _run(b, """
+        import json, os, subprocess
+        from course_lib.grading.kernel import install_audit
+        install_audit(int(os.environ["COURSE_AUDIT_FD"]), (os.getcwd(), "/tmp"))()
+        p = subprocess.Popen(["sleep", "600"], start_new_session=True)
+        print(json.dumps({"pid": p.pid}))
+    """)
+    assert report.returncode == 0 and report.killed is None
+    assert any(e["kind"] == "spawn" for e in report.audit)
+    assert not [line for line in subprocess.run(["ps", "-eo", "args"], capture_output=True,
+                                                text=True).stdout.splitlines()
+                if line.strip() == "sleep 600"], "a process outlived its sandbox"
+
+
+def test_wall_time_budget(tmp_path):
+    b = sandbox.Sandbox.for_batch(tmp_path / "work", hide=[],
+                                  limits=sandbox.Limits(wall_s=3))
+    report, _ = _run(b, "import time\ntime.sleep(30)")
+    assert report.killed and "time budget" in report.killed and report.seconds < 15
+
+
+def test_distinct_ids_for_names_that_clean_alike():
+    names = ["Jane Doe", "Jane  Doe", "Jane-Doe", "o'brien", "bob"]
+    ids = grade_class.student_ids(names)
+    assert len(set(ids.values())) == len(names)
+    assert ids["bob"] == "bob" and ids["Jane-Doe"] == "Jane-Doe"
+    assert ids == grade_class.student_ids(list(reversed(names))), "ids must not depend on order"
+    assert all(set(i) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+               for i in ids.values())
