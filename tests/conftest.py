@@ -72,3 +72,51 @@ def built_book(tmp_path_factory) -> Path:
         pytest.fail(f"jupyter-book build failed (exit {proc.returncode}):\n"
                     f"{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
     return out / "_build" / "html"
+
+
+# ----------------------------------------------------------------------------- a graded class
+# Shared by tests/test_grading_cluster.py and tests/test_gradebook_postgres.py: one small mixed
+# class of exercise 1, graded once with the default engine (embedded dask, SQLite gradebook); the
+# other runs (--scheduler, a killed worker, PostgreSQL) are compared with it.
+CLASS_ASSIGNMENT = "ex01_standard"
+
+
+@pytest.fixture(scope="session")
+def mixed_class(tmp_path_factory):
+    """(course, submitted folder, student -> expected score): honest, wrong, hostile and broken
+    submissions, scores computed from the source notebook's points."""
+    import nbformat
+
+    from test_grading_pipeline import POINTS, TOTAL, _adversarial, _with
+
+    tmp = tmp_path_factory.mktemp("mixed_class")
+    course = grading.new_course(tmp / "course", [CLASS_ASSIGNMENT], root=REPO)
+    hostile = _adversarial()
+    subs = {"honest": hostile["solution"],
+            "wrong": (_with({"part3": "def conv_macs(*args):\n    return 0"}),
+                      TOTAL - POINTS["part3-tests"]),
+            "blank": hostile["blank"],
+            "patch_checks": hostile["patch_checks"],
+            "kill_kernel": hostile["kill_kernel"],
+            "corrupt_json": hostile["corrupt_json"]}
+    submitted = tmp / "submitted"
+    for student, (nb, _) in subs.items():
+        folder = submitted / student / CLASS_ASSIGNMENT
+        folder.mkdir(parents=True)
+        path = folder / grading.notebook_name(CLASS_ASSIGNMENT)
+        path.write_text(nb) if isinstance(nb, str) else nbformat.write(nb, path)
+    return course, submitted, {student: score for student, (_, score) in subs.items()}
+
+
+@pytest.fixture(scope="session")
+def class_graded_embedded(mixed_class, tmp_path_factory):
+    """The mixed class graded by `grade_class` with its defaults (embedded dask cluster, SQLite
+    gradebook in the course), 2 workers."""
+    from test_grading_pipeline import CELL_TIMEOUT, MEM_MB
+
+    from course_lib.grading import grade_class
+
+    course, submitted, _ = mixed_class
+    return grade_class.grade_class(CLASS_ASSIGNMENT, submitted, course, workers=2,
+                                   out=tmp_path_factory.mktemp("embedded") / "out",
+                                   cell_timeout=CELL_TIMEOUT, mem_mb=MEM_MB, quiet=True)

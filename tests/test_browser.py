@@ -1,7 +1,10 @@
 """The built book in a real browser, offline: headless Debian Chromium (installed by .ci/run)
 loads every page of the toc from a local HTTP server and checks that the math is typeset by the
-vendored MathJax, images load, and nothing is logged to the console as an error. Screenshots of
-every page are saved under the pytest temporary folder (``screenshots/``), the path is printed.
+vendored MathJax, images load, no output shows a progress bar or a raw matplotlib repr, no code
+line is clipped, and nothing is logged to the console as an error. Screenshots of every page are
+saved under the pytest temporary folder (``screenshots/``), the path is printed. The convolution
+calculator (book/_static/site/) is driven by typing into it, and what it shows is compared
+with course_lib's numbers.
 
 Any host other than 127.0.0.1 is made unresolvable, so a page that needs the network fails here
 even on a machine that has one."""
@@ -16,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from test_figures import RAW_OUTPUT_TEXT
 from test_publishing import PAGES
 
 pytestmark = pytest.mark.slow
@@ -52,6 +56,14 @@ WAIT_FOR_IMAGES = """
 const done = arguments[arguments.length - 1];
 Promise.all(Array.from(document.images).map(img => img.complete ? null :
   new Promise(r => { img.onload = img.onerror = r; }))).then(() => done(true));
+"""
+
+
+# Visible code blocks (cell inputs and outputs) whose text is wider than their box.
+CLIPPED_CODE = """
+return Array.from(document.querySelectorAll('.cell_input pre, .cell_output pre'))
+  .filter(p => p.offsetParent !== null && p.scrollWidth > p.clientWidth + 1)
+  .map(p => p.innerText.split('\\n').reduce((a, b) => a.length >= b.length ? a : b).slice(0, 80));
 """
 
 
@@ -120,6 +132,14 @@ def test_page_renders_offline(server, browser, screenshots, page):
         ".map(i => i.getAttribute('src'))")
     assert not broken, f"{page}: images that did not load: {broken}"
 
+    outputs = browser.execute_script(
+        "return Array.from(document.querySelectorAll('.cell_output')).map(e => e.innerText)")
+    raw = [m.group(0) for text in outputs for m in [RAW_OUTPUT_TEXT.search(text)] if m]
+    assert not raw, f"{page}: progress bars or raw reprs in the outputs: {raw[:3]}"
+    # Code the reader sees must fit its box: a line wider than the column would be clipped.
+    clipped = browser.execute_script(CLIPPED_CODE)
+    assert not clipped, f"{page}: code lines wider than the page: {clipped[:3]}"
+
     # Fonts and lazy resources settle after typesetting; then read the console.
     browser.execute_script("return document.fonts.ready.then(() => true)")
     console = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
@@ -128,3 +148,89 @@ def test_page_renders_offline(server, browser, screenshots, page):
     shot = screenshots / (page.replace("/", "__") + ".png")
     browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000, f"{page}: screenshot looks empty"
+
+
+# --- the convolution calculator -------------------------------------------------------------------
+
+CALCULATOR_PAGES = ["book/ch01_standard", "book/ch04_separable", "book/ch06_atrous",
+                    "book/ch07_mobilenet"]
+
+
+def _calculator(browser, server, page):
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{server}/{page}.html")
+    forms = browser.find_elements(By.CSS_SELECTOR, "div.conv-calculator form")
+    assert len(forms) == 1, f"{page}: {len(forms)} calculators"
+    return forms[0]
+
+
+def _type(form, name, value):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    field = form.find_element(By.NAME, name)
+    field.send_keys(Keys.CONTROL, "a")
+    field.send_keys(Keys.BACKSPACE)
+    field.send_keys(str(value))
+
+
+def _shown(form) -> dict[str, str]:
+    from selenium.webdriver.common.by import By
+
+    return {e.get_attribute("data-out"): e.text
+            for e in form.find_elements(By.CSS_SELECTOR, "[data-out]")}
+
+
+@pytest.mark.parametrize("page", CALCULATOR_PAGES)
+def test_calculator_is_on_the_page(server, browser, page):
+    shown = _shown(_calculator(browser, server, page))
+    assert set(shown) >= {"out_size", "params", "macs", "sep_params", "sep_macs", "saving",
+                          "rf_size", "rf_jump"} and all(shown.values()), shown
+
+
+def test_typing_into_the_calculator_gives_course_lib_numbers(server, browser):
+    from selenium.webdriver.common.by import By
+
+    from course_lib import atrous, conv, costs, separable
+
+    form = _calculator(browser, server, "book/ch01_standard")
+    layer = {"c": 32, "m": 64, "k": 5, "stride": 2, "padding": 2, "dilation": 2, "groups": 4,
+             "height": 57, "width": 41}
+    for name, value in layer.items():
+        _type(form, name, value)
+    bias = form.find_element(By.NAME, "bias")
+    if not bias.is_selected():
+        bias.click()
+    _type(form, "stack", "7/2, 3/2/1, 3/1/2")
+    shown = _shown(form)
+    oh, ow = (conv.conv_output_size(n, 5, 2, 2, 2) for n in (57, 41))
+    assert shown["out_size"] == f"{oh} × {ow}"
+    assert shown["effective_kernel"] == str(atrous.effective_kernel_size(5, 2))
+    assert shown["params"] == f"{costs.conv2d_params(32, 64, 5, groups=4, bias=True):,}"
+    assert shown["macs"] == f"{costs.conv2d_macs(32, 64, 5, (oh, ow), groups=4):,}"
+    assert shown["sep_params"] == f"{separable.separable_params(32, 64, 5, bias=True):,}"
+    assert shown["sep_macs"] == f"{separable.separable_macs(32, 64, 5, (oh, ow)):,}"
+    assert shown["sep_ratio"] == f"{separable.separable_cost_ratio(64, 5):.4f}"
+    assert shown["saving"] == f"{1 / separable.separable_cost_ratio(64, 5):.2f}×"
+    field = atrous.receptive_field([(7, 2, 1), (3, 2, 1), (3, 1, 2)])
+    assert (shown["rf_size"], shown["rf_jump"]) == (str(field.size), str(field.jump))
+
+    # "append this layer" adds the layer above (5/2/2) to the stack.
+    form.find_element(By.NAME, "append-layer").click()
+    field = atrous.receptive_field([(7, 2, 1), (3, 2, 1), (3, 1, 2), (5, 2, 2)])
+    assert form.find_element(By.NAME, "stack").get_attribute("value").endswith("5/2/2")
+    assert _shown(form)["rf_size"] == str(field.size)
+
+    # Bad input: a clear message instead of numbers, and numbers again once it is fixed.
+    error = form.find_element(By.CSS_SELECTOR, "[role=alert]")
+    _type(form, "groups", 3)
+    assert "groups = 3 must divide" in error.text and not _shown(form)
+    _type(form, "groups", 1)
+    _type(form, "height", 3)
+    assert "padded input" in error.text
+    _type(form, "height", 57)
+    assert error.text == "" and _shown(form)["params"] == (
+        f"{costs.conv2d_params(32, 64, 5, groups=1, bias=True):,}")
+    console = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+    assert not console, [e["message"] for e in console]

@@ -35,11 +35,16 @@ MEM_MB = 3072      # kernel address-space limit in the test run
 def _source_points() -> dict[str, float]:
     nb = nbformat.read(SOURCE, as_version=4)
     return {c.metadata.nbgrader["grade_id"]: float(c.metadata.nbgrader["points"])
-            for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")}
+            for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")
+            and c.cell_type == "code"}
 
 
-POINTS = _source_points()
+POINTS = _source_points()    # autograded test cells
 TOTAL = sum(POINTS.values())
+# Written answers (markdown grade cells): a person grades them later; nbgrader's max counts them.
+MANUAL = {c.metadata.nbgrader["grade_id"]: float(c.metadata.nbgrader["points"])
+          for c in nbformat.read(SOURCE, as_version=4).cells
+          if c.cell_type == "markdown" and c.metadata.get("nbgrader", {}).get("grade")}
 # Part 5 answered without calling the student's functions, so that breaking part k costs only k.
 LITERAL_PART5 = ("vgg_out_size = 56\nvgg_params = 3 * 3 * 128 * 256 + 256\n"
                  "vgg_macs = 3 * 3 * 128 * 256 * 56 * 56")
@@ -372,12 +377,13 @@ def test_export_has_one_row_per_submission(graded):
     for row in rows:
         assert float(row["score"]) == expected[row["submitted_as"]]
         assert float(row["max_score"]) == TOTAL
+        assert float(row["manual_points_pending"]) == sum(MANUAL.values())
         assert sum(float(row[g]) for g in POINTS) == float(row["score"])
     # The course gradebook holds the same scores, ungradable submissions included.
     book = grading.scores(course, ASSIGNMENT)
     ids = {r["student"]: r["submitted_as"] for r in rows}
     assert {ids[s]: v.score for s, v in book.items()} == expected
-    assert all(v.max_score == TOTAL for v in book.values())
+    assert all(v.max_score == TOTAL + sum(MANUAL.values()) for v in book.values())
 
 
 PROBLEM_WORDS = {
@@ -480,7 +486,8 @@ def _info():
                                                "locked": c.metadata.nbgrader["locked"],
                                                "source": c.source} for c in nb.cells}
     solutions = {g for g, c in _cells_by_id(nb).items() if c.metadata.nbgrader["solution"]}
-    return grade_class.SourceInfo(ASSIGNMENT, ASSIGNMENT, list(cells), cells, points, solutions)
+    return grade_class.SourceInfo(ASSIGNMENT, ASSIGNMENT, list(cells), cells, points, solutions,
+                                  MANUAL)
 
 
 def test_ingest_lms_zip(tmp_path):

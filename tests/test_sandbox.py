@@ -200,3 +200,19 @@ def test_distinct_ids_for_names_that_clean_alike():
     assert ids == grade_class.student_ids(list(reversed(names))), "ids must not depend on order"
     assert all(set(i) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
                for i in ids.values())
+
+
+@pytest.mark.slow
+def test_no_sandbox_is_explicit_loud_and_marked(tmp_path, capsys):
+    """--no-sandbox grades (here: an empty class), warns on stderr and marks every output."""
+    (tmp_path / "submitted").mkdir()
+    out = tmp_path / "out"
+    from course_lib import grading
+
+    course = grading.new_course(tmp_path / "course", ["ex01_standard"], root=REPO)
+    code = grade_class.main(["ex01_standard", str(tmp_path / "submitted"), "--course",
+                             str(course), "--out", str(out), "--no-sandbox"])
+    assert code == 0
+    assert "WARNING" in capsys.readouterr().err
+    assert "WITHOUT the sandbox" in (out / "problems.txt").read_text()
+    assert "WITHOUT the sandbox" in (out / "report.html").read_text()

@@ -1,5 +1,6 @@
 """course_lib.viz draws what it is given (checked on the artists, not by eye)."""
 import matplotlib
+import matplotlib.text
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -37,3 +38,131 @@ def test_bad_image():
         viz.show_image(torch.rand(2, 5, 5))
     with pytest.raises(ValueError, match="must be a torch.Tensor"):
         viz.show_feature_maps([[1.0]])
+
+
+# --- diagrams (course_lib.viz submodules): labels come from the modules, checked here against
+# independent arithmetic; every diagram must stay readable on the page -------------------------
+
+from matplotlib.patches import Circle  # noqa: E402
+
+from course_lib import atrous, mobilenet  # noqa: E402
+from course_lib.viz import _draw  # noqa: E402
+
+
+def _texts(ax) -> str:
+    return " ".join(t.get_text() for t in ax.figure.findobj(matplotlib.text.Text))
+
+
+def assert_readable(fig):
+    """At most MAX_WIDTH_IN wide, and its smallest text at least 9 screen pixels high once the
+    figure is scaled to the book's text column."""
+    assert fig.get_size_inches()[0] <= _draw.MAX_WIDTH_IN
+    assert _draw.smallest_font_px(fig) >= 9, _draw.smallest_font_px(fig)
+
+
+def test_im2col_indices_match_hand_unfolding():
+    c_in, size, k = 2, 4, 3
+    cols = viz.unfolded_indices(c_in, size, k)
+    out = size - k + 1
+    assert cols.shape == (c_in * k * k, out * out)
+    for c in range(c_in):
+        for u in range(k):
+            for w in range(k):
+                for i in range(out):
+                    for j in range(out):
+                        # pixel (c, i + u, j + w), numbered from 1 channel by channel, row by row
+                        expected = c * size * size + (i + u) * size + (j + w) + 1
+                        assert cols[c * k * k + u * k + w, i * out + j] == expected
+    padded = viz.unfolded_indices(1, 3, 3, padding=1)
+    assert padded[0, 0] == 0 and padded[4, 0] == 1  # top-left tap reads padding, centre pixel 1
+
+
+def test_im2col_diagram_draws_every_number_and_the_product_shapes():
+    ax = viz.draw_im2col(in_channels=2, size=4, kernel_size=3, out_channels=2, highlight=1)
+    texts = _texts(ax)
+    assert "18 x 4" in texts and "2 x 18" in texts and "2 x 2 x 2" in texts
+    # 32 input numbers + 18 x 4 unfolded entries, each its own text
+    numbers = [t for t in ax.texts if t.get_text().isdigit()]
+    assert len(numbers) == 32 + 18 * 4
+    assert_readable(ax.figure)
+    with pytest.raises(ValueError, match="highlight"):
+        viz.draw_im2col(highlight=4)
+    plt.close("all")
+
+
+def test_separable_shapes_follow_the_formulas():
+    shapes = viz.separable_shapes(3, 16, 3, size=32, stride=2)
+    assert shapes == {"input": (1, 3, 32, 32), "depthwise weight": (3, 1, 3, 3),
+                      "depthwise output": (1, 3, 16, 16), "pointwise weight": (16, 3, 1, 1),
+                      "output": (1, 16, 16, 16)}
+    ax = viz.draw_separable_shapes(3, 16, 3, size=32, stride=2)
+    texts = _texts(ax)
+    for shape in shapes.values():
+        assert str(shape) in texts
+    assert_readable(ax.figure)
+    plt.close("all")
+
+
+def test_inception_family_shapes_and_groups():
+    c, t, s = 32, 3, 4
+    shapes = viz.inception_family_shapes(c, t, s)
+    assert shapes["inception"] == {"towers": t, "1x1": (s, c, 1, 1), "3x3": (s, s, 3, 3),
+                                   "out": t * s}
+    assert shapes["grouped"] == {"1x1": (t * s, c, 1, 1), "3x3": (t * s, s, 3, 3), "groups": t,
+                                 "out": t * s}
+    assert shapes["extreme"] == {"1x1": (t * s, c, 1, 1), "3x3": (t * s, 1, 3, 3),
+                                 "groups": t * s, "out": t * s}
+    ax = viz.draw_inception_family(c, t, s)
+    texts = _texts(ax)
+    assert "groups = 3" in texts and "groups = 12" in texts
+    assert_readable(ax.figure)
+    plt.close("all")
+
+
+def test_aspp_diagram_shapes_and_taps_on_the_map():
+    with torch.device("meta"):  # shapes only: no 15 M weights to initialise
+        aspp = atrous.ASPP(2048, 256, output_stride=16)
+    layout = viz.aspp_layout(aspp, 33)
+    rates = [rate for _, rate, _ in layout["branches"] if rate]
+    assert rates == [6, 12, 18]
+    assert all(shape == (1, 256, 33, 33) for _, _, shape in layout["branches"])
+    assert layout["concat"] == (1, 5 * 256, 33, 33) and layout["output"] == (1, 256, 33, 33)
+    ax = viz.draw_aspp(size=33)
+    taps = [p for p in ax.patches if isinstance(p, Circle)]
+    hollow = [p for p in taps if p.get_facecolor()[:3] == (1.0, 1.0, 1.0)]
+    # Centre pixel 16 of 33: offsets +-6 and +-12 stay on the map, +-18 all leave it (8 taps).
+    assert len(taps) == 27 and len(hollow) == 8
+    assert_readable(ax.figure)
+    plt.close("all")
+
+
+def test_mobilenet_block_and_stage_shapes():
+    with torch.device("meta"):
+        block = mobilenet.MobileNetV1()._block(64, 128, 1)
+    assert viz.layer_names(block) == [
+        "3x3 depthwise conv, 64 ch.", "BatchNorm", "ReLU", "1x1 conv, 64 → 128 ch.", "BatchNorm",
+        "ReLU"]
+    # The paper's Table 1 (input-size column, with the stride-1 erratum for the last block).
+    expected = ([(3, 224), (32, 112), (64, 112), (128, 56), (128, 56), (256, 28), (256, 28)]
+                + [(512, 14)] * 6 + [(1024, 7), (1024, 7), (1024, 1), (1000, 1)])
+    assert [(c, h) for _, (c, h, w) in viz.stage_shapes()] == expected
+    assert [count for _, _, count in viz.stages()] == [1, 1, 1, 2, 2, 6, 2, 1, 1]
+    half = viz.stage_shapes(alpha=0.5, resolution=128)
+    assert half[1][1] == (16, 64, 64) and half[-2][1] == (512, 1, 1)
+    ax = viz.draw_network_shapes()
+    assert "C = 1024" in _texts(ax) and "7 x 7" in _texts(ax)
+    assert_readable(ax.figure)
+    assert_readable(viz.draw_mobilenet_block().figure)
+    plt.close("all")
+
+
+def test_gridding_panels_are_drawn_to_scale():
+    maps = {f"rates {r}": atrous.sampled_pixels([(3, 1, x) for x in r])
+            for r in ((1, 1, 1), (2, 2, 2), (1, 2, 5))}
+    fig = viz.show_sampled_pixels_to_scale(maps)
+    fig.canvas.draw()
+    pixel_widths = [ax.get_window_extent().width / m.shape[1]
+                    for ax, m in zip(fig.axes, maps.values())]
+    assert max(pixel_widths) / min(pixel_widths) < 1.02, pixel_widths
+    assert_readable(fig)
+    plt.close(fig)

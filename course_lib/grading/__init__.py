@@ -5,6 +5,7 @@ this subpackage is the trust boundary, kept apart so that the student-facing pac
 
 * :mod:`.course` — single nbgrader steps in a course directory (generate, validate, autograde);
 * :mod:`.grade_class` — grade a whole class (``python -m course_lib.grade_class``);
+* :mod:`.cluster` — where the grading tasks run: dask workers, embedded or on many hosts;
 * :mod:`.sandbox` — the bubblewrap sandbox every execution of student code goes through;
 * :mod:`.kernel` — the resource-limited kernel nbgrader starts (inside the sandbox);
 * :mod:`.recheck` — the re-check that student code cannot reach;

@@ -1,30 +1,47 @@
 """Benchmark the class-grading pipeline on N generated submissions of one assignment.
 
     python -m course_lib.grading.bench --n 200 --workers 2 [--assignment ex01_standard]
+    python -m course_lib.grading.bench --n 40 --workers 1,2          # scaling, runs interleaved
+    python -m course_lib.grading.bench --n 200 --scheduler tcp://HOST:8786   # an existing cluster
 
 Generates a class in a temporary course (a seeded mix: complete solutions, blank releases, and
-solutions with one part left undone), grades it with :func:`course_lib.grade_class.grade_class`,
-checks that complete solutions scored full marks and blanks 0, and prints seconds per submission,
-the total, and the machine it ran on. ``--json PATH`` also writes the figures.
+solutions with one part left undone), grades it with
+:func:`course_lib.grading.grade_class.grade_class`, checks that complete solutions scored full
+marks and blanks 0, and prints seconds per submission, split into the phases of grading one
+notebook (kernel start, imports, student cells, checks: from nbgrader's cell timestamps), the
+re-check and feedback stages, and the per-task fixed costs (nbgrader's start-up, the task's
+course copy). Phases are worker-seconds per submission: with W workers busy in parallel, the wall
+time is about their sum / W.
+
+Like every benchmark of the course it refuses to run on a busy machine (1-minute load average
+above the cores, :func:`course_lib.bench.check_load`) unless ``--allow-busy``, which records the
+warning in the results. ``--json PATH`` writes the figures (machine, load, date stamped).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import nbformat
 
+from course_lib.bench import BusyMachineError, check_load, machine_load
 from course_lib.grading import course as grading
-from course_lib.grading.grade_class import grade_class
+
+# Phases of one notebook, then stages of a task, in the order the report prints them.
+NOTEBOOK_PHASES = ("kernel start", "imports", "student cells", "checks")
+TASK_STAGES = ("recheck", "feedback")
+FIXED_COSTS = ("nbgrader start-up", "prepare")
 
 
 def _machine() -> str:
+    import os
+    import platform
+
     model = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -65,43 +82,137 @@ def generate_class(course: Path, assignment: str, n: int, folder: Path,
     return kinds
 
 
+def breakdown(dispatch, n: int) -> dict[str, float]:
+    """Worker-seconds per submission for each phase, from what the grading tasks returned.
+
+    ``autograde, other`` is what nbgrader's autograde stage spent beyond the notebooks' own phases
+    and its start-up (writing the gradebook, saving notebooks)."""
+    per = {name: 0.0 for name in (*NOTEBOOK_PHASES, "autograde, other", *TASK_STAGES,
+                                  *FIXED_COSTS)}
+    for phases in dispatch.timings.values():
+        for name in NOTEBOOK_PHASES:
+            per[name] += phases.get(name, 0.0)
+    notebook_total = sum(per[name] for name in NOTEBOOK_PHASES)
+    for stage in dispatch.stages:
+        for name in (*TASK_STAGES, *FIXED_COSTS):
+            per[name] += stage.get(name, 0.0)
+        per["autograde, other"] += stage.get("autograde", 0.0) - stage.get("nbgrader start-up",
+                                                                             0.0)
+    per["autograde, other"] = max(0.0, per["autograde, other"] - notebook_total)
+    return {name: round(value / max(n, 1), 3) for name, value in per.items()}
+
+
+def run_once(course: Path, folder: Path, assignment: str, kinds: dict, workers: int,
+             scheduler: str | None, cell_timeout: float, chunk_size: int | None,
+             out: Path) -> dict:
+    from course_lib.grading.grade_class import grade_class
+
+    start = time.perf_counter()
+    result = grade_class(assignment, folder, course, workers=workers, out=out,
+                         cell_timeout=cell_timeout, scheduler=scheduler, chunk_size=chunk_size,
+                         quiet=True)
+    total = time.perf_counter() - start
+    n = len(result.submissions)
+    max_score = result.info.max_score
+    wrong = [s.student for s in result.submissions
+             if (kinds[s.student] == "full" and s.score != max_score)
+             or (kinds[s.student] == "blank" and s.score != 0)]
+    phases = breakdown(result.dispatch, n)
+    return {"workers": workers, "scheduler": scheduler, "total_s": round(total, 1),
+            "s_per_submission": round(total / n, 2), "wrong_scores": len(wrong),
+            "worker_s_per_submission": phases,
+            "worker_s_per_submission_total": round(sum(phases.values()), 2),
+            "tasks": len(result.dispatch.stages), "graded_by": result.dispatch.workers}
+
+
+def _print_run(run: dict, n: int) -> None:
+    phases = run["worker_s_per_submission"]
+    biggest = max(phases, key=phases.get)
+    where = run["scheduler"] or "embedded cluster"
+    print(f"\n{n} submissions, {run['workers']} worker(s) ({where}): {run['total_s']:.1f} s, "
+          f"{run['s_per_submission']:.2f} s per submission; {run['tasks']} tasks; "
+          f"wrong scores: {run['wrong_scores']}")
+    print("  worker-seconds per submission:")
+    for name, value in phases.items():
+        print(f"    {name:<18} {value:7.3f}{'   <- biggest' if name == biggest else ''}")
+    print(f"    {'total':<18} {run['worker_s_per_submission_total']:7.3f}")
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=200, help="number of submissions")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", default="2",
+                        help="workers, or a comma list (e.g. 1,2) to measure the scaling; the "
+                             "settings are run interleaved, --repeat times each")
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--scheduler", default=None,
+                        help="grade on an existing dask cluster (tcp://HOST:PORT)")
+    parser.add_argument("--chunk-size", type=int, default=None,
+                        help="submissions per task (default: a few tasks per worker, <= 16)")
     parser.add_argument("--assignment", default="ex01_standard")
     parser.add_argument("--cell-timeout", type=float, default=60)
+    parser.add_argument("--allow-busy", action="store_true",
+                        help="measure even when the load average exceeds the cores (recorded)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
+    workers = [int(w) for w in str(args.workers).split(",")]
+    load_before = machine_load()
+    try:
+        busy_warning = check_load(load_before, allow_busy=args.allow_busy)
+    except BusyMachineError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(2)
+    if busy_warning:
+        print(busy_warning, file=sys.stderr)
+    runs = []
     with tempfile.TemporaryDirectory(prefix="grading_bench_") as tmp:
         tmp = Path(tmp)
         course = grading.new_course(tmp / "course", [args.assignment])
         kinds = generate_class(course, args.assignment, args.n, tmp / "submitted")
-        load_before = os.getloadavg()[0]
-        start = time.perf_counter()
-        result = grade_class(args.assignment, tmp / "submitted", course, workers=args.workers,
-                             cell_timeout=args.cell_timeout)
-        total = time.perf_counter() - start
-        max_score = result.info.max_score
-        wrong = [s.student for s in result.submissions
-                 if (kinds[s.student] == "full" and s.score != max_score)
-                 or (kinds[s.student] == "blank" and s.score != 0)]
+        for r in range(args.repeat):
+            for w in workers:  # interleaved: w1, w2, w1, w2, ...
+                run = run_once(course, tmp / "submitted", args.assignment, kinds, w,
+                               args.scheduler, args.cell_timeout, args.chunk_size,
+                               tmp / f"out-{r}-{w}")
+                _print_run(run, args.n)
+                runs.append(run)
+    load_after = machine_load()
+    last = runs[-1]
     figures = {
-        "assignment": args.assignment, "submissions": args.n, "workers": args.workers,
-        "total_s": round(total, 1), "s_per_submission": round(total / args.n, 2),
-        "machine": _machine(), "date": time.strftime("%Y-%m-%d"),
-        "wrong_scores": len(wrong),
-        # Other work on the machine slows grading: record how busy it was (1-minute load).
-        "load_avg_start": round(load_before, 1), "load_avg_end": round(os.getloadavg()[0], 1),
+        # The headline (the last run), in the keys book/instructor_guide.md reads.
+        "assignment": args.assignment, "submissions": args.n, "workers": last["workers"],
+        "total_s": last["total_s"], "s_per_submission": last["s_per_submission"],
+        "wrong_scores": sum(r["wrong_scores"] for r in runs),
+        "load_avg_start": round(load_before.averages[0], 1) if load_before.averages else None,
+        "load_avg_end": round(load_after.averages[0], 1) if load_after.averages else None,
+        "worker_s_per_submission": last["worker_s_per_submission"],
+        "runs": runs,
+        "machine": _machine(), "date": time.strftime("%Y-%m-%d %H:%M"),
+        "load_before": load_before.describe(), "load_after": load_after.describe(),
+        "busy_warning": busy_warning,
     }
-    print(f"\n{args.n} submissions of {args.assignment} with {args.workers} worker(s) on "
-          f"{figures['machine']}:\n  total {total:.1f} s, {total / args.n:.2f} s per submission "
-          f"(autograde + re-check + feedback + export)\n  complete solutions scored "
-          f"{max_score:g}/{max_score:g} and blanks 0: "
-          f"{'yes' if not wrong else f'NO ({len(wrong)} wrong)'}\n  machine load average "
-          f"{figures['load_avg_start']} at the start, {figures['load_avg_end']} at the end")
+    by_workers: dict[int, list[float]] = {}
+    for run in runs:
+        by_workers.setdefault(run["workers"], []).append(run["total_s"])
+    if len(by_workers) > 1:
+        base = min(by_workers)
+        best = {w: min(t) for w, t in by_workers.items()}
+        figures["speedup"] = {str(w): round(best[base] / best[w], 2) for w in sorted(best)}
+        print("\nscaling (best of each, vs " + f"{base} worker(s)): " +
+              ", ".join(f"{w}: x{s}" for w, s in figures["speedup"].items()))
+    # What more hosts would do: the same worker-seconds spread over more slots (a projection from
+    # this run's per-submission work, not a measurement; the per-task start-up is included).
+    slots = last["workers"]
+    figures["projection_s"] = {
+        f"{hosts} host(s) x {slots} worker(s)": round(
+            args.n * last["worker_s_per_submission_total"] / (hosts * slots), 1)
+        for hosts in (1, 2, 4)}
+    print("projected wall time from the measured worker-seconds: " +
+          ", ".join(f"{k}: {v:.0f} s" for k, v in figures["projection_s"].items()))
+    print(f"machine: {figures['machine']}; {figures['load_before']} at the start, "
+          f"{figures['load_after']} at the end")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1) + "\n")
     return figures

@@ -1,6 +1,7 @@
 """Grade a whole class: submissions folder or LMS zip -> scores, feedback, CSV, report, problems.
 
     python -m course_lib.grade_class ASSIGNMENT SUBMISSIONS --course DIR [--workers N] [--db URL]
+                                     [--scheduler tcp://HOST:PORT] [--chunk-size K]
                                      [--out DIR] [--cell-timeout S] [--mem-mb MB]
 
 Steps (see book/instructor_guide.md):
@@ -10,9 +11,11 @@ Steps (see book/instructor_guide.md):
    ``<student>_<anything>.ipynb``. Renamed notebooks are found, corrupt JSON and missing notebooks
    are recorded (score 0), nbgrader metadata the student edited (points, grade flags) is restored
    from the gradebook;
-2. **autograde** with real ``nbgrader autograde`` in ``--workers`` private shard courses (each its
-   own SQLite file, so no locking), kernels limited in memory (:mod:`course_lib.grading.kernel`) and
-   time per cell;
+2. **autograde** with real ``nbgrader autograde`` in private shard courses (each its own SQLite
+   file, so no locking), one per task of a few submissions, on dask workers: an embedded cluster
+   of ``--workers`` processes, or an existing one (``--scheduler``; :mod:`.cluster`, which also
+   retries tasks whose worker died and resumes an interrupted batch from ``OUT/results``); kernels
+   limited in memory (:mod:`course_lib.grading.kernel`) and time per cell;
 3. **re-check** every submission in a fresh process with protected checks
    (:mod:`course_lib.grading.recheck`); a test cell's final score is the lower of nbgrader's and the
    re-check's (the re-check's alone where nbgrader could not grade the notebook at all);
@@ -31,10 +34,8 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,7 +43,7 @@ import nbformat
 from tqdm import tqdm
 
 from course_lib.grading import course as grading
-from course_lib.grading import recheck, sandbox
+from course_lib.grading import cluster, recheck, sandbox
 from course_lib.grading.kernel import DEFAULT_MEM_MB, kernel_env
 
 MAX_ZIP_BYTES = 2 * 2**30  # refuse zips that would unpack to more than this
@@ -383,6 +384,29 @@ def _read_recheck(sub: Submission, events: list[dict], info: SourceInfo, timeout
         sub.recheck.setdefault(gid, 0.0)
 
 
+class GradebookUnavailable(RuntimeError):
+    """The gradebook URL cannot be opened; the message says what to check."""
+
+
+def check_gradebook(db_url: str) -> None:
+    """Open the gradebook once, before any grading, so that a wrong ``--db`` fails in seconds with
+    a message instead of after the batch (nbgrader creates its tables on first use)."""
+    from nbgrader.api import Gradebook
+
+    try:
+        with Gradebook(db_url):
+            pass
+    except Exception as exc:  # SQLAlchemy's errors (no server, no database, no driver, bad URL)
+        shown = re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", db_url)  # never print a password
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        raise GradebookUnavailable(
+            f"cannot open the gradebook {shown} ({type(exc).__name__}: {first}). For PostgreSQL "
+            "check that the server runs and accepts connections from this host, that the "
+            "database exists (`createdb gradebook`) and the user may use it; URLs look like "
+            "postgresql://USER@HOST:5432/gradebook (driver: psycopg, in requirements.txt).") \
+            from None
+
+
 def _write_scores(db_url: str, assignment: str, subs: list[Submission], as_manual: bool) -> None:
     """Record final scores: in a shard as manual overrides (for feedback), in the course as
     auto scores (one submission per student, ungradable ones included)."""
@@ -433,11 +457,14 @@ def _grade_shard(shard: Path, subs: list[Submission], info: SourceInfo, settings
         target.mkdir(parents=True, exist_ok=True)
         shutil.copy(sub.notebook, target / nbname)
     t = str(int(timeout))
+    seconds = settings.setdefault("seconds", {})  # per stage, for the benchmark
+    started = time.monotonic()
     _stream([sys.executable, "-m", "nbgrader", "autograde", a, "--create", "--force",
              f"--Execute.timeout={t}", f"--ExecutePreprocessor.timeout={t}",
              "--OverwriteCells.add_missing_cells=True",
              *(box.kernel_manager_args("kernel") if box else [])],
             shard, env, shard / "autograde.log", "Autograding", bars["autograde"].update)
+    seconds["autograde"], started = time.monotonic() - started, time.monotonic()
     graded = grading.scores(shard, a)
     for sub in subs:
         autograded = shard / "autograded" / sub.student / a / nbname
@@ -450,6 +477,7 @@ def _grade_shard(shard: Path, subs: list[Submission], info: SourceInfo, settings
     events = recheck.recheck(_recheck_jobs(subs, info), timeout, settings["mem_mb"],
                              [f"course_lib.checks.{a}"], box=box, log=shard / "recheck.log",
                              progress=lambda student: bars["recheck"].update())
+    seconds["recheck"] = time.monotonic() - started
     for sub in subs:
         _read_recheck(sub, events.get(sub.student, []), info, timeout)
         if sub.nbgrader is None:
@@ -465,8 +493,10 @@ def _grade_shard(shard: Path, subs: list[Submission], info: SourceInfo, settings
                     sub.problems.append(f"test {gid}: nbgrader gave {n:g}, the re-check {r:g}; "
                                         f"{min(n, r):g} kept")
     _write_scores(f"sqlite:///{shard / 'gradebook.db'}", a, subs, as_manual=True)
+    started = time.monotonic()
     _stream([sys.executable, "-m", "nbgrader", "generate_feedback", a, "--force"], shard, env,
             shard / "feedback.log", "Converting notebook", bars["feedback"].update)
+    seconds["feedback"] = time.monotonic() - started
 
 
 def _slow_cells(autograded: Path, timeout: float) -> list[str]:
@@ -558,7 +588,7 @@ def write_csv(path: Path, subs: list[Submission], info: SourceInfo) -> Path:
 
 
 def write_report(out: Path, subs: list[Submission], info: SourceInfo,
-                 batch_problems: list[str], seconds: float) -> Path:
+                 batch_problems: list[str], seconds: float, notes: list[str] = ()) -> Path:
     """Plots (total score histogram, per-question distribution, hardest tests) and an HTML page."""
     import matplotlib
     matplotlib.use("Agg")  # a script, not a chapter: never open a window
@@ -607,6 +637,7 @@ def write_report(out: Path, subs: list[Submission], info: SourceInfo,
     items = "".join(f"<li><b>{html.escape(s.student)}</b> ({s.score:g}/{info.max_score:g}): "
                     + "; ".join(html.escape(p) for p in s.problems) + "</li>" for s in flagged)
     batch = "".join(f"<li>{html.escape(p)}</li>" for p in batch_problems)
+    batch += "".join(f"<li>note: {html.escape(n)}</li>" for n in notes)
     page = out / "report.html"
     mean = sum(totals) / max(len(totals), 1)
     page.write_text(
@@ -634,17 +665,21 @@ class ClassResult:
     problems: Path
     seconds: float
     batch_problems: list[str]
+    dispatch: cluster.Dispatch | None = None  # where and how the submissions were graded
 
 
 def grade_class(assignment: str, submissions: Path, course: Path, workers: int = 1,
                 db_url: str | None = None, out: Path | None = None, cell_timeout: float = 60,
                 mem_mb: int = DEFAULT_MEM_MB, quiet: bool = False, use_sandbox: bool = True,
-                limits: sandbox.Limits | None = None) -> ClassResult:
+                limits: sandbox.Limits | None = None, scheduler: str | None = None,
+                chunk_size: int | None = None) -> ClassResult:
     """The whole pipeline (module docstring). Returns what it wrote; raises only on setup errors
     (no such assignment, unreadable zip, no sandbox), never because of one student's notebook.
 
     ``use_sandbox=False`` runs student code as the caller, with the caller's files in reach: only
-    for machines that cannot sandbox (the report says so on every page)."""
+    for machines that cannot sandbox (the report says so on every page). ``workers``: processes
+    of the embedded dask cluster; ``scheduler``: grade on an existing one instead
+    (``tcp://HOST:PORT``); ``chunk_size``: submissions per task."""
     start = time.monotonic()
     course = Path(course).resolve()
     if not (course / "nbgrader_config.py").is_file():
@@ -659,9 +694,11 @@ def grade_class(assignment: str, submissions: Path, course: Path, workers: int =
     if use_sandbox:
         sandbox.check_available()
     db_url = db_url or f"sqlite:///{course / 'gradebook.db'}"
+    check_gradebook(db_url)
     out = Path(out or course / "grading" / assignment).resolve()
-    if out.exists():
-        shutil.rmtree(out)
+    for old in (out.iterdir() if out.is_dir() else []):  # keep cluster.RESULTS: resume
+        if old.name != cluster.RESULTS:
+            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
     work = out / "work"
     work.mkdir(parents=True)
     lib_hash = _course_lib_hash()
@@ -669,12 +706,12 @@ def grade_class(assignment: str, submissions: Path, course: Path, workers: int =
         "graded WITHOUT the sandbox (--no-sandbox): student code ran as the grader, with the "
         "course, the gradebook and other submissions in reach"]
 
-    # The shard template generates the assignment privately; the course's gradebook gets it too.
+    # The template generates the assignment privately; the course's gradebook gets it too.
     env = kernel_env(sandbox.install_kernelspec(work / "jupyter-setup", None, mem_mb))
-    shards = [work / f"shard{i}" for i in range(workers)]
-    _prepare_shard(course, assignment, shards[0], None, env)
-    info = source_info(f"sqlite:///{shards[0] / 'gradebook.db'}", assignment,
-                       shards[0] / "exercises" / assignment / grading.notebook_name(assignment))
+    template = work / "template"  # every task's private shard course is a copy of it
+    _prepare_shard(course, assignment, template, None, env)
+    info = source_info(f"sqlite:///{template / 'gradebook.db'}", assignment,
+                       template / "exercises" / assignment / grading.notebook_name(assignment))
     from nbgrader.api import Gradebook, MissingEntry
     with Gradebook(db_url) as gb:
         try:
@@ -688,63 +725,24 @@ def grade_class(assignment: str, submissions: Path, course: Path, workers: int =
 
     subs = ingest(submissions, info, work)
     gradable = [s for s in subs if s.notebook is not None]
-    groups = [gradable[i::workers] for i in range(workers)]
-    shards = shards[:max(1, sum(1 for g in groups if g))]
-    for shard in shards[1:]:
-        _prepare_shard(course, assignment, shard, shards[0], env)
-    box = None
+    hide = [course, out, submissions if submissions.is_dir() else submissions.parent]
     if use_sandbox:
         code_cells = sum(1 for c in info.cells.values() if c["cell_type"] == "code")
         limits = limits or sandbox.Limits(mem_mb=mem_mb)
         # A kernel may take at most what all its cells may take, plus its start.
         limits.wall_s = limits.wall_s or cell_timeout * (code_cells + 2) + 60
-        box = sandbox.Sandbox.for_batch(
-            work, hide=[course, out, submissions if submissions.is_dir() else
-                        submissions.parent], limits=limits)
-    settings = [{"cell_timeout": cell_timeout, "mem_mb": mem_mb, "sandbox": b,
-                 "env": kernel_env(sandbox.install_kernelspec(work / f"jupyter{i}", b, mem_mb))}
-                for i, b in enumerate([box.for_shard() if box else None for _ in shards])]
-    bars = {name: tqdm(total=len(gradable), desc=f"{name:>9}", file=sys.stdout, unit="nb",
-                       disable=quiet, leave=True, position=i)
-            for i, name in enumerate(["autograde", "recheck", "feedback"])}
-    lock = threading.Lock()
-    for name, bar in bars.items():  # tqdm bars shared by the worker threads
-        update = bar.update
-        bar.update = lambda n=1, _u=update: (lock.acquire(), _u(n), lock.release())
-    with ThreadPoolExecutor(max_workers=len(shards)) as pool:
-        futures = {pool.submit(_grade_shard, shard, group, info, s, bars): group
-                   for shard, group, s in zip(shards, groups, settings) if group}
-        for future, group in futures.items():
-            try:
-                future.result()
-            except Exception as exc:  # a broken step: its students get rows that say why
-                for sub in group:
-                    sub.status = "error"
-                    sub.problems.append(f"grading failed ({type(exc).__name__}: "
-                                        f"{str(exc).splitlines()[0][:200] if str(exc) else ''})"
-                                        "; scored by what finished, re-grade this submission")
-                    if not sub.final:
-                        sub.final = {g: min(sub.recheck.get(g, 0.0),
-                                            (sub.nbgrader or {}).get(g, 0.0))
-                                     for g in info.points}
-    for bar in bars.values():
-        bar.close()
-    for s in settings:
-        if s["sandbox"] is not None:
-            shutil.rmtree(s["sandbox"].ipc_dir, ignore_errors=True)
-    if box is not None:
-        shutil.rmtree(box.ipc_dir, ignore_errors=True)
+    else:
+        limits = None
+    # Dispatch: tasks of a few submissions on dask workers (course_lib.grading.cluster); each
+    # grades in a private shard course copied from the template and returns results as data.
+    bar = tqdm(total=len(gradable), desc="graded", file=sys.stdout, unit="nb", disable=quiet)
+    with cluster.Engine(workers, scheduler, log=lambda line: None if quiet else print(line)) \
+            as engine:
+        dispatch = cluster.grade_submissions(engine, subs, info, template, out, cell_timeout,
+                                             mem_mb, limits, hide, chunk_size, bar.update)
+    bar.close()
 
     nbname = grading.notebook_name(assignment)
-    for shard, group in zip(shards, groups):
-        for sub in group:
-            html_path = shard / "feedback" / sub.student / assignment / nbname.replace(
-                ".ipynb", ".html")
-            dest = out / "feedback" / sub.student / assignment / html_path.name
-            if html_path.is_file() and not html_path.is_symlink():
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(html_path, dest)
-                sub.feedback = dest
     for sub in subs:
         if sub.notebook is None:
             sub.final = {g: 0.0 for g in info.points}
@@ -763,14 +761,16 @@ def grade_class(assignment: str, submissions: Path, course: Path, workers: int =
                               "rewritten it; treat these grades as untrustworthy")
     seconds = time.monotonic() - start
     csv_path = write_csv(out / "grades.csv", subs, info)
-    report = write_report(out, subs, info, batch_problems, seconds)
+    report = write_report(out, subs, info, batch_problems, seconds, dispatch.notes)
     lines = [f"{info.assignment}: {len(subs)} submissions, {sum(bool(s.problems) for s in subs)} "
              f"with problems, graded in {seconds:.1f} s"] + [f"BATCH: {p}" for p in batch_problems]
+    lines += [f"NOTE: {n}" for n in dispatch.notes]
     for sub in sorted(subs, key=lambda s: s.student):
         lines += [f"{sub.student} ({sub.score:g}/{info.max_score:g}): {p}" for p in sub.problems]
     problems = out / "problems.txt"
     problems.write_text("\n".join(lines) + "\n")
-    return ClassResult(subs, info, out, csv_path, report, problems, seconds, batch_problems)
+    return ClassResult(subs, info, out, csv_path, report, problems, seconds, batch_problems,
+                       dispatch)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -781,7 +781,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="submitted/ folder, a folder of student folders, or an LMS zip")
     parser.add_argument("--course", type=Path, default=Path("."),
                         help="the nbgrader course directory (default: current directory)")
-    parser.add_argument("--workers", type=int, default=1, help="parallel shard courses")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes of the embedded dask cluster (about one per core)")
+    parser.add_argument("--scheduler", default=None,
+                        help="grade on an existing dask cluster instead, e.g. tcp://HOST:8786 "
+                             "(see the instructor guide, 'Grading on a cluster')")
+    parser.add_argument("--chunk-size", type=int, default=None,
+                        help="submissions per task (default: a few tasks per worker, <= 16)")
     parser.add_argument("--db", default=None,
                         help="gradebook URL (default sqlite:///COURSE/gradebook.db), e.g. "
                              "postgresql://user@host/gradebook")
@@ -800,8 +806,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = grade_class(args.assignment, args.submissions, args.course, args.workers,
                              args.db, args.out, args.cell_timeout, args.mem_mb,
-                             use_sandbox=not args.no_sandbox)
-    except sandbox.SandboxUnavailable as exc:
+                             use_sandbox=not args.no_sandbox, scheduler=args.scheduler,
+                             chunk_size=args.chunk_size)
+    except (sandbox.SandboxUnavailable, cluster.ClusterError, GradebookUnavailable) as exc:
         print(f"grade_class: {exc}", file=sys.stderr)
         return 2
     print(result.problems.read_text())

@@ -1,4 +1,4 @@
-"""Figures drawn by code for the book and the exercises (matplotlib only).
+"""Plots of data and the first diagrams (matplotlib only).
 
 * :func:`show_image` / :func:`show_feature_maps` - tensors as pictures.
 * :func:`draw_conv_volumes` - the classic diagram: input volume, one kernel, output volume.
@@ -195,8 +195,26 @@ def draw_sampled_pixels(counts: torch.Tensor, ax=None, title: str | None = None,
     ax.set_yticks([])
     ax.set_aspect("equal")
     read = int((values > 0).sum())
-    ax.set_title(title or f"{read} of {h * w} pixels read", fontsize=9)
+    ax.set_title(title or f"{read} of {h * w} pixels read", fontsize=10)
     return ax
+
+
+def show_sampled_pixels_to_scale(maps: dict[str, torch.Tensor], width_in: float = 9.0):
+    """Several sampled-pixel maps (:func:`draw_sampled_pixels`) side by side with one pixel the
+    same size in every panel, so fields of different sizes compare at a glance (each panel is as
+    wide as its field). Titles: the map's name and how many of its pixels are read."""
+    if not maps or not all(isinstance(m, torch.Tensor) and m.dim() == 2 for m in maps.values()):
+        raise ValueError("maps must be a non-empty dict of name -> (H, W) tensor")
+    widths = [m.shape[1] for m in maps.values()]
+    cell = width_in / (sum(widths) + 2 * len(widths))  # inches per pixel, with room between panels
+    height = cell * max(m.shape[0] for m in maps.values()) + 0.9
+    fig, axes = plt.subplots(1, len(maps), figsize=(width_in, height), squeeze=False,
+                             gridspec_kw={"width_ratios": widths})
+    for ax, (name, counts) in zip(axes.flat, maps.items()):
+        read = int((counts > 0).sum())
+        draw_sampled_pixels(counts, ax=ax, title=f"{name}\n{read} of {counts.numel()} pixels read")
+    fig.tight_layout()
+    return fig
 
 
 def show_masks(masks: Sequence[torch.Tensor], titles: Sequence[str] | None = None,
