@@ -29,7 +29,11 @@ def repo() -> Path:
 @pytest.fixture(scope="session")
 def graded_course(tmp_path_factory) -> Path:
     """A temporary nbgrader course with every assignment generated, its solution submitted by one
-    student and its blank release by another, all autograded in one real ``nbgrader autograde``."""
+    student, its blank release by another and each student variant of tests/exercise_variants.py
+    by one more, all autograded in one real ``nbgrader autograde``."""
+    import nbformat
+    from exercise_variants import variant_notebook, variant_students
+
     course = tmp_path_factory.mktemp("course")
     shutil.copy(REPO / "nbgrader_config.py", course / "nbgrader_config.py")
     for assignment in ASSIGNMENTS:
@@ -42,6 +46,12 @@ def graded_course(tmp_path_factory) -> Path:
                        REPO / "solutions" / assignment / grading.notebook_name(assignment))
         grading.submit(course, assignment, BLANK_STUDENT,
                        grading.release_path(course, assignment))
+    variants = tmp_path_factory.mktemp("variants")
+    for student, (assignment, changes) in variant_students(ASSIGNMENTS).items():
+        path = variants / student / grading.notebook_name(assignment)
+        path.parent.mkdir()
+        nbformat.write(variant_notebook(assignment, changes), path)
+        grading.submit(course, assignment, student, path)
     grading.run_nbgrader(["autograde", "ex*", "--create", "--force"], cwd=course, timeout=3000)
     return course
 

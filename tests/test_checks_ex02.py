@@ -11,9 +11,13 @@ import torch.nn.functional as F
 
 import course_lib.checks.ex02_pointwise as checks
 from course_lib.checks import CheckFailed
-from course_lib.costs import conv2d_macs, conv2d_params
-from course_lib.conv import conv_output_size
-from course_lib.pointwise import pointwise_as_linear, pointwise_as_matmul
+from course_lib import conv, costs, pointwise
+from exercise_helpers import as_student, case_sets, run_all_cases
+
+conv2d_macs, conv2d_params = as_student(costs.conv2d_macs), as_student(costs.conv2d_params)
+conv_output_size = as_student(conv.conv_output_size)
+pointwise_as_linear = as_student(pointwise.pointwise_as_linear)
+pointwise_as_matmul = as_student(pointwise.pointwise_as_matmul)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,7 +31,7 @@ def reference_macs(c, m, h, w, stride=1):
 
 
 def reference_via_linear(x, linear):
-    return pointwise_as_linear(x, linear.weight, linear.bias)
+    return linear(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 def failure(check, *args, **kwargs) -> str:
@@ -36,28 +40,33 @@ def failure(check, *args, **kwargs) -> str:
     return str(info.value)
 
 
-@pytest.mark.parametrize("hidden", [False, True])
-def test_reference_answers_pass_without_stderr(hidden, capsys):
+def test_reference_answers_pass_without_stderr(capsys):
+    """Visible and hidden cases (the hidden ones read from the solution notebook)."""
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
-        checks.check_pointwise_matmul(pointwise_as_matmul, hidden=hidden)
-        checks.check_pointwise_via_linear(reference_via_linear, hidden=hidden)
-        checks.check_pointwise_params(reference_params, hidden=hidden)
-        checks.check_pointwise_macs(reference_macs, hidden=hidden)
+        runs = run_all_cases("ex02_pointwise", [
+            (checks.check_pointwise_matmul, pointwise_as_matmul),
+            (checks.check_pointwise_via_linear, reference_via_linear),
+            (checks.check_pointwise_params, reference_params),
+            (checks.check_pointwise_macs, reference_macs),
+        ])
     assert stderr.getvalue() == ""
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 4 and all(line.startswith("\u2714") for line in lines)
-
-
-def test_hidden_cases_are_new_shapes():
-    visible = {tuple(x.shape) for x, _, _ in checks.pointwise_cases(checks.VISIBLE_SEED, 5)}
-    hidden = {tuple(x.shape) for x, _, _ in checks.pointwise_cases(checks.HIDDEN_SEED, 8)}
-    assert hidden - visible
+    assert runs == 8 and len(lines) == runs and all(line.startswith("\u2714") for line in lines)
 
 
 def test_matmul_calling_conv2d_is_refused():
     msg = failure(checks.check_pointwise_matmul, lambda x, w, b=None: F.conv2d(x, w, b))
-    assert "must not call F.conv2d" in msg
+    assert "must not call a convolution" in msg
+
+
+def test_linear_part_must_use_linear_not_a_convolution():
+    """ex02 part 2 says: use the given `linear`. A convolution refuses; not calling linear fails."""
+    as_conv = lambda x, linear: F.conv2d(x, linear.weight[:, :, None, None], linear.bias)  # noqa
+    assert "must use the given `linear`" in failure(checks.check_pointwise_via_linear, as_conv)
+    by_hand = lambda x, linear: (x.permute(0, 2, 3, 1) @ linear.weight.T  # noqa: E731
+                                 + (0 if linear.bias is None else linear.bias)).permute(0, 3, 1, 2)
+    assert "never called `linear`" in failure(checks.check_pointwise_via_linear, by_hand)
 
 
 def test_matmul_without_bias_is_named():

@@ -8,9 +8,13 @@ import torch
 import torch.nn.functional as F
 
 import course_lib.checks.ex03_depthwise as checks
-from course_lib.costs import conv2d_macs, conv2d_params
-from course_lib.depthwise import depthwise_per_channel, keras_to_torch_depthwise_kernel
+from course_lib import costs, depthwise
+from exercise_helpers import as_student, case_sets, run_all_cases
 from test_checks_ex02 import failure, notebook_cell
+
+conv2d_macs, conv2d_params = as_student(costs.conv2d_macs), as_student(costs.conv2d_params)
+depthwise_per_channel = as_student(depthwise.depthwise_per_channel)
+keras_to_torch_depthwise_kernel = as_student(depthwise.keras_to_torch_depthwise_kernel)
 
 
 def reference_params(c, kernel, k=1, bias=True):
@@ -23,17 +27,19 @@ def reference_macs(c, kernel, oh, ow, k=1):
 
 
 
-@pytest.mark.parametrize("hidden", [False, True])
-def test_reference_answers_pass_without_stderr(hidden, capsys):
+def test_reference_answers_pass_without_stderr(capsys):
+    """Visible and hidden cases (the hidden ones read from the solution notebook)."""
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
-        checks.check_depthwise_conv2d(depthwise_per_channel, hidden=hidden)
-        checks.check_keras_to_torch(keras_to_torch_depthwise_kernel, hidden=hidden)
-        checks.check_depthwise_params(reference_params, hidden=hidden)
-        checks.check_depthwise_macs(reference_macs, hidden=hidden)
+        runs = run_all_cases("ex03_depthwise", [
+            (checks.check_depthwise_conv2d, depthwise_per_channel),
+            (checks.check_keras_to_torch, keras_to_torch_depthwise_kernel),
+            (checks.check_depthwise_params, reference_params),
+            (checks.check_depthwise_macs, reference_macs),
+        ])
     assert stderr.getvalue() == ""
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 4 and all(line.startswith("\u2714") for line in lines)
+    assert runs == 8 and len(lines) == runs and all(line.startswith("\u2714") for line in lines)
 
 
 def test_conv2d_is_restored_after_the_check():

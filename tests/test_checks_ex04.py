@@ -9,19 +9,23 @@ from torch import nn
 
 import course_lib.checks.ex04_separable as checks
 from course_lib.checks import CheckFailed
-from course_lib.separable import separable_macs, separable_params, separable_to_full_kernel
+from course_lib import separable
+from exercise_helpers import as_student, case_sets, run_all_cases
+
+separable_to_full_kernel = as_student(separable.separable_to_full_kernel)
 
 
+# Student-style formulas (course_lib's counters refuse while a student's function runs).
 def ref_params(c, m, k, d=1):
-    return separable_params(c, m, k, d)
+    return k * k * c * d + c * d * m
 
 
 def ref_macs(c, m, k, h, w, d=1):
-    return separable_macs(c, m, k, (h, w), d)
+    return (k * k * c * d + c * d * m) * h * w
 
 
 def ref_full(dw, pw):
-    return separable_to_full_kernel(dw, pw)   # a lambda-free wrapper: __module__ is this file
+    return separable_to_full_kernel(dw, pw)
 
 
 def make_block(groups_bug=False, stride_on_pointwise=False, bias=False, swap=False,
@@ -45,15 +49,39 @@ def make_block(groups_bug=False, stride_on_pointwise=False, bias=False, swap=Fal
     return Block
 
 
-@pytest.mark.parametrize("hidden", [False, True])
-def test_reference_answers_pass_without_stderr(hidden):
+def test_reference_answers_pass_without_stderr():
+    """Visible and hidden cases (the hidden ones read from the solution notebook)."""
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
-        checks.check_separable_params(ref_params, hidden=hidden)
-        checks.check_separable_macs(ref_macs, hidden=hidden)
-        checks.check_separable_block(make_block(), hidden=hidden)
-        checks.check_separable_to_full(ref_full, hidden=hidden)
+        run_all_cases("ex04_separable", [
+            (checks.check_separable_params, ref_params),
+            (checks.check_separable_macs, ref_macs),
+            (checks.check_separable_block, make_block()),
+            (checks.check_separable_to_full, ref_full),
+        ])
     assert stderr.getvalue() == ""
+
+
+def test_wrappers_of_course_lib_are_refused():
+    """A one-line wrapper of course_lib's reference (the old guard only looked at __module__)."""
+    wrapper = lambda dw, pw: separable.separable_to_full_kernel(dw, pw)  # noqa: E731
+    assert "your own code" in failure(checks.check_separable_to_full, wrapper)
+    own = lambda c, m, k, d=1: separable.separable_params(c, m, k, d)  # noqa: E731
+    assert "formula yourself" in failure(checks.check_separable_params, own)
+
+
+def test_block_with_batchnorm_and_relu_is_told_so():
+    class WithExtras(nn.Module):
+        def __init__(self, c, m, k=3, s=1):
+            super().__init__()
+            self.depthwise = nn.Conv2d(c, c, k, s, k // 2, groups=c, bias=False)
+            self.bn, self.relu = nn.BatchNorm2d(c), nn.ReLU()
+            self.pointwise = nn.Conv2d(c, m, 1, bias=False)
+
+        def forward(self, x):
+            return self.pointwise(self.relu(self.bn(self.depthwise(x))))
+    msg = failure(checks.check_separable_block, WithExtras)
+    assert "BatchNorm2d" in msg and "ReLU" in msg and "remove them" in msg
 
 
 def test_numbers_pass():
@@ -119,7 +147,8 @@ def test_full_kernel_mistakes():
     assert "wrong shape" in failure(checks.check_separable_to_full, summed)
     wrong = lambda dw, pw: ref_full(dw, pw) + 0.1  # noqa: E731
     assert "wrong values" in failure(checks.check_separable_to_full, wrong)
-    assert "your own code" in failure(checks.check_separable_to_full, separable_to_full_kernel)
+    assert "your own code" in failure(checks.check_separable_to_full,
+                                      separable.separable_to_full_kernel)
 
 
 def test_number_mistakes():
@@ -127,7 +156,7 @@ def test_number_mistakes():
     assert "separable / standard" in failure(checks.check_numbers, 432, 75,
                                              1 / 16 + 1 / 9, 9)
     assert "groups=3" in failure(checks.check_numbers, 432, 27 * 16 + 48, 5.76, 9)
-    assert "min(16, 9)" in failure(checks.check_numbers, 432, 75, 1 / (1 / 16 + 1 / 9), 16)
+    assert "smaller of its two sizes" in failure(checks.check_numbers, 432, 75, 1 / (1 / 16 + 1 / 9), 16)
     assert "no bias" in failure(checks.check_numbers, 448, 75, 1 / (1 / 16 + 1 / 9), 9)
     assert "expected a whole number" in failure(checks.check_numbers, "432", 75, 5.76, 9)
     assert "expected a number" in failure(checks.check_numbers, 432, 75, None, 9)

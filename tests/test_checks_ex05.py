@@ -9,11 +9,11 @@ import torch.nn.functional as F
 
 import course_lib.checks.ex05_xception as checks
 from course_lib.checks import CheckFailed
-from course_lib.costs import conv2d_params
+from exercise_helpers import case_sets, run_all_cases
 
 
 def reference_params(c, m, k, groups, bias=True):
-    return conv2d_params(c, m, k, groups=groups, bias=bias)
+    return k * k * (c // groups) * m + (m if bias else 0)
 
 
 def sliced_conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, buggy=False):
@@ -36,14 +36,34 @@ def failure(check, *args, **kwargs) -> str:
     return str(info.value)
 
 
-@pytest.mark.parametrize("hidden", [False, True])
-def test_reference_answers_pass_without_stderr(hidden):
+def test_reference_answers_pass_without_stderr():
+    """Visible and hidden cases (the hidden ones read from the solution notebook)."""
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
-        checks.check_grouped_params(reference_params, hidden=hidden)
-        checks.check_grouped_conv(sliced_conv, hidden=hidden)
-        checks.check_towers_to_grouped(towers_to_grouped, hidden=hidden)
+        run_all_cases("ex05_xception", [
+            (checks.check_grouped_params, reference_params),
+            (checks.check_grouped_conv, sliced_conv),
+            (checks.check_towers_to_grouped, towers_to_grouped),
+        ])
     assert stderr.getvalue() == ""
+
+
+def test_missing_dilation_is_named_not_blamed_on_the_slicing():
+    msg = failure(checks.check_grouped_conv,
+                  lambda x, w, bias=None, stride=1, padding=0, dilation=1, groups=1:
+                  sliced_conv(x, w, bias, stride, padding, 1, groups))
+    assert "dilation is missing" in msg and "owns weight rows" not in msg
+
+
+def test_middle_flow_share_without_batchnorm_fails():
+    from course_lib import xception
+    with torch.device("meta"):
+        by_flow = xception.params_by_flow(xception.Xception())
+    total = sum(by_flow.values())
+    checks.check_middle_flow_share(by_flow["middle flow"] / total)
+    checks.check_middle_flow_share(round(by_flow["middle flow"] / total, 3))
+    msg = failure(checks.check_middle_flow_share, 24 * (9 * 728 + 728 * 728) / total)
+    assert "BatchNorm" in msg
 
 
 def test_part4_answers_computed_independently():
@@ -53,7 +73,6 @@ def test_part4_answers_computed_independently():
     checks.check_extreme_params(c * c + 9 * c)
     checks.check_order_difference((128 * 256 + 9 * 256) - (9 * 128 + 128 * 256))
     checks.check_middle_flow_share(8 * 3 * (9 * 728 + 728 * 728 + 2 * 728) / 22_855_952)
-    checks.check_middle_flow_share(8 * 3 * (9 * 728 + 728 * 728) / 22_855_952)  # BN: within 0.005
 
 
 def test_part4_mistakes_are_named():
@@ -62,7 +81,7 @@ def test_part4_mistakes_are_named():
     assert "full 3x3 conv" in failure(checks.check_extreme_params, 10 * 256 * 256)
     assert "other way round" in failure(checks.check_order_difference, -1152)
     assert "not a percentage" in failure(checks.check_middle_flow_share, 56.5)
-    assert "expected 0.56" in failure(checks.check_middle_flow_share, 0.4)
+    assert "too low" in failure(checks.check_middle_flow_share, 0.4)
     assert "got list" in failure(checks.check_extreme_params, [67840])
 
 
@@ -87,23 +106,24 @@ def test_the_buggy_grouped_conv_fails_with_the_slicing_hint():
 
 def test_the_buggy_version_agrees_when_channels_match():
     """The bug the exercise is built on is real: it passes when C == M, fails otherwise."""
-    case = checks.grouped_cases(False)[0]
+    case = checks.grouped_cases(checks.VISIBLE_SEED, 5)[0]
     assert case.x.shape[1] == case.weight.shape[0]
     torch.testing.assert_close(sliced_conv(case.x, case.weight, **case.kwargs(), buggy=True),
                                F.conv2d(case.x, case.weight, **case.kwargs()))
-    assert any(c.x.shape[1] != c.weight.shape[0] for c in checks.grouped_cases(True))
+    assert any(c.x.shape[1] != c.weight.shape[0]
+               for c in checks.grouped_cases(checks.VISIBLE_SEED, 5))
 
 
 def test_grouped_conv_must_not_delegate_the_grouping():
     msg = failure(checks.check_grouped_conv, lambda x, w, **kw: F.conv2d(x, w, **kw))
-    assert "slice the channels" in msg and "groups=2" in msg
+    assert "slice the channels" in msg and "groups=1" in msg
     assert F.conv2d is checks._REF["conv2d"] or F.conv2d.__name__ == "conv2d"  # restored
 
 
 def test_grouped_conv_ignoring_bias_reports_values():
     msg = failure(checks.check_grouped_conv,
                   lambda x, w, bias=None, **kw: sliced_conv(x, w, None, **kw))
-    assert "wrong values" in msg
+    assert "bias is missing" in msg
 
 
 def test_towers_mistakes():

@@ -15,6 +15,7 @@ import course_lib.checks.ex07_mobilenet as checks
 from course_lib import bench, mobilenet
 from course_lib.checks import CheckFailed
 from course_lib.separable import DepthwiseSeparableConv2d
+from exercise_helpers import case_sets, run_all_cases
 
 BLOCKS = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)] + [(512, 1)] * 5 + \
     [(1024, 2), (1024, 1)]
@@ -85,13 +86,88 @@ def _intensities():
             bench.layer_workload("pointwise", 512, 14, 1, 4).intensity)
 
 
-@pytest.mark.parametrize("hidden", [False, True])
-def test_reference_answers_pass_without_stderr(hidden):
+def test_reference_answers_pass_without_stderr():
+    """Visible and hidden cases (the hidden ones read from the solution notebook)."""
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
-        checks.check_mobilenet(build, hidden=hidden)
-        checks.check_time_ms(time_ms, hidden=hidden)
+        run_all_cases("ex07_mobilenet", [
+            (checks.check_mobilenet, build),
+            (checks.check_time_ms, time_ms),
+        ])
     assert stderr.getvalue() == ""
+
+
+def test_course_lib_mobilenet_is_refused():
+    """ex07 part 1 must not pass by returning course_lib's MobileNetV1, built inside or before."""
+    msg = failure(checks.check_mobilenet, lambda *a: mobilenet.MobileNetV1(*a))
+    assert "not return course_lib's MobileNetV1" in msg
+    prebuilt = {args: mobilenet.MobileNetV1(*args) for args in checks.VISIBLE_CASES}
+    msg = failure(checks.check_mobilenet, lambda *a: prebuilt[a])
+    assert "containing course_lib's MobileNetV1" in msg
+    assert isinstance(mobilenet.MobileNetV1(0.25, 10, 1), nn.Module)   # restored afterwards
+
+
+def test_timing_that_ignores_warmup_and_repeats_is_caught():
+    fixed = lambda fn, warmup=3, repeats=10, device="cpu": time_ms(fn, 3, 10, device)  # noqa
+    msg = failure(checks.check_time_ms, fixed)
+    assert "use the arguments" in msg and "called fn 13 times" in msg
+
+
+def test_typed_in_timings_are_rejected():
+    """Part 4's numbers must be values the (recorded) time_ms returned in this session."""
+    recorded = checks.recorded(time_ms)
+    model, conv = mobilenet.MobileNetV1().eval(), mobilenet.ConvMobileNet().eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        a = recorded(lambda: model(x), warmup=1, repeats=3)
+        b = recorded(lambda: conv(x), warmup=1, repeats=3)
+    ratio = mobilenet.total_macs(1.0, 64, full_conv=True) / mobilenet.total_macs(1.0, 64)
+    checks.check_cpu_measurements(a, b, b / a, ratio, 2, 64, recorded)
+    typed_a, typed_b = round(a, 1) + 0.05, round(b, 1) + 0.05   # plausible, but typed in
+    msg = failure(checks.check_cpu_measurements, typed_a, typed_b, typed_b / typed_a, ratio, 2,
+                  64, recorded)
+    assert "not a number your time_ms returned" in msg
+
+
+def _fake_gpu_measure(student_factor=1.0, reference=(2.0, 9.0)):
+    """An injected GPU measurement (no GPU here): the student's time_ms reads ``student_factor``
+    times the grader's own timings of MobileNetV1 and ConvMobileNet."""
+    def measure(student_time_ms):
+        assert callable(student_time_ms)
+        return {"MobileNetV1": (reference[0] * student_factor, reference[0]),
+                "ConvMobileNet": (reference[1] * student_factor, reference[1])}
+    return measure
+
+
+def test_gpu_part_without_a_gpu_gives_full_marks_whatever_gpu_ms_holds(capsys):
+    for gpu_ms in (None, {"MobileNetV1": 1e9}, "stub", 3):
+        checks.check_gpu_measurements(gpu_ms, time_ms, gpu=False)
+    assert capsys.readouterr().out.count("no GPU on this machine") == 4
+
+
+def test_gpu_part_logic_with_an_injected_gpu(capsys):
+    """The GPU grader's decisions, run on a CPU with an injected measurement."""
+    honest = {"MobileNetV1": 2.2, "ConvMobileNet": 8.5}
+    checks.check_gpu_measurements(honest, time_ms, gpu=True, measure=_fake_gpu_measure())
+    # another GPU, 4x slower: still accepted (GPUs differ), and the ratio agrees
+    slower = {k: 4 * v for k, v in honest.items()}
+    checks.check_gpu_measurements(slower, time_ms, gpu=True, measure=_fake_gpu_measure())
+    # a truthful None: graded on the student's time_ms measured by the grader
+    checks.check_gpu_measurements(None, time_ms, gpu=True, measure=_fake_gpu_measure())
+    assert "agrees with the grader's own timing, so this part counts" in capsys.readouterr().out
+    # fabricated: implausible values, or a made-up ratio
+    assert "implausible" in failure(checks.check_gpu_measurements, {"MobileNetV1": 0.01,
+                                                                    "ConvMobileNet": 0.02},
+                                    time_ms, gpu=True, measure=_fake_gpu_measure())
+    assert "ratio" in failure(checks.check_gpu_measurements, {"MobileNetV1": 5.0,
+                                                              "ConvMobileNet": 5.0},
+                              time_ms, gpu=True, measure=_fake_gpu_measure())
+    # a time_ms that does not synchronize reads far too little on the real GPU
+    msg = failure(checks.check_gpu_measurements, honest, time_ms, gpu=True,
+                  measure=_fake_gpu_measure(student_factor=0.05))
+    assert "your time_ms gave" in msg and "synchronization" in msg
+    assert "should be None" in failure(checks.check_gpu_measurements, "stub", time_ms, gpu=True,
+                                       measure=_fake_gpu_measure())
 
 
 def test_other_reference_answers_pass_without_stderr():
@@ -121,7 +197,7 @@ def test_measurement_check_accepts_real_numbers():
     ratio = mobilenet.total_macs(1.0, 64, full_conv=True) / mobilenet.total_macs(1.0, 64)
     checks.check_cpu_measurements(a, b, b / a, ratio, 2, 64)
     assert "upside down" in failure(checks.check_cpu_measurements, a, b, a / b, ratio, 2, 64)
-    assert "expected" in failure(checks.check_cpu_measurements, a, b, b / a, 8.6 * 2, 2, 64)
+    assert "too high" in failure(checks.check_cpu_measurements, a, b, b / a, 8.6 * 2, 2, 64)
     # seconds instead of milliseconds
     assert "implausible" in failure(checks.check_cpu_measurements, a / 1e3, b / 1e3, b / a, ratio,
                                     2, 64)

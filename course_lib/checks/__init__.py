@@ -5,25 +5,44 @@ Every check either prints one line starting with a tick and returns None, or rai
 arguments), and what is wrong (type, shape, value and where). Rules they follow:
 
 * nbgrader gives 0 points to a test cell that writes anything to stderr, so student code is run with
-  warnings silenced and stderr captured (:func:`call_student`).
+  warnings silenced, stderr captured and logging handlers that write to stderr redirected
+  (:func:`quiet`, used by :func:`call_student`).
 * A check's return value is None: a test cell's last expression must not be something student code
   can shape (nbgrader reads a float there as partial credit).
 * Reference values come from PyTorch ops bound when this package is imported (``_REF``), before any
   student cell runs, so reassigning ``torch.nn.functional.conv2d`` in a notebook does not change them.
+* Expected values are computed only AFTER the student's code has returned: while it runs, no frame
+  it can walk (``sys._getframe().f_back``...) holds an answer. Student answers are first turned into
+  plain numbers or tensors, then compared.
+* Number checks never print the expected value: they say too high / too low / off by a factor and
+  name the likely mistake (:func:`expect_int`, :func:`expect_close`). Tensor checks may show where
+  values differ.
+* Public checks take their cases as arguments: visible test cells use the defaults, hidden test
+  cells in ``solutions/`` pass their own (seeds, shapes, rates), which the released package never
+  contains.
+* "Implement it" parts run the student's function under :func:`refusing`: PyTorch's convolution
+  (caught at the dispatcher, whatever alias reached it) and course_lib's own implementations refuse
+  with advice.
 
 Per-exercise checks live in ``course_lib.checks.exNN_<topic>``.
 """
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
+import logging
 import math
 import numbers
+import re
+import sys
+import types
 import warnings
-from typing import Any, Callable, Iterator, NoReturn
+from typing import Any, Callable, Iterable, Iterator, NoReturn
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 # PyTorch references captured at import time (see the module docstring).
 _REF = {
@@ -45,13 +64,45 @@ def passed(message: str) -> None:
     print(f"\u2714 {message}")
 
 
+def _writes_to_stderr(stream: Any, current: Any) -> bool:
+    """True for a stream that ends up on the process's or the notebook's stderr."""
+    return (stream is current or stream is sys.__stderr__
+            or getattr(stream, "name", None) in ("<stderr>", "stderr"))
+
+
+def _stderr_handlers() -> list[logging.StreamHandler]:
+    """Every logging handler (root and named loggers) that writes to stderr. Such a handler keeps
+    the stream it was created with, so redirecting ``sys.stderr`` alone does not silence it."""
+    loggers = [logging.getLogger()] + [logger for logger in
+                                       list(logging.Logger.manager.loggerDict.values())
+                                       if isinstance(logger, logging.Logger)]
+    found, current = [], sys.stderr
+    for logger in loggers:
+        for handler in list(logger.handlers):
+            if (isinstance(handler, logging.StreamHandler)
+                    and not isinstance(handler, logging.FileHandler)
+                    and handler not in found
+                    and _writes_to_stderr(getattr(handler, "stream", None), current)):
+                found.append(handler)
+    return found
+
+
 @contextlib.contextmanager
 def quiet() -> Iterator[io.StringIO]:
-    """Silence warnings and capture stderr: in nbgrader any stderr output zeroes a test cell."""
+    """Silence warnings, capture stderr and point stderr logging handlers at the same buffer: in
+    nbgrader any stderr output zeroes a test cell, even an honest student's log line."""
     buffer = io.StringIO()
+    handlers = _stderr_handlers()
+    streams = [handler.stream for handler in handlers]
     with warnings.catch_warnings(), contextlib.redirect_stderr(buffer):
         warnings.simplefilter("ignore")
-        yield buffer
+        for handler in handlers:
+            handler.stream = buffer
+        try:
+            yield buffer
+        finally:
+            for handler, stream in zip(handlers, streams):
+                handler.stream = stream
 
 
 def describe(value: Any) -> str:
@@ -68,13 +119,22 @@ def describe_call(name: str, args: tuple = (), kwargs: dict | None = None) -> st
     return f"{name}({', '.join(parts)})"
 
 
+def _fresh(value: Any) -> Any:
+    """A copy of a tensor argument, so a student function that writes into its input cannot change
+    the case the reference is computed from afterwards."""
+    return value.detach().clone() if type(value) is torch.Tensor else value
+
+
 def call_student(fn: Callable[..., Any], *args: Any, name: str | None = None,
                  **kwargs: Any) -> Any:
-    """Call a student's function quietly; turn its exceptions into an actionable message."""
+    """Call a student's function quietly, on copies of its tensor arguments; turn its exceptions
+    into an actionable message. Call it BEFORE computing the expected value (module docstring)."""
     label = name or getattr(fn, "__name__", "your function")
     if not callable(fn):
         fail(f"{label} should be a function, but it is a {type(fn).__name__}.")
     call = describe_call(label, args, kwargs)
+    args = tuple(_fresh(a) for a in args)
+    kwargs = {k: _fresh(v) for k, v in kwargs.items()}
     try:
         with quiet():
             return fn(*args, **kwargs)
@@ -87,6 +147,27 @@ def call_student(fn: Callable[..., Any], *args: Any, name: str | None = None,
         fail(f"{label} raised {type(exc).__name__} on {call}; a function must return its result.")
     except Exception as exc:  # any student bug: report it with the input that triggered it
         fail(f"{label} raised {type(exc).__name__} on {call}: {exc}")
+
+
+def call_each(fn: Callable[..., Any], calls: Iterable[tuple[tuple, dict]],
+              name: str | None = None) -> list[Any]:
+    """:func:`call_student` on every (args, kwargs) first, before any expected value exists. A
+    call that fails is kept as its :class:`CheckFailed` and raised by :func:`answer` when its
+    case comes up, so the first case still fails first (with its own hint)."""
+    results: list[Any] = []
+    for args, kwargs in calls:
+        try:
+            results.append(call_student(fn, *args, name=name, **kwargs))
+        except CheckFailed as exc:
+            results.append(exc)
+    return results
+
+
+def answer(result: Any) -> Any:
+    """A result of :func:`call_each`: the student's value, or its failure raised now."""
+    if isinstance(result, CheckFailed):
+        raise result
+    return result
 
 
 def expect_tensor(actual: Any, expected: torch.Tensor, what: str, atol: float = 1e-4,
@@ -121,31 +202,41 @@ def expect_tensor(actual: Any, expected: torch.Tensor, what: str, atol: float = 
              f"expected {expected[index].item():.5g}).")
 
 
+def _plain(value: Any) -> Any:
+    """A student's number as a plain Python int/float, read without running any method the
+    student's class may define: types are tested with ``type()`` (``isinstance`` would consult a
+    ``__class__`` property) and ints read with ``int.__int__`` (not an overridden ``__int__``)."""
+    kind = type(value)
+    if kind is torch.Tensor and value.numel() == 1:
+        return value.item()
+    if kind is bool:
+        return value
+    if issubclass(kind, bool):
+        return bool(int.__int__(value))
+    if issubclass(kind, int):
+        return int.__int__(value)
+    if issubclass(kind, float):
+        return float.__float__(value)
+    if kind.__module__ == "numpy" and issubclass(kind, numbers.Real):
+        return value.item()
+    return value
+
+
 def as_int(value: Any, what: str) -> int:
     """Accept Python/NumPy/0-d tensor integers (and integral floats); reject anything else."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    value = _plain(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         fail(f"{what}: expected a whole number, got {type(value).__name__} {value!r}.")
-    if isinstance(value, float) and (math.isnan(value) or value != int(value)):
+    if isinstance(value, float) and (not math.isfinite(value) or value != int(value)):
         fail(f"{what}: expected a whole number, got {value!r}.")
     return int(value)
-
-
-def expect_int(actual: Any, expected: int, what: str, hints: dict[int, str] | None = None) -> None:
-    """Compare an integer answer; ``hints`` maps a known wrong value to advice about that mistake."""
-    value = as_int(actual, what)
-    if value != expected:
-        hint = (hints or {}).get(value)
-        fail(f"{what}: got {value:,}, expected {expected:,}." + (f" Hint: {hint}" if hint else ""))
 
 
 def as_number(value: Any, what: str, finite: bool = True) -> float:
     """Accept a real number (Python, NumPy or a one-element tensor) as a float; reject anything
     else, and non-finite values unless ``finite=False``."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    value = _plain(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         fail(f"{what}: expected a number, got {type(value).__name__} {value!r}.")
     value = float(value)
     if finite and not math.isfinite(value):
@@ -153,30 +244,172 @@ def as_number(value: Any, what: str, finite: bool = True) -> float:
     return value
 
 
+def _whole_factor(ratio: float) -> int | None:
+    """n when ``ratio`` is (to float precision) a whole number n >= 2."""
+    n = round(ratio)
+    return n if n >= 2 and math.isclose(ratio, n, rel_tol=1e-9) else None
+
+
+def how_wrong(value: float, expected: float) -> str:
+    """Direction of a wrong number without its right value: "too high", "too low", and when the
+    ratio is a whole number, "N times too high/low" (a classic sign of a missing or extra factor)."""
+    if expected != 0 and value != 0 and (value > 0) == (expected > 0):
+        up, down = _whole_factor(value / expected), _whole_factor(expected / value)
+        if up:
+            return f"{up} times too large (an extra factor of {up}?)"
+        if down:
+            return f"{down} times too small (a missing factor of {down}?)"
+    if value > expected:
+        return "too high"
+    return "too low" if value < expected else "right"
+
+
+def wrong_number(what: str, shown: str, value: float, expected: float,
+                 hints: dict | None = None, close: Callable[[float, float], bool] | None = None
+                 ) -> NoReturn:
+    """Fail for a wrong number: say how it is wrong and, when it matches a known wrong value,
+    which mistake gives it; never print the right value."""
+    hint = next((text for wrong, text in (hints or {}).items()
+                 if (close(value, wrong) if close else value == wrong)), None)
+    fail(f"{what}: got {shown}, which is {how_wrong(value, expected)}."
+         + (f" Hint: {hint}" if hint else ""))
+
+
+def expect_int(actual: Any, expected: int, what: str, hints: dict[int, str] | None = None) -> None:
+    """Compare an integer answer; ``hints`` maps a known wrong value to advice about that mistake.
+    The message never contains the expected value."""
+    value = as_int(actual, what)
+    if value != expected:
+        wrong_number(what, f"{value:,}", value, expected,
+                     {k: v for k, v in (hints or {}).items() if k != expected})
+
+
 def expect_close(actual: Any, expected: float, what: str, rel: float = 1e-6,
-                 abs_tol: float = 1e-9) -> None:
-    """Compare a real-valued answer with a relative tolerance."""
+                 abs_tol: float = 1e-9, hints: dict[float, str] | None = None) -> None:
+    """Compare a real-valued answer with a relative tolerance; the message never contains the
+    expected value."""
     value = as_number(actual, what, finite=False)
     if not math.isfinite(value):
-        fail(f"{what}: got {value!r}, expected {expected:.6g}.")
-    if not math.isclose(value, expected, rel_tol=rel, abs_tol=abs_tol):
-        fail(f"{what}: got {value:.6g}, expected {expected:.6g}.")
+        fail(f"{what}: got {value!r}, expected a finite number.")
+    def same(a: float, b: float) -> bool:
+        return math.isclose(a, b, rel_tol=rel, abs_tol=abs_tol)
+    if not same(value, expected):
+        wrong_number(what, f"{value:.6g}", value, expected,
+                     {k: v for k, v in (hints or {}).items() if not same(k, expected)}, same)
+
+
+# aten operators that compute a convolution: every PyTorch route (F.conv2d, torch.conv2d,
+# nn.Conv2d, torch.ops.aten.convolution, torch._C._nn..., an alias bound earlier) ends in one.
+_CONVOLUTION_OP = re.compile(r"(^|_)conv(olution)?(\d|_|$)|convolution|conv_depthwise|conv_tbc")
+
+
+def _groups_of(op_name: str, args: tuple, kwargs: dict) -> int:
+    """The ``groups`` argument of an aten convolution call (1 when it cannot be read)."""
+    positions = {"convolution": 8, "_convolution": 8, "conv2d": 6, "conv1d": 6, "conv3d": 6,
+                 "mkldnn_convolution": 6}
+    if "groups" in kwargs:
+        return int(kwargs["groups"])
+    index = positions.get(op_name)
+    return int(args[index]) if index is not None and len(args) > index else 1
+
+
+class _RefuseConvolutions(TorchDispatchMode):
+    """While active, aten convolution operators raise :class:`CheckFailed` (all of them, or only
+    grouped ones when ``grouped_only``)."""
+
+    def __init__(self, advice: str, grouped_only: bool):
+        super().__init__()
+        self.advice, self.grouped_only = advice, grouped_only
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (),
+                           kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        name = func.overloadpacket.__name__
+        if _CONVOLUTION_OP.search(name):
+            if not self.grouped_only or _groups_of(name, args, kwargs) != 1:
+                fail(self.advice)
+        return func(*args, **kwargs)
+
+
+def _refuser_code(message: str, freevars: int) -> types.CodeType:
+    """Code for a function body that raises CheckFailed(message), with ``freevars`` free variables
+    so it can replace the code of a function with a closure (``super()`` makes one)."""
+    names = [f"_free{i}" for i in range(freevars)]
+    lines = ["def _outer():"] + [f"    {n} = None" for n in names] + [
+        "    def _refuse(*args, **kwargs):",
+        f"        ({', '.join(names) + (',' if names else '')})",
+        "        raise __import__('course_lib.checks', fromlist=['CheckFailed']).CheckFailed("
+        f"{message!r})",
+        "    return _refuse"]
+    namespace: dict = {}
+    exec(compile("\n".join(lines), "<course_lib.checks>", "exec"), namespace)
+    return namespace["_outer"]().__code__
+
+
+def _functions_of(reference: Any) -> list[types.FunctionType]:
+    """The Python functions behind a reference: a function itself (unwrapped), or a class's own
+    methods (``__init__``, ``forward``, ...), so constructing or calling it refuses."""
+    if inspect.isclass(reference):
+        found = []
+        for value in vars(reference).values():
+            value = getattr(value, "__func__", value)
+            if isinstance(value, types.FunctionType):
+                found.append(value)
+        return found
+    reference = inspect.unwrap(reference)
+    return [reference] if isinstance(reference, types.FunctionType) else []
+
+
+def references_in(*modules: Any) -> list[Any]:
+    """Every function and class a course_lib module defines (its own, not what it imports)."""
+    found = []
+    for module in modules:
+        for value in vars(module).values():
+            if ((inspect.isfunction(value) or inspect.isclass(value))
+                    and getattr(value, "__module__", None) == module.__name__):
+                found.append(value)
+    return found
 
 
 @contextlib.contextmanager
-def forbid(module: Any, attribute: str, advice: str) -> Iterator[None]:
-    """Temporarily make ``module.attribute`` raise, to check a student built something themselves
-    (e.g. conv2d from unfold, not by calling F.conv2d)."""
-    original = getattr(module, attribute)
+def refusing(advice: str, *, convolutions: bool | str = False,
+             references: Iterable[Any] = ()) -> Iterator[None]:
+    """While a student's function runs, make the references it must not use refuse with
+    ``advice`` (what to do instead).
 
-    def refuse(*args: Any, **kwargs: Any) -> NoReturn:
-        fail(advice)
+    * ``convolutions=True``: every PyTorch convolution, caught at the dispatcher (a
+      TorchDispatchMode), so ``F.conv2d``, ``torch.conv2d``, ``nn.Conv2d``,
+      ``torch.ops.aten.convolution`` or an alias bound before the check all refuse;
+      ``convolutions="grouped"`` refuses only convolutions with ``groups > 1``.
+    * ``references``: course_lib functions and classes (see :func:`references_in`). Their code
+      objects are swapped, so every alias and every wrapper of them refuses too.
 
-    setattr(module, attribute, refuse)
+    Everything is restored on exit: checks compute their own references afterwards."""
+    swapped = []
     try:
-        yield
+        for reference in references:
+            for function in _functions_of(reference):
+                code = function.__code__
+                if code.co_flags & (inspect.CO_GENERATOR | inspect.CO_COROUTINE):
+                    continue
+                swapped.append((function, code))
+                function.__code__ = _refuser_code(advice, len(code.co_freevars))
+        if convolutions:
+            with _RefuseConvolutions(advice, grouped_only=convolutions == "grouped"):
+                yield
+        else:
+            yield
     finally:
-        setattr(module, attribute, original)
+        for function, code in reversed(swapped):
+            function.__code__ = code
+
+
+def course_references(*names: str) -> list[Any]:
+    """Functions and classes of course_lib modules given by name (``"conv"``, ``"costs"``...),
+    for :func:`refusing`."""
+    import importlib
+
+    return references_in(*(importlib.import_module(f"course_lib.{name}") for name in names))
 
 
 def seeded_generator(seed: int) -> torch.Generator:

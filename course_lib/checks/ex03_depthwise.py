@@ -8,18 +8,25 @@ order, swapped kernel axes, the standard-conv cost formula, FLOPs for MACs) get 
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Callable, Iterator
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.checks import (_REF, call_student, describe_call, expect_close, expect_int,
-                               expect_tensor, fail, passed)
+from course_lib.checks import (_REF, as_int, as_number, call_student, course_references,
+                               describe_call, expect_close, expect_int, expect_tensor, fail, passed,
+                               refusing)
 from course_lib.checks.cases import conv_cases
 
-VISIBLE_SEED, HIDDEN_SEED = 303, 50021
+VISIBLE_SEED = 303
+# Keras-layout kernel shapes (K_h, K_w, C, k): K_h != K_w and k >= 2 in most, one k = 1
+KERAS_SHAPES = [(3, 5, 3, 2), (3, 3, 4, 1), (1, 3, 2, 3), (5, 2, 3, 4)]
+# (channels, kernel_size, depth_multiplier, out_h, out_w, bias) for part 3
+COST_CASES = [(32, 3, 1, 112, 112, False), (64, 3, 1, 56, 56, True), (16, 5, 2, 28, 20, True),
+              (7, 2, 3, 9, 13, False), (5, 7, 2, 4, 6, True)]
+_COUNT_ADVICE = ("write the formula yourself: course_lib's counters are what the check compares "
+                 "against, so calling them is not allowed here.")
 
 
 def _close(actual: object, other: torch.Tensor) -> bool:
@@ -37,41 +44,25 @@ def multiplier_first(t: torch.Tensor, channels: int, axis: int) -> torch.Tensor:
     return t.reshape(split).transpose(axis, axis + 1).reshape(t.shape)
 
 
-@contextlib.contextmanager
-def single_channel_convs_only(advice: str) -> Iterator[None]:
-    """Let ``F.conv2d`` / ``torch.conv2d`` run only with ``groups=1``: the student must build the
-    depthwise convolution out of ordinary convolutions (or unfold), not call the grouped one."""
-    originals = (F.conv2d, torch.conv2d)
-
-    def guarded(*args: Any, **kwargs: Any) -> torch.Tensor:
-        groups = kwargs.get("groups", args[6] if len(args) > 6 else 1)
-        if groups != 1:
-            fail(advice)
-        return _REF["conv2d"](*args, **kwargs)
-
-    F.conv2d = torch.conv2d = guarded
-    try:
-        yield
-    finally:
-        F.conv2d, torch.conv2d = originals
-
-
-def check_depthwise_conv2d(depthwise_conv2d: Callable, hidden: bool = False) -> None:
+def check_depthwise_conv2d(depthwise_conv2d: Callable, seed: int = VISIBLE_SEED,
+                           count: int = 5) -> None:
     """Part 1: ``depthwise_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1)`` with
-    ``weight`` (C * k, 1, K, K) equals ``F.conv2d(..., groups=C)``, without using ``groups``."""
-    cases = conv_cases(HIDDEN_SEED if hidden else VISIBLE_SEED, count=8 if hidden else 5,
-                       depthwise=True)
-    advice = ("depthwise_conv2d must not call a grouped convolution (groups > 1): loop over the "
-              "channels and call F.conv2d on one channel at a time.")
-    for case in cases:
-        kwargs = dict(bias=case.bias, stride=case.stride, padding=case.padding,
-                      dilation=case.dilation)
+    ``weight`` (C * k, 1, K, K) equals ``F.conv2d(..., groups=C)``; while it runs, grouped
+    convolutions (any route to them) and course_lib's depthwise layers refuse."""
+    cases = conv_cases(seed, count=count, depthwise=True)
+    advice = ("depthwise_conv2d must not call a grouped convolution (groups > 1) or course_lib's "
+              "depthwise layers: loop over the channels and call F.conv2d on one channel at a "
+              "time.")
+    kwargs = [dict(bias=case.bias, stride=case.stride, padding=case.padding,
+                   dilation=case.dilation) for case in cases]
+    with refusing(advice, convolutions="grouped",
+                  references=course_references("depthwise", "separable")):
+        answers = [call_student(depthwise_conv2d, case.x, case.weight, name="depthwise_conv2d",
+                                **kw) for case, kw in zip(cases, kwargs)]
+    for case, kw, got in zip(cases, kwargs, answers):
         channels = case.x.shape[1]
-        expected = _REF["conv2d"](case.x, case.weight, groups=channels, **kwargs)
-        call = describe_call("depthwise_conv2d", (case.x, case.weight), kwargs)
-        with single_channel_convs_only(advice):
-            got = call_student(depthwise_conv2d, case.x, case.weight, name="depthwise_conv2d",
-                               **kwargs)
+        expected = _REF["conv2d"](case.x, case.weight, groups=channels, **kw)
+        call = describe_call("depthwise_conv2d", (case.x, case.weight), kw)
         right = _close(got, expected)
         if not right and _close(got, multiplier_first(expected, channels, 1)):
             fail(f"{call}: right values, wrong channel order. Filter j of input channel c is "
@@ -83,17 +74,11 @@ def check_depthwise_conv2d(depthwise_conv2d: Callable, hidden: bool = False) -> 
             fail(f"{call}: the values lack the bias (one number per output channel).")
         expect_tensor(got, expected, call)
     passed(f"depthwise_conv2d matches F.conv2d(groups=C) on {len(cases)} random cases (depth "
-           f"multiplier, stride, padding, dilation){' (hidden)' if hidden else ''}.")
+           f"multiplier, stride, padding, dilation).")
 
 
-def _keras_cases(hidden: bool) -> list[torch.Tensor]:
-    """Keras-layout kernels (K_h, K_w, C, k), with K_h != K_w and k >= 2 in most cases so that an
-    axis mix-up cannot pass; one k = 1 case."""
-    g = torch.Generator().manual_seed(HIDDEN_SEED + 1 if hidden else VISIBLE_SEED + 1)
-    shapes = [(3, 5, 3, 2), (3, 3, 4, 1), (1, 3, 2, 3)]
-    for _ in range(5 if hidden else 2):
-        shapes.append(tuple(int(torch.randint(lo, hi, (1,), generator=g))
-                            for lo, hi in ((1, 6), (1, 6), (2, 7), (2, 5))))
+def _keras_kernels(shapes: list[tuple[int, int, int, int]], seed: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
     return [torch.randn(*shape, generator=g) for shape in shapes]
 
 
@@ -108,15 +93,21 @@ def keras_order_reference(kernel: torch.Tensor) -> torch.Tensor:
     return weight
 
 
-def check_keras_to_torch(keras_to_torch: Callable, hidden: bool = False) -> None:
+def check_keras_to_torch(keras_to_torch: Callable,
+                         shapes: Sequence[tuple[int, int, int, int]] = KERAS_SHAPES,
+                         seed: int = VISIBLE_SEED + 1) -> None:
     """Part 2 (find and fix the bug): ``keras_to_torch(kernel)`` turns a Keras
-    ``DepthwiseConv2D`` kernel (K_h, K_w, C, k) into PyTorch's (C * k, 1, K_h, K_w)."""
-    cases = _keras_cases(hidden)
-    for kernel in cases:
+    ``DepthwiseConv2D`` kernel (K_h, K_w, C, k) into PyTorch's (C * k, 1, K_h, K_w); random
+    kernels of the given ``shapes``."""
+    cases = _keras_kernels(list(shapes), seed)
+    advice = "keras_to_torch must reorder the axes itself, not call course_lib's converter."
+    with refusing(advice, references=course_references("depthwise")):
+        answers = [call_student(keras_to_torch, kernel, name="keras_to_torch")
+                   for kernel in cases]
+    for kernel, got in zip(cases, answers):
         kh, kw, channels, k = kernel.shape
         expected = keras_order_reference(kernel)
         call = describe_call("keras_to_torch", (kernel,))
-        got = call_student(keras_to_torch, kernel.clone(), name="keras_to_torch")
         if isinstance(got, torch.Tensor) and kh != kw \
                 and tuple(got.shape) == (channels * k, 1, kw, kh):
             fail(f"{call}: K_h and K_w are swapped: got shape {tuple(got.shape)}, expected "
@@ -131,29 +122,18 @@ def check_keras_to_torch(keras_to_torch: Callable, hidden: bool = False) -> None
                  f"TensorFlow and PyTorch both put filter q of channel c at c * k + q: put the "
                  f"C axis before the k axis when you flatten them.")
         expect_tensor(got, expected, call, atol=0, rtol=0)
-    passed(f"keras_to_torch keeps TensorFlow's channel order on {len(cases)} kernels"
-           f"{' (hidden)' if hidden else ''}.")
+    passed(f"keras_to_torch keeps TensorFlow's channel order on {len(cases)} kernels.")
 
 
-def _cost_cases(hidden: bool) -> list[tuple[int, int, int, int, int, bool]]:
-    """(C, K, k, H_out, W_out, bias): MobileNet-like layers, then random ones."""
-    g = torch.Generator().manual_seed(HIDDEN_SEED + 2 if hidden else VISIBLE_SEED + 2)
-    cases = [(32, 3, 1, 112, 112, False), (64, 3, 1, 56, 56, True), (16, 5, 2, 28, 20, True)]
-    for _ in range(6):
-        cases.append((int(torch.randint(1, 129, (1,), generator=g)),
-                      int(torch.randint(1, 8, (1,), generator=g)),
-                      int(torch.randint(1, 4, (1,), generator=g)),
-                      int(torch.randint(1, 40, (1,), generator=g)),
-                      int(torch.randint(1, 40, (1,), generator=g)),
-                      bool(torch.randint(2, (1,), generator=g))))
-    return cases
-
-
-def check_depthwise_params(depthwise_params: Callable, hidden: bool = False) -> None:
+def check_depthwise_params(depthwise_params: Callable,
+                           cases: Sequence[tuple[int, int, int, int, int, bool]] = COST_CASES
+                           ) -> None:
     """Part 3a: ``depthwise_params(channels, kernel_size, depth_multiplier=1, bias=True)`` against
-    ``nn.Conv2d(C, C * k, K, groups=C)``."""
-    cases = _cost_cases(hidden)
-    for c, kernel, k, _, _, bias in cases:
+    ``nn.Conv2d(C, C * k, K, groups=C)``; cases are (C, K, k, H_out, W_out, bias)."""
+    with refusing(_COUNT_ADVICE, references=course_references("costs", "depthwise")):
+        answers = [call_student(depthwise_params, c, kernel, k, bias, name="depthwise_params")
+                   for c, kernel, k, _, _, bias in cases]
+    for (c, kernel, k, _, _, bias), got in zip(cases, answers):
         layer = nn.Conv2d(c, c * k, kernel, groups=c, bias=bias, device="meta")
         expected = sum(p.numel() for p in layer.parameters())
         b = c * k if bias else 0
@@ -164,21 +144,23 @@ def check_depthwise_params(depthwise_params: Callable, hidden: bool = False) -> 
                  kernel * c * k + b: "the kernel is K x K: multiply by K twice."}
         if bias and k > 1:
             hints[kernel * kernel * c * k + c] = "one bias per OUTPUT channel: C * k of them."
-        hints.pop(expected, None)
         args = (c, kernel, k, bias)
-        expect_int(call_student(depthwise_params, *args, name="depthwise_params"), expected,
-                   describe_call("depthwise_params", args), hints)
-    passed(f"depthwise_params matches nn.Conv2d(groups=C) on {len(cases)} layers"
-           f"{' (hidden)' if hidden else ''}.")
+        expect_int(got, expected, describe_call("depthwise_params", args), hints)
+    passed(f"depthwise_params matches nn.Conv2d(groups=C) on {len(cases)} layers.")
 
 
-def check_depthwise_macs(depthwise_macs: Callable, hidden: bool = False) -> None:
+def check_depthwise_macs(depthwise_macs: Callable,
+                         cases: Sequence[tuple[int, int, int, int, int, bool]] = COST_CASES
+                         ) -> None:
     """Part 3b: ``depthwise_macs(channels, kernel_size, out_h, out_w, depth_multiplier=1)``
-    against a FlopCounterMode measurement of a real grouped conv (FLOPs / 2)."""
+    against a FlopCounterMode measurement of a real grouped conv (FLOPs / 2); cases are
+    (C, K, k, H_out, W_out, bias)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    cases = _cost_cases(hidden)
-    for c, kernel, k, oh, ow, _ in cases:
+    with refusing(_COUNT_ADVICE, references=course_references("costs", "depthwise")):
+        answers = [call_student(depthwise_macs, c, kernel, oh, ow, k, name="depthwise_macs")
+                   for c, kernel, k, oh, ow, _ in cases]
+    for (c, kernel, k, oh, ow, _), got in zip(cases, answers):
         # an input that gives exactly oh x ow outputs with no padding, stride 1
         x = torch.zeros(1, c, oh + kernel - 1, ow + kernel - 1, device="meta")
         w = torch.zeros(c * k, 1, kernel, kernel, device="meta")
@@ -193,12 +175,9 @@ def check_depthwise_macs(depthwise_macs: Callable, hidden: bool = False) -> None
                                           "every output position."}
         if k > 1:
             hints[expected // k] = "each channel has depth_multiplier filters: multiply by it."
-        hints.pop(expected, None)
         args = (c, kernel, oh, ow, k)
-        expect_int(call_student(depthwise_macs, *args, name="depthwise_macs"), expected,
-                   describe_call("depthwise_macs", args), hints)
-    passed(f"depthwise_macs matches a measured FlopCounterMode count on {len(cases)} layers"
-           f"{' (hidden)' if hidden else ''}.")
+        expect_int(got, expected, describe_call("depthwise_macs", args), hints)
+    passed(f"depthwise_macs matches a measured FlopCounterMode count on {len(cases)} layers.")
 
 
 def check_mobilenet_layer(dw_params: object, dw_macs: object,
@@ -208,21 +187,22 @@ def check_mobilenet_layer(dw_params: object, dw_macs: object,
     channels would cost, all measured on real layers."""
     from course_lib.costs import count_params, measure_macs
 
+    # The answers as plain numbers first; the expected values only after.
+    answers = (as_int(dw_params, "dw_params"), as_int(dw_macs, "dw_macs"),
+               as_number(standard_over_depthwise, "standard_over_depthwise"))
     shape = (1, 32, 112, 112)
     dw = nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False)
     full = nn.Conv2d(32, 32, 3, padding=1, bias=False)
     params, macs = count_params(dw), measure_macs(dw, shape)
-    expect_int(dw_params, params, "dw_params",
+    expect_int(answers[0], params, "dw_params",
                {params + 32: "MobileNet's convolutions have no bias (BatchNorm follows them).",
                 count_params(full): "that is the standard convolution's count; a depthwise "
                                     "filter is 1 x 3 x 3."})
-    expect_int(dw_macs, macs, "dw_macs",
+    expect_int(answers[1], macs, "dw_macs",
                {2 * macs: "that is FLOPs (2 per MAC); count multiply-adds once.",
                 3 * 3 * 32 * 110 * 110: "padding 1 keeps the output 112x112."})
     ratio = measure_macs(full, shape) / macs
-    if isinstance(standard_over_depthwise, (int, float)) and \
-            abs(standard_over_depthwise * ratio - 1) < 1e-9:
-        fail("standard_over_depthwise: you divided the other way round; give standard MACs "
-             "divided by depthwise MACs (a number > 1).")
-    expect_close(standard_over_depthwise, ratio, "standard_over_depthwise")
+    expect_close(answers[2], ratio, "standard_over_depthwise", hints={
+        1 / ratio: "you divided the other way round; give standard MACs divided by depthwise "
+                   "MACs (a number > 1)."})
     passed(f"{params} parameters, {macs:,} MACs; a standard 3x3 conv costs {ratio:.0f}x more.")

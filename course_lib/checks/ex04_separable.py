@@ -6,32 +6,27 @@ PyTorch's own conv2d, and output values from ``F.conv2d`` bound at import (``_RE
 """
 from __future__ import annotations
 
-import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from course_lib.checks import (_REF, call_student, describe_call, expect_close, expect_int,
-                               expect_tensor, fail, passed, quiet)
+from course_lib.checks import (_REF, as_int, as_number, call_student, course_references,
+                               describe_call, expect_close, expect_int, expect_tensor, fail,
+                               how_wrong, passed, quiet, refusing)
 
-VISIBLE_SEED, HIDDEN_SEED = 404, 40427
-
-
-def _randint(g: torch.Generator, low: int, high: int) -> int:
-    """An int in [low, high]."""
-    return int(torch.randint(low, high + 1, (1,), generator=g))
-
-
-def _layer_cases(hidden: bool) -> list[tuple[int, int, int, int]]:
-    """(in_channels, out_channels, kernel_size, depth_multiplier): the worked example first."""
-    g = torch.Generator().manual_seed(HIDDEN_SEED if hidden else VISIBLE_SEED)
-    cases = [(3, 16, 3, 1), (32, 64, 3, 1), (8, 8, 5, 2)]
-    for _ in range(6 if hidden else 4):
-        cases.append((_randint(g, 1, 64), _randint(g, 1, 128), _randint(g, 1, 7),
-                      _randint(g, 1, 3)))
-    return cases
+VISIBLE_SEED = 404
+# (in_channels, out_channels, kernel_size, depth_multiplier): the worked example first
+LAYER_CASES = [(3, 16, 3, 1), (32, 64, 3, 1), (8, 8, 5, 2), (5, 7, 2, 3), (12, 1, 7, 1)]
+# (in_channels, out_channels, kernel_size, out_h, out_w, depth_multiplier)
+MACS_CASES = [(3, 16, 3, 8, 8, 1), (32, 64, 3, 14, 14, 1), (8, 8, 5, 7, 3, 2), (5, 7, 1, 9, 12, 3)]
+# (in_channels, out_channels, kernel_size (odd), stride, input size)
+BLOCK_CASES = [(4, 8, 3, 1, 9), (6, 5, 3, 2, 11), (3, 7, 5, 3, 13), (8, 2, 1, 2, 6)]
+# (in_channels, out_channels, kernel_size) of separable_to_full's weights
+FULL_SHAPES = [(3, 16, 3), (4, 4, 3), (5, 2, 1), (2, 6, 5)]
+_COUNT_ADVICE = ("write the formula yourself: course_lib's counters are what the check compares "
+                 "against, so calling them is not allowed here.")
 
 
 def _reference_params(c: int, m: int, k: int, d: int) -> int:
@@ -40,11 +35,14 @@ def _reference_params(c: int, m: int, k: int, d: int) -> int:
     return sum(p.numel() for layer in (depthwise, pointwise) for p in layer.parameters())
 
 
-def check_separable_params(separable_params: Callable, hidden: bool = False) -> None:
+def check_separable_params(separable_params: Callable,
+                           cases: Sequence[tuple[int, int, int, int]] = LAYER_CASES) -> None:
     """``separable_params(in_channels, out_channels, kernel_size, depth_multiplier)`` (no bias)
-    against real depthwise + pointwise layers."""
-    cases = _layer_cases(hidden)
-    for c, m, k, d in cases:
+    against real depthwise + pointwise layers; cases are those four arguments."""
+    with refusing(_COUNT_ADVICE, references=course_references("costs", "separable")):
+        answers = [call_student(separable_params, *case, name="separable_params")
+                   for case in cases]
+    for (c, m, k, d), got in zip(cases, answers):
         expected = _reference_params(c, m, k, d)
         hints = {
             k * k * c * m: "that is a standard convolution's count; a separable one has a "
@@ -59,11 +57,8 @@ def check_separable_params(separable_params: Callable, hidden: bool = False) -> 
                                    "has C*d channels, not C.",
             k * k * c * d + c * d * m + c * d + m: "count no bias here (bias=False).",
         }
-        hints.pop(expected, None)
-        expect_int(call_student(separable_params, c, m, k, d), expected,
-                   describe_call("separable_params", (c, m, k, d)), hints)
-    passed(f"separable_params matches real depthwise + pointwise layers on {len(cases)} cases"
-           f"{' (hidden)' if hidden else ''}.")
+        expect_int(got, expected, describe_call("separable_params", (c, m, k, d)), hints)
+    passed(f"separable_params matches real depthwise + pointwise layers on {len(cases)} cases.")
 
 
 def _measured_macs(c: int, m: int, k: int, out_h: int, out_w: int, d: int) -> int:
@@ -76,13 +71,13 @@ def _measured_macs(c: int, m: int, k: int, out_h: int, out_w: int, d: int) -> in
     return counter.get_total_flops() // 2
 
 
-def check_separable_macs(separable_macs: Callable, hidden: bool = False) -> None:
+def check_separable_macs(separable_macs: Callable,
+                         cases: Sequence[tuple[int, int, int, int, int, int]] = MACS_CASES) -> None:
     """``separable_macs(in_channels, out_channels, kernel_size, out_h, out_w, depth_multiplier)``
-    against FlopCounterMode (FLOPs / 2) on PyTorch's conv2d."""
-    g = torch.Generator().manual_seed((HIDDEN_SEED if hidden else VISIBLE_SEED) + 1)
-    cases = _layer_cases(hidden)
-    for c, m, k, d in cases:
-        out_h, out_w = _randint(g, 1, 40), _randint(g, 1, 40)
+    against FlopCounterMode (FLOPs / 2) on PyTorch's conv2d; cases are those six arguments."""
+    with refusing(_COUNT_ADVICE, references=course_references("costs", "separable")):
+        answers = [call_student(separable_macs, *case, name="separable_macs") for case in cases]
+    for (c, m, k, out_h, out_w, d), got in zip(cases, answers):
         expected = _measured_macs(c, m, k, out_h, out_w, d)
         hw = out_h * out_w
         hints = {
@@ -94,22 +89,9 @@ def check_separable_macs(separable_macs: Callable, hidden: bool = False) -> None
             k * k * c * d * hw: "you left out the pointwise (1x1) part.",
             c * d * m * hw: "you left out the depthwise part.",
         }
-        hints.pop(expected, None)
         args = (c, m, k, out_h, out_w, d)
-        expect_int(call_student(separable_macs, *args), expected,
-                   describe_call("separable_macs", args), hints)
-    passed(f"separable_macs matches FlopCounterMode on {len(cases)} layers"
-           f"{' (hidden)' if hidden else ''}.")
-
-
-def _block_cases(hidden: bool) -> list[tuple[int, int, int, int]]:
-    """(in_channels, out_channels, kernel_size, stride) for the fixed block."""
-    g = torch.Generator().manual_seed((HIDDEN_SEED if hidden else VISIBLE_SEED) + 2)
-    cases = [(4, 8, 3, 1), (6, 5, 3, 2)]
-    for _ in range(4 if hidden else 2):
-        cases.append((_randint(g, 2, 12), _randint(g, 1, 16), 2 * _randint(g, 0, 3) + 1,
-                      _randint(g, 1, 3)))
-    return cases
+        expect_int(got, expected, describe_call("separable_macs", args), hints)
+    passed(f"separable_macs matches FlopCounterMode on {len(cases)} layers.")
 
 
 def _conv_attribute(block: nn.Module, name: str, call: str) -> nn.Conv2d:
@@ -123,14 +105,19 @@ def _conv_attribute(block: nn.Module, name: str, call: str) -> nn.Conv2d:
     return layer
 
 
-def check_separable_block(SeparableConv2d: Callable, hidden: bool = False) -> None:
+def check_separable_block(SeparableConv2d: Callable,
+                          cases: Sequence[tuple[int, int, int, int, int]] = BLOCK_CASES,
+                          seed: int = VISIBLE_SEED + 3) -> None:
     """The fixed block: depthwise (groups = C, stride on it) then pointwise, no bias; values
-    against two F.conv2d calls, cost against FlopCounterMode."""
-    cases = _block_cases(hidden)
-    g = torch.Generator().manual_seed((HIDDEN_SEED if hidden else VISIBLE_SEED) + 3)
-    for c, m, k, s in cases:
+    against two F.conv2d calls, cost against FlopCounterMode. Cases are (in_channels,
+    out_channels, kernel_size, stride, input size); weights and inputs come from ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    advice = ("SeparableConv2d must be built from two nn.Conv2d layers, not from course_lib's "
+              "separable layers.")
+    for c, m, k, s, size in cases:
         call = describe_call("SeparableConv2d", (c, m, k, s))
-        block = call_student(SeparableConv2d, c, m, k, s, name="SeparableConv2d")
+        with refusing(advice, references=course_references("separable")):
+            block = call_student(SeparableConv2d, c, m, k, s, name="SeparableConv2d")
         if not isinstance(block, nn.Module):
             fail(f"{call} should build an nn.Module, got {type(block).__name__}.")
         depthwise = _conv_attribute(block, "depthwise", call)
@@ -139,9 +126,9 @@ def check_separable_block(SeparableConv2d: Callable, hidden: bool = False) -> No
             fail(f"{call}: `depthwise` is 1x1 and `pointwise` is {k}x{k}: the names are swapped. "
                  f"The depthwise conv is the {k}x{k} one, applied per channel.")
         if depthwise.groups != c:
-            fail(f"{call}: depthwise.groups is {depthwise.groups}, expected {c} (= in_channels). "
+            fail(f"{call}: depthwise.groups is {depthwise.groups}, but it must equal in_channels. "
                  f"Without groups=in_channels it is a full convolution that mixes all channels "
-                 f"({k * k * c * c} weights instead of {k * k * c}).")
+                 f"(K*K*C weights per filter instead of K*K).")
         if tuple(depthwise.weight.shape) != (c, 1, k, k):
             fail(f"{call}: depthwise weight has shape {tuple(depthwise.weight.shape)}, expected "
                  f"{(c, 1, k, k)}: {c} channels in, {c} out, one {k}x{k} filter each.")
@@ -153,48 +140,59 @@ def check_separable_block(SeparableConv2d: Callable, hidden: bool = False) -> No
                  f"the depthwise conv then computes every position and the 1x1 conv throws "
                  f"{1 - 1 / (s * s):.0%} of them away: put stride={s} on the depthwise conv.")
         if depthwise.stride != (s, s):
-            fail(f"{call}: depthwise.stride is {depthwise.stride}, expected {(s, s)}.")
-        # Same weights into the student's block and the reference computation.
+            fail(f"{call}: depthwise.stride is {depthwise.stride}, but the block's stride is "
+                 f"{s}: put stride={s} on the depthwise conv.")
+        # Same weights into the student's block and the reference computation; the student's
+        # forward pass and its cost first, the reference after.
         w_dw = torch.randn(c, 1, k, k, generator=g)
         w_pw = torch.randn(m, c, 1, 1, generator=g)
         with torch.no_grad():
             depthwise.weight.copy_(w_dw)
             pointwise.weight.copy_(w_pw)
-        size = _randint(g, k + 2, 14)
         x = torch.randn(2, c, size, size, generator=g)
-        expected = _REF["conv2d"](_REF["conv2d"](x, w_dw, stride=s, padding=k // 2, groups=c), w_pw)
+        block.eval()
         with torch.no_grad():
             got = call_student(block, x, name=f"{call}.forward")
-        expect_tensor(got, expected, f"{call} on an input of shape {tuple(x.shape)} (padding "
-                                     f"kernel_size // 2)")
         with quiet(), torch.no_grad(), FlopCounterMode(display=False) as counter:
             block(x[:1])
         macs = counter.get_total_flops() // 2
+        expected = _REF["conv2d"](_REF["conv2d"](x, w_dw, stride=s, padding=k // 2, groups=c),
+                                  w_pw)
+        what = f"{call} on an input of shape {tuple(x.shape)} (padding kernel_size // 2)"
+        extras = sorted({type(layer).__name__ for layer in block.modules()
+                         if layer is not block and not isinstance(layer, nn.Conv2d)})
+        if extras and type(got) is torch.Tensor and got.shape == expected.shape \
+                and not _REF["allclose"](got.float(), expected, atol=1e-4, rtol=1e-4):
+            fail(f"{what}: wrong values, and the block also holds {', '.join(extras)}. The task's "
+                 f"block is only the depthwise conv then the pointwise conv (in a network, "
+                 f"BatchNorm and ReLU come after each conv, outside this block): remove them.")
+        expect_tensor(got, expected, what)
         out = expected.shape[-1] * expected.shape[-2]
         expected_macs = (k * k * c + c * m) * out
         if macs != expected_macs:
-            fail(f"{call}: your block costs {macs:,} MACs on a {size}x{size} input, expected "
-                 f"{expected_macs:,}: compute each layer once, at the output resolution.")
+            fail(f"{call}: your block costs {macs:,} MACs on a {size}x{size} input, which is "
+                 f"{how_wrong(macs, expected_macs)}: compute each layer once, at the output "
+                 f"resolution.")
     passed(f"SeparableConv2d is a correct depthwise-separable block on {len(cases)} cases "
-           f"(groups, stride, values, cost){' (hidden)' if hidden else ''}.")
+           f"(groups, stride, values, cost).")
 
 
-def check_separable_to_full(separable_to_full: Callable, hidden: bool = False) -> None:
+def check_separable_to_full(separable_to_full: Callable,
+                            shapes: Sequence[tuple[int, int, int]] = FULL_SHAPES,
+                            seed: int = VISIBLE_SEED + 4) -> None:
     """``separable_to_full(depthwise_weight, pointwise_weight)`` -> (M, C, K, K) kernel whose
-    standard convolution equals the separable one."""
-    from course_lib import separable as course_separable
-
-    if getattr(separable_to_full, "__module__", "") == course_separable.__name__:
-        fail("separable_to_full must be your own code, not course_lib's separable_to_full_kernel.")
-    g = torch.Generator().manual_seed((HIDDEN_SEED if hidden else VISIBLE_SEED) + 4)
-    shapes = [(3, 16, 3), (4, 4, 3), (5, 2, 1)]
-    for _ in range(4 if hidden else 2):
-        shapes.append((_randint(g, 1, 8), _randint(g, 1, 8), _randint(g, 1, 5)))
-    for c, m, k in shapes:
-        w_dw = torch.randn(c, 1, k, k, generator=g)
-        w_pw = torch.randn(m, c, 1, 1, generator=g)
+    standard convolution equals the separable one; random weights of the given (C, M, K)
+    ``shapes`` from ``seed``. course_lib's own converter refuses while it runs."""
+    g = torch.Generator().manual_seed(seed)
+    weights = [(torch.randn(c, 1, k, k, generator=g), torch.randn(m, c, 1, 1, generator=g))
+               for c, m, k in shapes]
+    advice = ("separable_to_full must be your own code (broadcast the pointwise weights against "
+              "the depthwise filters), not course_lib's separable_to_full_kernel.")
+    with refusing(advice, references=course_references("separable")):
+        answers = [call_student(separable_to_full, w_dw, w_pw, name="separable_to_full")
+                   for w_dw, w_pw in weights]
+    for (c, m, k), (w_dw, w_pw), got in zip(shapes, weights, answers):
         call = describe_call("separable_to_full", (w_dw, w_pw))
-        got = call_student(separable_to_full, w_dw, w_pw)
         if isinstance(got, torch.Tensor) and tuple(got.shape) == (c, m, k, k) and c != m:
             fail(f"{call}: got shape {tuple(got.shape)}, expected {(m, c, k, k)}: a standard "
                  f"conv's weight is (out_channels, in_channels, K, K).")
@@ -205,20 +203,25 @@ def check_separable_to_full(separable_to_full: Callable, hidden: bool = False) -
         expect_tensor(got, expected, call, atol=1e-5, rtol=1e-5)
         expect_tensor(_REF["conv2d"](x, got), separable_out,
                       f"F.conv2d(x, {call}) vs the separable conv", atol=1e-4, rtol=1e-4)
-    passed(f"separable_to_full gives the equivalent standard kernel on {len(shapes)} cases"
-           f"{' (hidden)' if hidden else ''}.")
+    passed(f"separable_to_full gives the equivalent standard kernel on {len(shapes)} cases.")
 
 
 def check_numbers(example_standard_params: Any, example_separable_params: Any,
                   mac_saving_m16_k3: Any, exact_depth_multiplier: Any) -> None:
     """Part 5: the worked example (3 -> 16 channels, 3x3, no bias), the mult-add saving at
     M = 16, K = 3, and the depth multiplier that makes every 3x3, 3 -> 16 kernel reachable."""
+    # The answers as plain numbers first; the expected values only after.
+    answers = (as_int(example_standard_params, "example_standard_params"),
+               as_int(example_separable_params, "example_separable_params"),
+               as_number(mac_saving_m16_k3, "mac_saving_m16_k3"),
+               as_int(exact_depth_multiplier, "exact_depth_multiplier"))
     standard = nn.Conv2d(3, 16, 3, bias=False, device="meta")
     std_params = sum(p.numel() for p in standard.parameters())
     sep_params = _reference_params(3, 16, 3, 1)
-    expect_int(example_standard_params, std_params, "example_standard_params",
-               {std_params + 16: "no bias here (bias=False)."})
-    expect_int(example_separable_params, sep_params, "example_separable_params",
+    expect_int(answers[0], std_params, "example_standard_params",
+               {std_params + 16: "no bias here (bias=False).",
+                3 * 3 * 16: "a standard filter sees every input channel: K * K * C per filter."})
+    expect_int(answers[1], sep_params, "example_separable_params",
                {27 * 16 + 48: "the depthwise part has groups=3: 3x3 weights per channel.",
                 sep_params + 3 + 16: "no bias here (bias=False)."})
     x = torch.zeros(1, 32, 10, 10, device="meta")
@@ -227,22 +230,18 @@ def check_numbers(example_standard_params: Any, example_separable_params: Any,
     std_macs = counter.get_total_flops()
     sep_macs = 2 * _measured_macs(32, 16, 3, 8, 8, 1)
     saving = std_macs / sep_macs
-    value = mac_saving_m16_k3.item() if isinstance(mac_saving_m16_k3, torch.Tensor) else \
-        mac_saving_m16_k3
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if math.isclose(value, 9.0):
-            fail("mac_saving_m16_k3: 9 = K^2 is the limit for very many output channels; with "
-                 "M = 16 the saving is 1 / (1/16 + 1/9).")
-        if math.isclose(value, 1 / saving, rel_tol=1e-3):
-            fail("mac_saving_m16_k3: that is separable / standard; the saving is standard / "
-                 "separable (how many times fewer).")
-    expect_close(mac_saving_m16_k3, saving, "mac_saving_m16_k3", rel=1e-3)
+    expect_close(answers[2], saving, "mac_saving_m16_k3", rel=1e-3, hints={
+        9.0: "9 = K^2 is the limit for very many output channels; with M = 16 the saving is "
+             "1 / (1/16 + 1/9).",
+        16.0: "the saving is 1 / (1/M + 1/K^2), not M.",
+        1 / saving: "that is separable / standard; the saving is standard / separable (how many "
+                    "times fewer)."})
     # The slices W[:, c] are 16 x 9 matrices: a generic one has rank min(16, 9).
     g = torch.Generator().manual_seed(VISIBLE_SEED)
     rank = int(torch.linalg.matrix_rank(torch.randn(16, 9, generator=g)))
-    expect_int(exact_depth_multiplier, rank, "exact_depth_multiplier",
-               {16: "each channel's slice W[:, c] is a 16 x 9 matrix: its rank is at most "
-                    "min(16, 9).",
+    expect_int(answers[3], rank, "exact_depth_multiplier",
+               {16: "each channel's slice W[:, c] is a 16 x 9 matrix: its rank is at most the "
+                    "smaller of its two sizes.",
                 3: "the input channels are independent of each other; what limits the fit is "
                    "the rank of each channel's M x K^2 slice.",
                 1: "d = 1 gives rank-1 slices, but a generic kernel's slices have higher rank."})

@@ -8,80 +8,64 @@ from course_lib.costs (checked against ``FlopCounterMode`` in tests/test_checks_
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
 from course_lib import atrous
-from course_lib.checks import (_REF, call_student, describe_call, expect_int,
-                               expect_tensor, fail, passed)
+from course_lib.checks import (_REF, CheckFailed, answer, as_int, call_each, call_student, course_references, describe_call,
+                               expect_int, expect_tensor, fail, passed, refusing)
 
-VISIBLE_SEED, HIDDEN_SEED = 606, 60617
-
-
-def _suffix(hidden: bool) -> str:
-    return " (hidden)" if hidden else ""
-
-
-# --- part 1: the zero-inserted kernel ----------------------------------------------------------
-
-def dilate_cases(hidden: bool) -> list[tuple[torch.Tensor, int]]:
-    """(weight, rate) pairs; the hidden ones include rectangular kernels."""
-    g = torch.Generator().manual_seed(HIDDEN_SEED if hidden else VISIBLE_SEED)
-    cases = [(torch.randn(1, 1, 3, 3, generator=g), 2), (torch.randn(4, 2, 3, 3, generator=g), 1)]
-    for _ in range(6):
-        k = int(torch.randint(1, 6, (1,), generator=g))
-        kw = int(torch.randint(1, 6, (1,), generator=g)) if hidden else k
-        r = int(torch.randint(1, 5, (1,), generator=g))
-        m, c = (int(torch.randint(1, 5, (1,), generator=g)) for _ in range(2))
-        cases.append((torch.randn(m, c, k, kw, generator=g), r))
-    return cases
+VISIBLE_SEED = 606
+# (out_channels, in_channels, K_h, K_w, rate) for part 1: square AND rectangular kernels
+DILATE_CASES = [(1, 1, 3, 3, 2), (4, 2, 3, 3, 1), (2, 3, 2, 5, 3), (1, 2, 4, 1, 2),
+                (3, 1, 5, 3, 4), (2, 2, 1, 1, 3)]
+# stacks of (kernel_size, stride, dilation) for part 2
+STACKS = [[(3, 1, 1)], [(3, 1, 1)] * 3, [(3, 1, 2)] * 3, [(3, 2, 1), (3, 1, 1)],
+          [(7, 2, 1), (3, 2, 1), (3, 1, 2)], [(1, 3, 1), (5, 1, 3)], [(2, 2, 2), (4, 3, 1)]]
+# (kernel_size, rate) for part 3
+SAME_PAIRS = [(3, 1), (3, 2), (3, 6), (5, 3), (1, 4), (7, 2)]
+# part 5: one ASPP branch of DeepLab at output stride 16
+BRANCH = dict(in_channels=2048, out_channels=256, kernel_size=3, rate=12, size=33)
 
 
-def check_dilate_kernel(dilate_kernel: Callable, hidden: bool = False) -> None:
+def check_dilate_kernel(dilate_kernel: Callable,
+                        cases: Sequence[tuple[int, int, int, int, int]] = DILATE_CASES,
+                        seed: int = VISIBLE_SEED) -> None:
     """``dilate_kernel(weight, dilation)`` returns the zero-inserted kernel, and a plain conv with
-    it equals ``F.conv2d(..., dilation=dilation)``."""
-    g = torch.Generator().manual_seed(HIDDEN_SEED + 1 if hidden else VISIBLE_SEED + 1)
-    cases = dilate_cases(hidden)
-    for weight, r in cases:
-        original = weight.clone()
+    it equals ``F.conv2d(..., dilation=dilation)``. Cases are (M, C, K_h, K_w, rate), square and
+    rectangular; weights and inputs come from ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    weights = [(torch.randn(m, c, kh, kw, generator=g), r) for m, c, kh, kw, r in cases]
+    advice = "dilate_kernel must insert the zeros itself, not call course_lib.atrous."
+    with refusing(advice, references=course_references("atrous")):
+        answers = call_each(dilate_kernel, [((weight, r), {}) for weight, r in weights],
+                            name="dilate_kernel")
+    for (weight, r), got in zip(weights, answers):
+        got = answer(got)
         call = describe_call("dilate_kernel", (weight, r))
-        got = call_student(dilate_kernel, weight, r)
-        expected = atrous.dilate_kernel(original, r)
-        if not torch.equal(weight, original):
-            fail(f"{call} changed its input weight in place; build a new tensor instead.")
+        expected = atrous.dilate_kernel(weight, r)
         if isinstance(got, torch.Tensor) and got.shape != expected.shape:
-            kh, kw = original.shape[-2:]
+            kh, kw = weight.shape[-2:]
             hint = ""
             if tuple(got.shape[-2:]) == (kh * r, kw * r):
                 hint = (" Hint: K taps have only K - 1 gaps between them; do not add zeros after "
                         "the last tap (the span is K + (K-1)(r-1)).")
             elif tuple(got.shape[-2:]) == (kh, kw) and r > 1:
                 hint = " Hint: the result must be larger than the kernel: insert r - 1 zeros."
+            elif kh != kw and tuple(got.shape[-2:]) in ((expected.shape[-2],) * 2,
+                                                        (expected.shape[-1],) * 2):
+                hint = (" Hint: the kernel is not square here: dilate K_h and K_w each with its "
+                        "own size.")
             fail(f"{call}: wrong shape {tuple(got.shape)}, expected {tuple(expected.shape)}." + hint)
         expect_tensor(got, expected, call, atol=0, rtol=0)
         # The point of the exercise: the zero-inserted kernel *is* the dilated conv.
-        x = torch.randn(1, original.shape[1], expected.shape[-2] + 4, expected.shape[-1] + 3,
+        x = torch.randn(1, weight.shape[1], expected.shape[-2] + 4, expected.shape[-1] + 3,
                         generator=g)
-        expect_tensor(_REF["conv2d"](x, got), _REF["conv2d"](x, original, dilation=r),
+        expect_tensor(_REF["conv2d"](x, got), _REF["conv2d"](x, weight, dilation=r),
                       f"F.conv2d(x, {call}) vs F.conv2d(x, weight, dilation={r})")
     passed(f"dilate_kernel builds the zero-inserted kernel, equal to F.conv2d(dilation=r), on "
-           f"{len(cases)} cases{_suffix(hidden)}.")
-
-
-# --- part 2: receptive-field calculator -------------------------------------------------------
-
-def stack_cases(hidden: bool) -> list[list[tuple[int, int, int]]]:
-    """Stacks of (kernel_size, stride, dilation): fixed teaching cases, then random ones."""
-    g = torch.Generator().manual_seed(HIDDEN_SEED + 2 if hidden else VISIBLE_SEED + 2)
-    cases = [[(3, 1, 1)], [(3, 1, 1)] * 3, [(3, 1, 2)] * 3, [(3, 2, 1), (3, 1, 1)],
-             [(7, 2, 1), (3, 2, 1), (3, 1, 2)]]
-    for _ in range(6 if hidden else 4):
-        depth = int(torch.randint(1, 5, (1,), generator=g))
-        cases.append([(int(torch.randint(1, 6, (1,), generator=g)),
-                       int(torch.randint(1, 4, (1,), generator=g)),
-                       int(torch.randint(1, 4, (1,), generator=g))) for _ in range(depth)])
-    return cases
+           f"{len(cases)} cases (square and rectangular kernels).")
 
 
 def _wrong_receptive_fields(layers: list[tuple[int, int, int]]) -> dict[int, str]:
@@ -101,34 +85,35 @@ def _wrong_receptive_fields(layers: list[tuple[int, int, int]]) -> dict[int, str
     }
 
 
-def check_receptive_field(receptive_field: Callable, hidden: bool = False) -> None:
-    """``receptive_field(layers) -> (size, jump)`` against a gradient measurement."""
-    cases = stack_cases(hidden)
-    for layers in cases:
-        call = describe_call("receptive_field", (layers,))
-        got = call_student(receptive_field, [tuple(layer) for layer in layers])
+def check_receptive_field(receptive_field: Callable,
+                          stacks: Sequence[Sequence[tuple[int, int, int]]] = STACKS) -> None:
+    """``receptive_field(layers) -> (size, jump)`` against a gradient measurement; ``stacks`` are
+    lists of (kernel_size, stride, dilation)."""
+    advice = "receptive_field must apply the recurrence itself, not call course_lib.atrous."
+    with refusing(advice, references=course_references("atrous")):
+        answers = [call_student(receptive_field, [tuple(layer) for layer in layers],
+                                name="receptive_field") for layers in stacks]
+    for layers, got in zip(stacks, answers):
+        call = describe_call("receptive_field", (list(layers),))
         try:
             size, jump = got
         except (TypeError, ValueError):
             fail(f"{call} should return a pair (size, jump), got {got!r}.")
-        expected = atrous.measured_receptive_field(layers)
-        hints = _wrong_receptive_fields(layers)
-        hints.pop(expected.size, None)
-        expect_int(size, expected.size, f"{call}: size (measured with gradients)", hints)
+        size, jump = as_int(size, f"{call}: size"), as_int(jump, f"{call}: jump")
+        expected = atrous.measured_receptive_field(list(layers))
+        expect_int(size, expected.size, f"{call}: size (measured with gradients)",
+                   _wrong_receptive_fields(list(layers)))
         expect_int(jump, expected.jump, f"{call}: jump",
-                   {1: "the jump is the product of all the strides."} if expected.jump != 1
-                   else None)
-    passed(f"receptive_field agrees with gradient measurements on {len(cases)} stacks"
-           f"{_suffix(hidden)}.")
+                   {1: "the jump is the product of all the strides."})
+    passed(f"receptive_field agrees with gradient measurements on {len(stacks)} stacks.")
 
 
-# --- part 3: find and fix the bug ("same" padding) --------------------------------------------
-
-def same_cases(hidden: bool) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int]]:
-    g = torch.Generator().manual_seed(HIDDEN_SEED + 3 if hidden else VISIBLE_SEED + 3)
+def same_cases(pairs: Sequence[tuple[int, int]], seed: int
+               ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int]]:
+    """(x, weight, bias, rate) for each (kernel_size, rate) pair, sizes and values from ``seed``."""
+    g = torch.Generator().manual_seed(seed)
     cases = []
-    for i, (k, r) in enumerate([(3, 1), (3, 2), (3, 6), (5, 3), (1, 4), (7, 2)] if not hidden else
-                               [(3, 12), (5, 2), (3, 4), (7, 3), (3, 18), (1, 2), (5, 5)]):
+    for i, (k, r) in enumerate(pairs):
         c, m = (int(torch.randint(1, 6, (1,), generator=g)) for _ in range(2))
         span = r * (k - 1) + 1
         h = int(torch.randint(max(span // 2, 5), span + 12, (1,), generator=g))
@@ -140,57 +125,62 @@ def same_cases(hidden: bool) -> list[tuple[torch.Tensor, torch.Tensor, torch.Ten
     return cases
 
 
-def check_atrous_conv_same(atrous_conv_same: Callable, hidden: bool = False) -> None:
+def check_atrous_conv_same(atrous_conv_same: Callable,
+                           pairs: Sequence[tuple[int, int]] = SAME_PAIRS,
+                           seed: int = VISIBLE_SEED + 3) -> None:
     """``atrous_conv_same(x, weight, bias=None, dilation=1)``: stride-1 atrous conv, output the
-    same H x W as the input."""
-    cases = same_cases(hidden)
-    for x, weight, bias, r in cases:
+    same H x W as the input; one random case per (kernel_size, rate) pair."""
+    cases = same_cases(pairs, seed)
+    advice = ("atrous_conv_same must compute the padding itself (and call F.conv2d), not call "
+              "course_lib.atrous.")
+    with refusing(advice, references=course_references("atrous")):
+        answers = call_each(atrous_conv_same, [((x, weight), dict(bias=bias, dilation=r))
+                                               for x, weight, bias, r in cases],
+                            name="atrous_conv_same")
+    for (x, weight, bias, r), got in zip(cases, answers):
         k = weight.shape[-1]
         call = describe_call("atrous_conv_same", (x, weight), {"bias": bias, "dilation": r})
-        got = call_student(atrous_conv_same, x, weight, bias=bias, dilation=r)
+        if isinstance(got, CheckFailed) and r > 1 and "size" in str(got):
+            raise CheckFailed(f"{got} Hint: does the padding take the rate into account? A "
+                              f"{k}x{k} kernel at rate {r} spans r * (K - 1) + 1 pixels.") from None
+        got = answer(got)
         expected = _REF["conv2d"](x, weight, bias, padding=r * (k - 1) // 2, dilation=r)
         if isinstance(got, torch.Tensor) and got.shape != expected.shape:
             hint = ""
             if got.dim() == 4 and tuple(got.shape[-2:]) == tuple(
                     s - (r - 1) * (k - 1) for s in x.shape[-2:]):
                 hint = (f" Hint: the padding ignores the rate. A {k}x{k} kernel at rate {r} spans "
-                        f"{r * (k - 1) + 1} pixels, so 'same' padding is r * (K - 1) // 2 = "
-                        f"{r * (k - 1) // 2}, not (K - 1) // 2 = {(k - 1) // 2}.")
+                        f"r * (K - 1) + 1 pixels, so 'same' padding is r * (K - 1) // 2, not "
+                        f"(K - 1) // 2.")
             fail(f"{call}: output shape {tuple(got.shape)}, but a 'same' conv keeps the input's "
                  f"H x W: expected {tuple(expected.shape)}." + hint)
         expect_tensor(got, expected, call)
-    passed(f"atrous_conv_same keeps H x W and matches F.conv2d on {len(cases)} cases"
-           f"{_suffix(hidden)}.")
+    passed(f"atrous_conv_same keeps H x W and matches F.conv2d on {len(cases)} cases.")
 
-
-# --- part 4: gridding, by number --------------------------------------------------------------
 
 def check_gridding(equal_field: Any, equal_read: Any, hybrid_read: Any) -> None:
     """Three 3x3 convs at rates (2, 2, 2): field width and pixels read; rates (1, 2, 5): pixels
     read. Measured from the gradient of one output pixel."""
+    answers = (as_int(equal_field, "equal_field"), as_int(equal_read, "equal_read"),
+               as_int(hybrid_read, "hybrid_read"))
     equal = atrous.sampled_pixels([(3, 1, 2)] * 3)
     hybrid = atrous.sampled_pixels([(3, 1, 1), (3, 1, 2), (3, 1, 5)])
     field = equal.shape[-1]
-    expect_int(equal_field, field, "equal_field",
+    expect_int(answers[0], field, "equal_field",
                {7: "that is rate 1: with rate 2 each layer adds 2 * (3 - 1) = 4 pixels.",
                 field * field: "give the WIDTH of the field (one axis), not its area."})
     read = int((equal > 0).sum())
-    expect_int(equal_read, read, "equal_read",
+    expect_int(answers[1], read, "equal_read",
                {field * field: "not every pixel in the field is read: every tap offset is a "
                                "multiple of 2, so their sums are even too - only even rows and "
                                "columns are read.",
                 int(read ** 0.5): "count pixels in 2-D (rows x columns), not along one axis."})
     hybrid_field = hybrid.shape[-1]
-    expect_int(hybrid_read, int((hybrid > 0).sum()), "hybrid_read",
+    expect_int(answers[2], int((hybrid > 0).sum()), "hybrid_read",
                {hybrid_field: "count pixels in 2-D (rows x columns), not along one axis."})
     passed(f"rates (2, 2, 2): a {field}-wide field with only {read} of {field * field} pixels read; "
            f"rates (1, 2, 5): all {hybrid_field * hybrid_field} pixels of a {hybrid_field}-wide "
            "field.")
-
-
-# --- part 5: the cost of an atrous separable ASPP branch, by number ---------------------------
-
-BRANCH = dict(in_channels=2048, out_channels=256, kernel_size=3, rate=12, size=33)
 
 
 def branch_macs() -> tuple[int, int]:
@@ -205,6 +195,8 @@ def branch_macs() -> tuple[int, int]:
 def check_branch_costs(full_macs: Any, separable_macs: Any) -> None:
     """MACs of ASPP's rate-12 branch (2048 -> 256, 3x3, 33x33 output, no bias): a full atrous conv
     and an atrous separable one."""
+    full_macs, separable_macs = as_int(full_macs, "full_macs"), as_int(separable_macs,
+                                                                       "separable_macs")
     c, m, k, r, size = (BRANCH[key] for key in
                         ("in_channels", "out_channels", "kernel_size", "rate", "size"))
     expected_full, expected_sep = branch_macs()

@@ -1,23 +1,28 @@
 """Checks for exercise 7, MobileNetV1 and timing ("FLOPs are not latency").
 
 Grading is fair on any machine: the timing function is tested on a CPU against workloads with a
-known answer (sleeps, a slow warm-up, outliers) and against a simulated asynchronous GPU (a fake
-``torch.cuda`` whose work only finishes when synchronized), so a missing synchronize is caught
-without a GPU. The part that needs a real GPU passes with a note where there is none.
+known answer (sleeps, a slow warm-up, outliers, exact call counts) and against a simulated
+asynchronous GPU (a fake ``torch.cuda`` whose work only finishes when synchronized), so a missing
+synchronize is caught without a GPU. Part 4's timings must be values the student's own ``time_ms``
+returned (:func:`recorded`). The GPU part passes with a note where the grader has no GPU; on a GPU
+grader it runs the student's ``time_ms`` on the GPU and compares it, and any ``gpu_ms`` given, with
+the grader's own measurement (:func:`check_gpu_measurements`).
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from course_lib import bench, costs
-from course_lib.checks import (CheckFailed, as_number, call_student, describe_call, fail, passed,
-                               quiet)
+from course_lib.checks import (CheckFailed, _plain, as_number, call_student, course_references,
+                               describe_call, expect_close, fail, how_wrong, passed, quiet,
+                               refusing)
 from course_lib.mobilenet import ConvMobileNet, MobileNetV1, layer_specs, total_macs
 from course_lib.timing import benchmark
 
@@ -30,8 +35,8 @@ with quiet():
 # workers that declare a GPU resource (course_lib.grading.cluster.gpu_tests).
 GPU_TESTS = ("part6-tests",)
 
+# (alpha, num_classes, in_channels) for part 1
 VISIBLE_CASES = [(1.0, 1000, 3), (0.5, 10, 1)]
-HIDDEN_CASES = [(0.75, 100, 3), (0.25, 10, 1)]
 
 
 # --- part 1: the network ----------------------------------------------------------------------
@@ -59,26 +64,49 @@ def _student_macs(model: nn.Module, channels: int, resolution: int) -> int:
         return costs.measure_macs(model.eval(), (1, channels, resolution, resolution))
 
 
-def check_mobilenet(build: Callable, hidden: bool = False) -> None:
+def check_mobilenet(build: Callable,
+                    cases: Sequence[tuple[float, int, int]] = VISIBLE_CASES) -> None:
     """``build(alpha, num_classes, in_channels)`` must equal course_lib's MobileNetV1: the same
-    convolutions (channels, kernel, stride, groups), the same parameter count and mult-adds."""
+    convolutions (channels, kernel, stride, groups), the same parameter count and mult-adds.
+    Cases are (alpha, num_classes, in_channels). course_lib's MobileNet classes refuse while the
+    student's code runs, and the result may not contain them."""
     with _one_thread():
-        _check_mobilenet(build, hidden)
+        _check_mobilenet(build, cases)
 
 
-def _check_mobilenet(build: Callable, hidden: bool) -> None:
-    cases = HIDDEN_CASES if hidden else VISIBLE_CASES
+def _check_mobilenet(build: Callable, cases: Sequence[tuple[float, int, int]]) -> None:
+    from course_lib import mobilenet as course_mobilenet
+
+    advice = ("mobilenet_v1 must build the network itself from nn layers and "
+              "DepthwiseSeparableConv2d, not return course_lib's MobileNetV1 / ConvMobileNet.")
+    references = course_references("mobilenet")
     for alpha, classes, channels in cases:
         args = (alpha, classes, channels)
         call = describe_call("mobilenet_v1", args)
-        model = call_student(build, *args, name="mobilenet_v1")
-        if not isinstance(model, nn.Module):
-            fail(f"{call} should return an nn.Module, got {type(model).__name__}.")
+        # Everything the student's code does first: build, run, measure.
+        with refusing(advice, references=references):
+            model = call_student(build, *args, name="mobilenet_v1")
+            if not isinstance(model, nn.Module):
+                fail(f"{call} should return an nn.Module, got {type(model).__name__}.")
+            borrowed = sorted({type(m).__name__ for m in model.modules()
+                               if type(m).__module__ == course_mobilenet.__name__})
+            if borrowed:
+                fail(f"{call} returned a model containing course_lib's {', '.join(borrowed)}: "
+                     f"{advice}")
+            x = torch.randn(2, channels, 32, 32, generator=torch.Generator().manual_seed(0))
+            model.eval()
+            try:
+                out, forward_error = call_student(model, x, name=f"the model from {call}"), None
+                got_macs = _student_macs(model, channels, 64)
+            except CheckFailed as exc:
+                out, forward_error, got_macs = None, exc, None
+        # Then the reference.
         reference = MobileNetV1(alpha, classes, channels)
         theirs, ours = _convs(model), _convs(reference)
         if len(theirs) != len(ours):
-            fail(f"{call}: found {len(theirs)} Conv2d layers, expected {len(ours)} (one full 3x3 "
-                 f"conv, then 13 blocks of a 3x3 depthwise and a 1x1 pointwise conv).")
+            fail(f"{call}: found {len(theirs)} Conv2d layers, "
+                 f"{'too many' if len(theirs) > len(ours) else 'too few'} (one full 3x3 conv, "
+                 f"then 13 blocks of a 3x3 depthwise and a 1x1 pointwise conv).")
         for i, (t, o) in enumerate(zip(theirs, ours)):
             what = (f"{call}: conv layer #{i} (in_channels, out_channels, kernel, stride, groups)")
             got = (t.in_channels, t.out_channels, t.kernel_size, t.stride, t.groups)
@@ -94,18 +122,16 @@ def _check_mobilenet(build: Callable, hidden: bool) -> None:
                 elif t.groups != o.groups:
                     hint = " Hint: a depthwise conv has groups = its number of channels."
                 fail(f"{what} is {got}, expected {want}.{hint}")
-        with quiet():
-            x = torch.randn(2, channels, 32, 32, generator=torch.Generator().manual_seed(0))
-        model.eval()
-        out = call_student(model, x, name=f"the model from {call}")
+        if forward_error is not None:
+            raise forward_error
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, classes):
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             fail(f"{call} on a (2, {channels}, 32, 32) input returned {shape}, expected logits of "
                  f"shape (2, {classes}).")
         n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
         if n_bn != len(ours):
-            fail(f"{call}: found {n_bn} BatchNorm2d layers, expected {len(ours)}: BatchNorm (and "
-                 f"ReLU) follow every convolution.")
+            fail(f"{call}: found {n_bn} BatchNorm2d layers, one per convolution is needed: "
+                 f"BatchNorm (and ReLU) follow every convolution.")
         expected = costs.count_params(reference)
         got = costs.count_params(model)
         if got != expected:
@@ -113,19 +139,14 @@ def _check_mobilenet(build: Callable, hidden: bool) -> None:
             conv_bias = sum(c.bias.numel() for c in theirs if c.bias is not None)
             if conv_bias and got - conv_bias == expected:
                 hint = " Hint: a conv followed by BatchNorm needs no bias (bias=False)."
-            fail(f"{call}: {got:,} parameters, expected {expected:,}.{hint}")
-        for resolution in (64,):
-            want = sum(spec.macs for spec in layer_specs(alpha, resolution, classes,
-                                                         in_channels=channels))
-            got_macs = _student_macs(model, channels, resolution)
-            if got_macs != want:
-                fail(f"{call}: {got_macs:,} mult-adds at {resolution}x{resolution}, expected "
-                     f"{want:,}. Check the strides and the global average pool.")
+            fail(f"{call}: {got:,} parameters, {how_wrong(got, expected)}.{hint}")
+        want = sum(spec.macs for spec in layer_specs(alpha, 64, classes, in_channels=channels))
+        if got_macs != want:
+            fail(f"{call}: {got_macs:,} mult-adds at 64x64, {how_wrong(got_macs, want)}. Check "
+                 f"the strides and the global average pool.")
     passed(f"mobilenet_v1 matches the reference architecture for alpha, num_classes, in_channels "
-           f"= {[c for c in cases]}{' (hidden)' if hidden else ''}.")
+           f"= {[c for c in cases]}.")
 
-
-# --- part 2: the paper's numbers ---------------------------------------------------------------
 
 def check_paper_costs(macs_m: Any, conv_macs_ratio: Any) -> None:
     """``macs_m``: {alpha: million mult-adds at 224} for alpha 1, .75, .5, .25 (paper Table 6);
@@ -136,29 +157,21 @@ def check_paper_costs(macs_m: Any, conv_macs_ratio: Any) -> None:
     missing = [a for a in alphas if a not in macs_m]
     if missing:
         fail(f"macs_m is missing the alpha value(s) {missing}; keys should be {list(alphas)}.")
+    answers = {alpha: as_number(macs_m[alpha], f"macs_m[{alpha}]") for alpha in alphas}
+    ratio_answer = as_number(conv_macs_ratio, "conv_macs_ratio")
     for alpha in alphas:
         exact = total_macs(alpha, 224) / 1e6
-        got = as_number(macs_m[alpha], f"macs_m[{alpha}]")
-        if math.isclose(got, 2 * exact, rel_tol=1e-3):
-            fail(f"macs_m[{alpha}] = {got:.1f} is twice the mult-adds: FlopCounterMode counts "
-                 "FLOPs (2 per multiply-add); costs.measure_macs already halves them.")
-        if math.isclose(got, exact * 1e6, rel_tol=1e-3):
-            fail(f"macs_m[{alpha}] = {got:.4g}: give millions (divide by 1e6).")
-        if not math.isclose(got, exact, rel_tol=5e-4):
-            fail(f"macs_m[{alpha}] = {got:.1f} M, expected {exact:.1f} M (the paper prints "
-                 f"{round(exact)}). Measure your alpha={alpha} network at 224x224.")
-    ratio = (total_macs(1.0, 224, full_conv=True) / total_macs(1.0, 224))
-    got = as_number(conv_macs_ratio, "conv_macs_ratio")
-    if math.isclose(got, 1 / ratio, rel_tol=1e-2):
-        fail(f"conv_macs_ratio = {got:.3f} is upside down: divide ConvMobileNet's mult-adds by "
-             "MobileNetV1's.")
-    if not math.isclose(got, ratio, rel_tol=1e-2):
-        fail(f"conv_macs_ratio = {got:.3f}, expected {ratio:.2f} (paper: 4866 M / 569 M).")
-    passed(f"Table 6 mult-adds {[round(macs_m[a]) for a in alphas]} M and the "
+        expect_close(answers[alpha], exact, f"macs_m[{alpha}] (million mult-adds at 224x224)",
+                     rel=5e-4, hints={
+                         2 * exact: "that is twice the mult-adds: FlopCounterMode counts FLOPs (2 "
+                                    "per multiply-add); costs.measure_macs already halves them.",
+                         exact * 1e6: "give millions (divide by 1e6)."})
+    ratio = total_macs(1.0, 224, full_conv=True) / total_macs(1.0, 224)
+    expect_close(ratio_answer, ratio, "conv_macs_ratio", rel=1e-2, hints={
+        1 / ratio: "upside down: divide ConvMobileNet's mult-adds by MobileNetV1's."})
+    passed(f"Table 6 mult-adds {[round(answers[a]) for a in alphas]} M and the "
            f"{ratio:.1f}x ratio of Table 4 match the paper.")
 
-
-# --- part 3: a correct timing function ---------------------------------------------------------
 
 class _Workload:
     """A callable whose n-th call sleeps ``durations(n)`` milliseconds; counts its calls."""
@@ -245,67 +258,108 @@ def _time(time_ms: Callable, fn: Callable, warmup: int, repeats: int, device: st
     return as_number(result, call)
 
 
-def check_time_ms(time_ms: Callable, hidden: bool = False) -> None:
+def check_time_ms(time_ms: Callable, ms: float = 8.0, gpu_ms: float = 10.0) -> None:
     """``time_ms(fn, warmup, repeats, device)`` returns the median milliseconds of one call of
-    ``fn()``, after ``warmup`` untimed calls, synchronizing on CUDA."""
-    d = 12.0 if hidden else 8.0
-    # 1. a steady workload: d ms per call, in milliseconds
-    work = _Workload(lambda n: d)
-    got = _time(time_ms, work, 2, 5, "cpu", f"<sleeps {d:g} ms>")
-    if math.isclose(got, d / 1e3, rel_tol=0.5):
-        fail(f"time_ms(<sleeps {d:g} ms>) returned {got:.4g}: that is seconds; return "
-             "milliseconds (multiply by 1000).")
-    if not 0.9 * d <= got <= 3 * d + 10:
-        fail(f"time_ms(<a function that sleeps {d:g} ms>) returned {got:.3g} ms, expected about "
-             f"{d:g} ms.")
-    if work.calls < 7:
-        fail(f"time_ms(fn, warmup=2, repeats=5) called fn {work.calls} times; it should make 2 "
-             "untimed warm-up calls and then 5 timed calls.")
+    ``fn()``, after exactly ``warmup`` untimed calls and ``repeats`` timed ones, synchronizing on
+    CUDA. ``ms`` and ``gpu_ms`` set the durations of the simulated CPU and GPU workloads."""
+    time_ms = getattr(time_ms, "__wrapped__", time_ms)   # the student's own, not the recorder
+    d, g = float(ms), float(gpu_ms)
+    # 1. a steady workload: d ms per call, in milliseconds, with the calls it was asked for
+    for warmup, repeats in ((2, 5), (0, 3), (4, 3)):
+        work = _Workload(lambda n: d)
+        got = _time(time_ms, work, warmup, repeats, "cpu", f"<sleeps {d:g} ms>")
+        if math.isclose(got, d / 1e3, rel_tol=0.5):
+            fail(f"time_ms(<sleeps {d:g} ms>) returned {got:.4g}: that is seconds; return "
+                 "milliseconds (multiply by 1000).")
+        if not 0.9 * d <= got <= 3 * d + 10:
+            fail(f"time_ms(<a function that sleeps {d:g} ms per call>) returned {got:.3g} ms, "
+                 f"which is {'too high' if got > d else 'too low'}: return the milliseconds of "
+                 f"ONE call.")
+        if work.calls != warmup + repeats:
+            fail(f"time_ms(fn, warmup={warmup}, repeats={repeats}) called fn {work.calls} times; "
+                 f"use the arguments: {warmup} untimed warm-up calls, then {repeats} timed calls "
+                 f"({warmup + repeats} in all).")
     # 2. a slow warm-up: the first `warmup` calls take 60 ms, later ones 4 ms
     slow = _Workload(lambda n: 60.0 if n < 3 else 4.0)
     got = _time(time_ms, slow, 3, 5, "cpu", "<first 3 calls slow>")
     if got > 20:
         fail(f"time_ms(<a function whose first 3 calls take 60 ms, then 4 ms>, warmup=3) returned "
-             f"{got:.3g} ms, expected about 4 ms: run the warm-up calls first and do not time "
+             f"{got:.3g} ms, which is too high: run the warm-up calls first and do not time "
              "them (first calls pay for caches, lazy initialisation, autotuning, compilation).")
-    # 3. outliers: every 4th call takes 40 ms, the others 3 ms -> median 3, mean ~ 12
+    # 3. outliers: every 4th call takes 40 ms, the others 3 ms -> the median is not the mean
     spiky = _Workload(lambda n: 40.0 if n % 4 == 1 else 3.0)
     got = _time(time_ms, spiky, 1, 8, "cpu", "<3 ms with 40 ms outliers>")
     if got > 8:
         fail(f"time_ms(<3 ms per call with a 40 ms outlier every 4th call>) returned {got:.3g} "
-             "ms, expected about 3 ms: report the median of the timed calls, not the mean (one "
+             "ms, which is too high: report the median of the timed calls, not the mean (one "
              "hiccup of the operating system should not move the result).")
     # 4. an asynchronous device: launches return at once, the work finishes later
     gpu = _FakeGPU()
-    g = 15.0 if hidden else 10.0
     with _fake_cuda(gpu):
         got = _time(time_ms, lambda: gpu.launch(g), 2, 5, "cuda",
                     f"<launches {g:g} ms of GPU work>")
         gpu.synchronize()
     if got < 0.5 * g:
         fail(f"on CUDA, time_ms(<launches {g:g} ms of GPU work>, device='cuda') returned "
-             f"{got:.3g} ms: a kernel launch returns before the kernel runs, so you timed the "
-             "launch. Call torch.cuda.synchronize() before starting and before stopping the "
-             "clock (or record torch.cuda.Event(enable_timing=True) pairs and synchronize "
-             "before reading them).")
+             f"{got:.3g} ms, which is too low: a kernel launch returns before the kernel runs, so "
+             "you timed the launch. Call torch.cuda.synchronize() before starting and before "
+             "stopping the clock (or record torch.cuda.Event(enable_timing=True) pairs and "
+             "synchronize before reading them).")
     if got > 3 * g + 10:
         fail(f"on CUDA, time_ms(<launches {g:g} ms of GPU work>, warmup=2, repeats=5) returned "
-             f"{got:.3g} ms, expected about {g:g} ms: synchronize after the warm-up so queued "
-             "warm-up work is not billed to the first timed call, and divide per call.")
-    passed(f"time_ms: milliseconds, warm-up excluded, median, synchronized on (simulated) CUDA"
-           f"{' (hidden)' if hidden else ''}.")
+             f"{got:.3g} ms, which is too high: synchronize after the warm-up so queued warm-up "
+             "work is not billed to the first timed call, and divide per call.")
+    passed("time_ms: milliseconds, warm-up excluded, median, the calls asked for, synchronized on "
+           "(simulated) CUDA.")
 
 
-# --- part 4: measurements on this machine ------------------------------------------------------
+# --- part 4: measurements on this machine ----------------------------------------------------
+
+class _Recorded:
+    """The student's ``time_ms`` with a record of what each call returned: part 4's numbers must
+    be values it actually produced in this session, not typed in."""
+
+    def __init__(self, time_ms: Callable):
+        self.__wrapped__ = time_ms
+        self.results: list[float] = []
+        functools.update_wrapper(self, time_ms)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        result = self.__wrapped__(*args, **kwargs)
+        try:
+            self.results.append(float(_plain(result)))
+        except (TypeError, ValueError):
+            pass
+        return result
+
+
+def recorded(time_ms: Any) -> Any:
+    """Wrap the student's ``time_ms`` (part 3's test cell does it before part 4 runs) so part 4's
+    check can tell measured numbers from typed-in ones. Anything not callable is returned as it
+    is (the part 3 test then reports it)."""
+    if not callable(time_ms) or isinstance(time_ms, _Recorded):
+        return time_ms
+    return _Recorded(time_ms)
+
 
 def check_cpu_measurements(mobilenet_ms: Any, conv_mobilenet_ms: Any, measured_speedup: Any,
-                           macs_ratio: Any, batch: int, resolution: int) -> None:
-    """Numbers the student measured: plausible, self-consistent, and the MAC ratio exact."""
+                           macs_ratio: Any, batch: int, resolution: int,
+                           time_ms: Any = None) -> None:
+    """Numbers the student measured: returned by their own ``time_ms`` in this session (when the
+    recorder of :func:`recorded` is passed), plausible against a reference timing, self-consistent,
+    and the MAC ratio exact."""
     a = as_number(mobilenet_ms, "mobilenet_ms")
     b = as_number(conv_mobilenet_ms, "conv_mobilenet_ms")
+    s = as_number(measured_speedup, "measured_speedup")
+    r = as_number(macs_ratio, "macs_ratio")
     if a <= 0 or b <= 0:
         fail(f"times must be positive milliseconds, got mobilenet_ms={a}, conv_mobilenet_ms={b}.")
-    s = as_number(measured_speedup, "measured_speedup")
+    if isinstance(time_ms, _Recorded):
+        for name, value in (("mobilenet_ms", a), ("conv_mobilenet_ms", b)):
+            if not any(math.isclose(value, v, rel_tol=1e-9) for v in time_ms.results):
+                fail(f"{name} = {value:.4g} is not a number your time_ms returned in this session: "
+                     f"measure it with time_ms(...) in the cell above (typed-in timings do not "
+                     f"count; re-run the notebook from the top).")
     if math.isclose(s, a / b, rel_tol=1e-2) and not math.isclose(a, b, rel_tol=1e-2):
         fail(f"measured_speedup = {s:.3g} is upside down: how many times longer ConvMobileNet "
              "takes, conv_mobilenet_ms / mobilenet_ms.")
@@ -315,10 +369,10 @@ def check_cpu_measurements(mobilenet_ms: Any, conv_mobilenet_ms: Any, measured_s
         x = torch.empty(1, 3, resolution, resolution)
         want = costs.measure_macs(ConvMobileNet().eval(), x) / costs.measure_macs(
             MobileNetV1().eval(), x)
-    r = as_number(macs_ratio, "macs_ratio")
-    if not math.isclose(r, want, rel_tol=5e-3):
-        fail(f"macs_ratio = {r:.3g}, expected {want:.3g} (ConvMobileNet's mult-adds / "
-             f"MobileNetV1's at {resolution}x{resolution}).")
+    expect_close(r, want, f"macs_ratio (ConvMobileNet's mult-adds / MobileNetV1's at "
+                          f"{resolution}x{resolution})", rel=5e-3,
+                 hints={1 / want: "upside down: ConvMobileNet's mult-adds divided by "
+                                  "MobileNetV1's."})
     # plausibility: a quick reference timing of the faster network, within a wide factor (the
     # grader's machine may be busy)
     with quiet(), _one_thread():
@@ -336,46 +390,102 @@ def check_cpu_measurements(mobilenet_ms: Any, conv_mobilenet_ms: Any, measured_s
 def check_intensity(ai_depthwise: Any, ai_pointwise: Any) -> None:
     """FLOP/byte of a 3x3 depthwise and a 1x1 pointwise layer, 512 channels, 14x14, batch 1,
     fp32, minimal traffic (input, weights and output each moved once)."""
-    for name, value, kind in (("ai_depthwise", ai_depthwise, "depthwise"),
-                              ("ai_pointwise", ai_pointwise, "pointwise")):
+    answers = (as_number(ai_depthwise, "ai_depthwise"), as_number(ai_pointwise, "ai_pointwise"))
+    for name, got, kind in (("ai_depthwise", answers[0], "depthwise"),
+                            ("ai_pointwise", answers[1], "pointwise")):
         w = bench.layer_workload(kind, 512, 14, 1, 4)
-        got = as_number(value, name)
-        hints = {w.intensity / 2: "count FLOPs (2 per multiply-add), not MACs.",
-                 w.intensity * 4: "count bytes: each fp32 number is 4 bytes.",
-                 w.flops / (4 * 2 * 512 * 14 * 14): "the weights are read from memory too."}
-        if not math.isclose(got, w.intensity, rel_tol=1e-2):
-            hint = next((h for v, h in hints.items() if math.isclose(got, v, rel_tol=1e-2)), "")
-            fail(f"{name} = {got:.4g} FLOP/byte, expected {w.intensity:.4g} ({w.flops:,} FLOPs / "
-                 f"{w.bytes:,} bytes)." + (f" Hint: {hint}" if hint else ""))
+        expect_close(got, w.intensity, f"{name} (FLOP/byte)", rel=1e-2, hints={
+            w.intensity / 2: "count FLOPs (2 per multiply-add), not MACs.",
+            w.intensity * 4: "count bytes: each fp32 number is 4 bytes.",
+            w.flops / (4 * 2 * 512 * 14 * 14): "the weights are read from memory too."})
     passed("arithmetic intensities match: the depthwise layer does far fewer FLOPs per byte.")
 
 
-# --- part 5: on a GPU only ---------------------------------------------------------------------
+# --- part 6: on a GPU only ---------------------------------------------------------------------
 
-def check_gpu_measurements(gpu_ms: Any, time_ms: Callable) -> None:
-    """On a CUDA machine, ``gpu_ms`` = {"MobileNetV1": ms, "ConvMobileNet": ms} (batch 64, bf16
-    autocast, channels_last, inference) must agree with a reference timing; elsewhere this part
-    is skipped with full marks."""
-    if not torch.cuda.is_available():
-        passed("no GPU on this machine: this part is skipped (full marks). On a CUDA machine it "
-               "compares your gpu_ms with a reference timing.")
-        return
-    if not isinstance(gpu_ms, dict) or set(gpu_ms) != {"MobileNetV1", "ConvMobileNet"}:
-        fail("gpu_ms should be a dict with keys 'MobileNetV1' and 'ConvMobileNet' (milliseconds).")
+GPU_SETTING = dict(batch=64, resolution=224)   # bf16 autocast, channels_last, inference
+# The student's time_ms, run on the grader's GPU, must agree with the grader's timing this well
+# (same GPU, same work); the student's own gpu_ms may come from another GPU, so it gets a wider
+# band per value, and the ratio of the two networks (which depends less on the GPU) the tight one.
+GPU_TOLERANCE = 3.0
+GPU_VALUE_TOLERANCE = 10.0
+
+
+def _measure_on_gpu(time_ms: Callable) -> dict[str, tuple[float, float]]:
+    """For each network: (the student's time_ms on this GPU, the grader's own timing), both of
+    the part's setting (CUDA events, warm-up, median: course_lib.timing.benchmark)."""
+    results = {}
     for name, cls in (("MobileNetV1", MobileNetV1), ("ConvMobileNet", ConvMobileNet)):
-        got = as_number(gpu_ms[name], f"gpu_ms[{name!r}]")
         with quiet():
             model = cls().cuda().eval().to(memory_format=torch.channels_last)
-            x = torch.randn(64, 3, 224, 224, device="cuda").contiguous(
+            x = torch.randn(GPU_SETTING["batch"], 3, GPU_SETTING["resolution"],
+                            GPU_SETTING["resolution"], device="cuda").contiguous(
                 memory_format=torch.channels_last)
-            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-                ref = benchmark(model, x, warmup=5, repeats=10).median_ms
-        if not ref / 3 <= got <= ref * 3:
-            fail(f"gpu_ms[{name!r}] = {got:.3g} ms, but a reference timing of the same setting "
-                 f"took {ref:.3g} ms. Did you synchronize, warm up, and use batch 64?")
-    passed(f"GPU timings agree with the reference: MobileNetV1 {gpu_ms['MobileNetV1']:.2f} ms, "
-           f"ConvMobileNet {gpu_ms['ConvMobileNet']:.2f} ms.")
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            student = _time(time_ms, lambda: model(x), 5, 10, "cuda", f"<{name} inference>")
+            with quiet():
+                reference = benchmark(model, x, warmup=5, repeats=10).median_ms
+        results[name] = (student, reference)
+    return results
 
 
-__all__ = ["CheckFailed", "check_mobilenet", "check_paper_costs", "check_time_ms",
-           "check_cpu_measurements", "check_intensity", "check_gpu_measurements"]
+def check_gpu_measurements(gpu_ms: Any, time_ms: Callable, *,
+                           measure: Callable[[Callable], dict[str, tuple[float, float]]] | None
+                           = None, gpu: bool | None = None) -> None:
+    """Part 6, fair on every machine.
+
+    * No GPU on the grading machine: full marks whatever ``gpu_ms`` holds, with a note.
+    * A GPU: the grader runs the student's own ``time_ms`` on both networks on its GPU and
+      compares with its own measurement (``measure``); a timing function that is off by more than
+      :data:`GPU_TOLERANCE` fails. Then ``gpu_ms`` must be either None (the student had no GPU:
+      their time_ms measured here stands in for it) or the student's dict, each value within the
+      :data:`GPU_VALUE_TOLERANCE` of the grader's measurement (another GPU may be slower or
+      faster) and their ratio within :data:`GPU_TOLERANCE` of the grader's ratio (fabricated
+      numbers fail).
+
+    ``measure`` and ``gpu`` are for tests (the decision logic runs on a CPU with an injected
+    measurement); graders leave them alone."""
+    if gpu is None:
+        gpu = torch.cuda.is_available()
+    if not gpu:
+        passed("no GPU on this machine: this part is skipped (full marks). On a GPU grader your "
+               "time_ms is run on the GPU and your gpu_ms (if you give one) is compared with the "
+               "grader's own measurement.")
+        return
+    if not callable(time_ms):
+        fail("time_ms should be your timing function from part 3.")
+    time_ms = getattr(time_ms, "__wrapped__", time_ms)
+    if not (gpu_ms is None or isinstance(gpu_ms, dict)):
+        fail(f"gpu_ms should be None (no GPU where you worked) or a dict {{'MobileNetV1': ms, "
+             f"'ConvMobileNet': ms}}, got {type(gpu_ms).__name__}.")
+    if isinstance(gpu_ms, dict) and set(gpu_ms) != {"MobileNetV1", "ConvMobileNet"}:
+        fail("gpu_ms should be a dict with keys 'MobileNetV1' and 'ConvMobileNet' (milliseconds).")
+    answers = ({name: as_number(value, f"gpu_ms[{name!r}]") for name, value in gpu_ms.items()}
+               if isinstance(gpu_ms, dict) else None)
+    measured = (measure or _measure_on_gpu)(time_ms)
+    for name, (student, reference) in measured.items():
+        if not reference / GPU_TOLERANCE <= student <= reference * GPU_TOLERANCE:
+            fail(f"on this grader's GPU your time_ms gave {student:.3g} ms for {name}, but the "
+                 f"grader's own timing is {reference:.3g} ms: check the synchronization, warm-up "
+                 f"and median of time_ms on CUDA.")
+    if answers is None:
+        passed("gpu_ms is None (no GPU where you worked): your time_ms, run on this grader's GPU, "
+               "agrees with the grader's own timing, so this part counts.")
+        return
+    for name, value in answers.items():
+        reference = measured[name][1]
+        if not reference / GPU_VALUE_TOLERANCE <= value <= reference * GPU_VALUE_TOLERANCE:
+            fail(f"gpu_ms[{name!r}] = {value:.3g} ms is implausible: the grader measured the same "
+                 f"setting (batch 64, 224x224, bf16, channels_last) on its GPU, and GPUs do not "
+                 f"differ by more than {GPU_VALUE_TOLERANCE:g}x here. Did you synchronize, warm "
+                 f"up, and use batch 64? If you had no GPU, leave gpu_ms = None.")
+    if answers["MobileNetV1"] <= 0:
+        fail("gpu_ms['MobileNetV1'] must be a positive number of milliseconds.")
+    theirs = answers["ConvMobileNet"] / answers["MobileNetV1"]
+    ours = measured["ConvMobileNet"][1] / measured["MobileNetV1"][1]
+    if not ours / GPU_TOLERANCE <= theirs <= ours * GPU_TOLERANCE:
+        fail(f"gpu_ms: ConvMobileNet / MobileNetV1 = {theirs:.3g}, but on the grader's GPU the "
+             f"same ratio is {ours:.3g}; a ratio is much the same on any GPU. Time both networks "
+             f"in the same setting with your time_ms.")
+    passed(f"GPU timings agree with the grader's: MobileNetV1 {answers['MobileNetV1']:.2f} ms, "
+           f"ConvMobileNet {answers['ConvMobileNet']:.2f} ms.")

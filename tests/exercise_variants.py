@@ -1,0 +1,294 @@
+"""Student variants of every exercise, written as students write them: alternative valid
+solutions, typical wrong answers and partly right notebooks. Each variant is the released notebook
+with some solution cells replaced; every other solution cell holds the reference solution.
+
+They are submitted to the shared graded course (tests/conftest.py: one ``nbgrader autograde`` for
+all of them) and validated with ``nbgrader validate`` by tests/test_validate_autograde_agreement.py,
+which asserts that both agree on every test cell.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+
+REPO = Path(__file__).resolve().parents[1]
+
+VARIANTS: dict[str, dict[str, dict[str, str]]] = {
+    "ex01_standard": {
+        "alternative": {
+            "part1": '''
+def conv_output_size(size, kernel_size, stride=1, padding=0, dilation=1):
+    import math
+    return math.floor((size + 2 * padding - dilation * (kernel_size - 1) - 1) / stride) + 1
+''',
+            "part4": '''
+def conv2d_unfold(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    n, _, h, w = x.shape
+    m, c_g, kh, kw = weight.shape
+    cols = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride)
+    cols = cols.view(n, groups, c_g * kh * kw, -1)
+    out = torch.einsum("gmk,ngkl->ngml", weight.view(groups, m // groups, -1), cols)
+    out = out.reshape(n, m, conv_output_size(h, kh, stride, padding, dilation),
+                      conv_output_size(w, kw, stride, padding, dilation))
+    return out if bias is None else out + bias[None, :, None, None]
+''',
+        },
+        "typical_wrong": {   # off by one, forgotten bias: parts 1, 2 and 5 fail
+            "part1": '''
+def conv_output_size(size, kernel_size, stride=1, padding=0, dilation=1):
+    return (size + 2 * padding - dilation * (kernel_size - 1)) // stride
+''',
+            "part2": '''
+def conv_params(in_channels, out_channels, kernel_size, bias=True):
+    return kernel_size * kernel_size * in_channels * out_channels
+''',
+        },
+        "logs_to_stderr": {   # an honest student who logs: full marks
+            "part1": '''
+import logging
+logging.basicConfig(level=logging.INFO)   # a handler on stderr
+log = logging.getLogger("my_solution")
+
+def conv_output_size(size, kernel_size, stride=1, padding=0, dilation=1):
+    log.info("size %s kernel %s", size, kernel_size)
+    span = dilation * (kernel_size - 1) + 1
+    return (size + 2 * padding - span) // stride + 1
+''',
+            "part2": '''
+def conv_params(in_channels, out_channels, kernel_size, bias=True):
+    log.warning("counting a %dx%d conv", kernel_size, kernel_size)
+    return kernel_size * kernel_size * in_channels * out_channels + (out_channels if bias else 0)
+''',
+        },
+        "alias_of_conv2d": {   # an alias bound before the check: part 4 is refused
+            "part4": '''
+conv = F.conv2d
+
+def conv2d_unfold(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    return conv(x, weight, bias, stride, padding, dilation, groups)
+''',
+        },
+    },
+    "ex02_pointwise": {
+        "alternative": {
+            "part1": '''
+def pointwise_matmul(x, weight, bias=None):
+    out = torch.einsum("mc,nchw->nmhw", weight[:, :, 0, 0], x)
+    return out if bias is None else out + bias.view(1, -1, 1, 1)
+''',
+            "part2": '''
+def pointwise_via_linear(x, linear):
+    return linear(x.movedim(1, -1)).movedim(-1, 1)
+''',
+        },
+        "partly_right": {   # the bug left in part 2, ceil forgotten in part 3
+            "part2": '''
+def pointwise_via_linear(x, linear):
+    n, c, h, w = x.shape
+    return linear(x.reshape(n, h * w, c)).reshape(n, -1, h, w)
+''',
+            "part3": '''
+def pointwise_params(in_channels, out_channels, bias=True):
+    return in_channels * out_channels + (out_channels if bias else 0)
+
+
+def pointwise_macs(in_channels, out_channels, height, width, stride=1):
+    return in_channels * out_channels * (height // stride) * (width // stride)
+''',
+        },
+    },
+    "ex03_depthwise": {
+        "typical_wrong": {   # a grouped conv where single-channel convs were asked for
+            "part1": '''
+def depthwise_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1):
+    return F.conv2d(x, weight, bias, stride, padding, dilation, groups=x.shape[1])
+''',
+            "part2": '''
+def keras_to_torch(kernel):
+    kh, kw, c, k = kernel.shape
+    return kernel.permute(3, 2, 0, 1).reshape(c * k, 1, kh, kw)
+''',
+        },
+        "alternative": {
+            "part3": '''
+def depthwise_params(channels, kernel_size, depth_multiplier=1, bias=True):
+    filters = channels * depth_multiplier
+    return filters * (kernel_size ** 2 + int(bias))
+
+
+def depthwise_macs(channels, kernel_size, out_h, out_w, depth_multiplier=1):
+    return channels * depth_multiplier * kernel_size ** 2 * out_h * out_w
+''',
+        },
+    },
+    "ex04_separable": {
+        "partly_right": {   # BatchNorm and ReLU inside the block; a standard conv's count
+            "part1": '''
+def separable_params(in_channels, out_channels, kernel_size, depth_multiplier=1):
+    return kernel_size * kernel_size * in_channels * out_channels
+''',
+            "part3": '''
+class SeparableConv2d(nn.Module):
+    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1):
+        super().__init__()
+        self.depthwise = nn.Conv2d(in_channels, in_channels, kernel_size, stride=stride,
+                                   padding=kernel_size // 2, groups=in_channels, bias=False)
+        self.bn = nn.BatchNorm2d(in_channels)
+        self.relu = nn.ReLU()
+        self.pointwise = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+
+    def forward(self, x):
+        return self.pointwise(self.relu(self.bn(self.depthwise(x))))
+''',
+        },
+        "alternative": {
+            "part4": '''
+def separable_to_full(depthwise_weight, pointwise_weight):
+    return torch.einsum("mc,ckl->mckl", pointwise_weight[:, :, 0, 0], depthwise_weight[:, 0])
+''',
+        },
+    },
+    "ex05_xception": {
+        "partly_right": {   # dilation forgotten; BatchNorm left out of the share
+            "part2": '''
+def grouped_conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    xs = x.chunk(groups, dim=1)
+    ws = weight.chunk(groups, dim=0)
+    out = torch.cat([F.conv2d(a, b, None, stride, padding) for a, b in zip(xs, ws)], dim=1)
+    return out if bias is None else out + bias.view(1, -1, 1, 1)
+''',
+            "part4": '''
+pointwise_256 = 256 * 256
+first_cheaper_groups = 16
+extreme_params = 256 * 256 + 9 * 256
+order_difference = (128 * 256 + 9 * 256) - (9 * 128 + 128 * 256)
+middle_flow_share = 24 * (9 * 728 + 728 * 728) / 22_855_952
+''',
+        },
+        "alternative": {
+            "part2": '''
+def grouped_conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    xs = torch.split(x, x.shape[1] // groups, dim=1)
+    ws = torch.split(weight, weight.shape[0] // groups, dim=0)
+    out = torch.cat([F.conv2d(a, b, None, stride, padding, dilation) for a, b in zip(xs, ws)], 1)
+    return out if bias is None else out + bias.view(1, -1, 1, 1)
+''',
+        },
+    },
+    "ex06_atrous": {
+        "square_kernels_only": {   # rectangular kernels are in the visible tests too
+            "part1": '''
+def dilate_kernel(weight, dilation):
+    m, c, k, _ = weight.shape
+    out = torch.zeros(m, c, dilation * (k - 1) + 1, dilation * (k - 1) + 1)
+    out[:, :, ::dilation, ::dilation] = weight
+    return out
+''',
+            "part3": '''
+def atrous_conv_same(x, weight, bias=None, dilation=1):
+    return F.conv2d(x, weight, bias, padding=(weight.shape[-1] - 1) // 2, dilation=dilation)
+''',
+        },
+        "alternative": {
+            "part3": '''
+def atrous_conv_same(x, weight, bias=None, dilation=1):
+    return F.conv2d(x, weight, bias, padding="same", dilation=dilation)
+''',
+        },
+    },
+    "ex07_mobilenet": {
+        "shortcuts": {   # course_lib's model, fixed warm-up/repeats, typed-in timings
+            "part1": '''
+from course_lib.mobilenet import MobileNetV1
+
+def mobilenet_v1(alpha=1.0, num_classes=1000, in_channels=3):
+    return MobileNetV1(alpha, num_classes, in_channels)
+''',
+            "part3": '''
+def time_ms(fn, warmup=3, repeats=10, device="cpu"):
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(10):
+        if str(device).startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if str(device).startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+''',
+            "part4": '''
+mobilenet_ms, conv_mobilenet_ms = 25.0, 60.0
+measured_speedup = conv_mobilenet_ms / mobilenet_ms
+macs_ratio = (costs.measure_macs(ConvMobileNet().eval(), (1, 3, RES, RES))
+              / costs.measure_macs(mobilenet_v1().eval(), (1, 3, RES, RES)))
+''',
+        },
+        "gpu_stub_left": {   # no GPU: the stub of part 6 left as it is, full marks
+            "part6": '''
+gpu_ms = None   # stays None on a machine without a GPU
+if torch.cuda.is_available():
+    # YOUR CODE HERE
+    raise NotImplementedError()
+print(gpu_ms if gpu_ms is not None else "no GPU here: part 6 is skipped")
+''',
+        },
+    },
+    "ex08_autoencoder": {
+        "other_names": {   # `hist` instead of `history`: part 4 fails in validate AND autograde
+            "part4": '''
+LATENT_DIM = checks.LATENT_DIM   # 8
+seeded(0)
+model = build_autoencoder(LATENT_DIM)
+hist = fit(model, digits.x_train, digits.x_train, loss_fn=F.mse_loss, epochs=15,
+           batch_size=128, lr=6e-3, seed=0)
+model.eval()
+with torch.no_grad():
+    print("test MSE:", F.mse_loss(model(digits.x_test), digits.x_test).item())
+''',
+        },
+    },
+}
+
+
+def solution_sources(assignment: str) -> dict[str, str]:
+    """The reference solution of every solution cell, without the solution markers."""
+    nb = json.loads((REPO / "solutions" / assignment / f"{assignment}.ipynb").read_text())
+    sources = {}
+    for cell in nb["cells"]:
+        meta = cell["metadata"].get("nbgrader", {})
+        if meta.get("solution"):
+            lines = "".join(cell["source"]).split("\n")
+            sources[meta["grade_id"]] = "\n".join(
+                line for line in lines
+                if line.strip() not in ("### BEGIN SOLUTION", "### END SOLUTION"))
+    return sources
+
+
+def autograded_cells(assignment: str) -> set[str]:
+    """grade ids of the test cells the autograder scores (not the written answers)."""
+    nb = json.loads((REPO / "solutions" / assignment / f"{assignment}.ipynb").read_text())
+    return {c["metadata"]["nbgrader"]["grade_id"] for c in nb["cells"]
+            if c["cell_type"] == "code" and c["metadata"].get("nbgrader", {}).get("grade")}
+
+
+def variant_notebook(assignment: str, changes: dict[str, str]) -> nbformat.NotebookNode:
+    """The released notebook with every solution cell filled in: ``changes`` where given, the
+    reference solution elsewhere."""
+    nb = nbformat.read(REPO / "exercises" / assignment / f"{assignment}.ipynb", as_version=4)
+    solutions = solution_sources(assignment)
+    for cell in nb.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if meta.get("solution"):
+            cell.source = changes.get(meta["grade_id"], solutions[meta["grade_id"]]).strip("\n")
+    return nb
+
+
+def variant_students(assignments: list[str]) -> dict[str, tuple[str, dict[str, str]]]:
+    """{student id: (assignment, changes)} for the given assignments."""
+    return {f"{assignment}__{name}": (assignment, changes)
+            for assignment in assignments for name, changes in VARIANTS.get(assignment, {}).items()}
