@@ -750,6 +750,12 @@ def grade_submissions(engine: Engine, subs: list, info, template: Path, out: Pat
         record(sub, result)
 
     workers = max(1, len(engine.worker_info()))
-    engine.map_chunks(grade_chunk, chunked(todo, workers, chunk_size), job,
-                      resources=resources, key=lambda w: w.student, on_done=done)
+    try:
+        engine.map_chunks(grade_chunk, chunked(todo, workers, chunk_size), job,
+                          resources=resources, key=lambda w: w.student, on_done=done)
+    finally:
+        try:  # the workers' copies of the course and sandbox (atexit does not run on SIGTERM)
+            engine.client.run(_drop_templates)
+        except Exception:  # a worker that is gone has nothing left to remove
+            pass
     return report
