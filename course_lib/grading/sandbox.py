@@ -440,9 +440,24 @@ def install_kernelspec(folder: Path, sandbox: Sandbox | None, mem_mb: int) -> Pa
     return Path(folder)
 
 
+def _die_with_parent() -> None:
+    """SIGTERM this launcher when the process that started it (nbgrader) dies, so that a killed
+    grading run leaves no kernel behind (bwrap itself dies with the launcher)."""
+    import ctypes
+
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def launch_kernel(config: Path, connection_file: str, kernel_args: list[str] = ()) -> int:
     """The kernelspec's command (runs outside the sandbox, as the grader): start the kernel in a
     sandbox whose only writable folder is a scratch copy of the notebook's folder."""
+    _die_with_parent()
     box = Sandbox.from_json(Path(config).read_text())
     cwd = os.getcwd()  # nbgrader starts the kernel in the notebook's folder
     name = "/".join(Path(cwd).parts[-2:])
