@@ -30,10 +30,13 @@ import csv
 import hashlib
 import html
 import json
+import os
 import re
+import signal
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -284,13 +287,34 @@ def _prepare_shard(course: Path, assignment: str, shard: Path, template: Path | 
         shutil.copytree(template / "exercises", shard / "exercises", dirs_exist_ok=True)
 
 
-def _stream(cmd: list[str], cwd: Path, env: dict, log: Path, pattern: str, tick) -> int:
-    """Run ``cmd``, saving its output to ``log`` and calling ``tick`` on lines with ``pattern``."""
+def _stream(cmd: list[str], cwd: Path, env: dict, log: Path, pattern: str, tick,
+            idle_s: float | None = None) -> int:
+    """Run ``cmd``, saving its output to ``log`` and calling ``tick`` on lines with ``pattern``.
+
+    ``idle_s``: stop the command (and its process group) when it prints nothing for that long,
+    so that no step can hang the batch; the submissions it did not finish are graded by the
+    re-check alone and say so."""
     env = {**env, "PYTHONUNBUFFERED": "1"}  # the log is complete even if the step hangs
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, errors="replace")
+                                stderr=subprocess.STDOUT, text=True, errors="replace",
+                                start_new_session=True)
+        last = [time.monotonic()]
+
+        def watch() -> None:
+            while proc.poll() is None:
+                if idle_s and time.monotonic() - last[0] > idle_s:
+                    out.write(f"\n[grade_class] no output for {idle_s:g} s: stopped\n")
+                    try:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+                    return
+                time.sleep(1)
+
+        threading.Thread(target=watch, daemon=True).start()
         for line in proc.stdout:
+            last[0] = time.monotonic()
             out.write(line)
             if pattern in line:
                 tick()
@@ -463,7 +487,10 @@ def _grade_shard(shard: Path, subs: list[Submission], info: SourceInfo, settings
              f"--Execute.timeout={t}", f"--ExecutePreprocessor.timeout={t}",
              "--OverwriteCells.add_missing_cells=True",
              *(box.kernel_manager_args("kernel") if box else [])],
-            shard, env, shard / "autograde.log", "Autograding", bars["autograde"].update)
+            shard, env, shard / "autograde.log", "Autograding", bars["autograde"].update,
+            # a notebook may run its kernel's whole budget without nbgrader printing a line
+            idle_s=timeout * (sum(c["cell_type"] == "code" for c in info.cells.values()) + 2)
+            + 180)
     seconds["autograde"], started = time.monotonic() - started, time.monotonic()
     graded = grading.scores(shard, a)
     for sub in subs:
