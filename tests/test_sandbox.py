@@ -113,7 +113,8 @@ def test_student_code_cannot_write_outside_its_folder(box):
     report, seen = _run(b, f"""
         import json, os
         from course_lib.grading.kernel import install_audit  # as the grading kernel does
-        install_audit(int(os.environ["COURSE_AUDIT_FD"]), (os.getcwd(), "/tmp"))()
+        protected = tuple(os.environ["COURSE_AUDIT_PROTECTED"].split(os.pathsep))
+        install_audit(int(os.environ["COURSE_AUDIT_FD"]), (os.getcwd(), "/tmp"), protected)()
         results = {{}}
         for path in [{str(target)!r}, {course_lib.__file__!r}, "/usr/local/evil", "/etc/passwd"]:
             try:
@@ -136,6 +137,7 @@ def test_student_code_cannot_write_outside_its_folder(box):
     assert Path(course_lib.__file__).read_text().endswith("# tampered") is False
     writes = [e["detail"] for e in report.audit if e["kind"] == "write"]
     assert any("/etc/passwd" in w for w in writes), report.audit
+    assert any(str(target) in w for w in writes), "a write to the read-only snapshot is reported"
 
 
 def test_no_network_not_even_loopback(box):

@@ -106,7 +106,7 @@ def check_conv2d_unfold(conv2d_unfold: Callable, seed: int = VISIBLE_SEED, count
 
 def _close(actual: torch.Tensor, other: torch.Tensor) -> bool:
     return (type(actual) is torch.Tensor and actual.shape == other.shape
-            and actual.is_floating_point()
+            and actual.is_floating_point() and actual.device == other.device
             and bool(_REF["allclose"](actual.detach().to(other.dtype), other, atol=1e-4,
                                       rtol=1e-4)))
 

@@ -25,6 +25,7 @@ from pathlib import Path
 DEFAULT_MEM_MB = 4096
 DEFAULT_FILE_MB = 64
 AUDIT_FD_ENV = "COURSE_AUDIT_FD"
+AUDIT_PROTECTED_ENV = "COURSE_AUDIT_PROTECTED"
 # Audit events that mean "started a process" and "changed the file system".
 SPAWN_EVENTS = {"os.fork", "os.forkpty", "os.posix_spawn", "os.spawn", "os.system", "os.exec",
                 "subprocess.Popen", "pty.spawn"}
@@ -58,15 +59,23 @@ def _lower(which: int, limit: int) -> None:
     resource.setrlimit(which, (limit, hard))
 
 
-def _outside(path: object, allowed: tuple[str, ...]) -> str | None:
-    """The absolute path if it lies outside the ``allowed`` folders, else None."""
+def _within(path: str, folders) -> bool:
+    return any(path == f or path.startswith(f.rstrip(os.sep) + os.sep) for f in folders)
+
+
+def _outside(path: object, allowed: tuple[str, ...], protected: tuple[str, ...] = ()) -> str | None:
+    """The absolute path if it lies outside the ``allowed`` folders (the first one, its own
+    folder, always counts as inside; the others only outside the ``protected`` ones, such as the
+    read-only course_lib snapshot bound under the private /tmp), else None."""
     if isinstance(path, int) or path is None:
         return None
     try:
         full = os.path.abspath(os.fsdecode(path))
     except (TypeError, ValueError):
         return None
-    if any(full == a or full.startswith(a + os.sep) for a in allowed):
+    if _within(full, allowed[:1]):  # its own folder, first: always fine
+        return None
+    if _within(full, allowed[1:]) and not _within(full, protected):
         return None
     return full
 
@@ -80,7 +89,7 @@ def _writes(mode: object, flags: object) -> bool:
     return False
 
 
-def install_audit(fd: int, allowed: tuple[str, ...]):
+def install_audit(fd: int, allowed: tuple[str, ...], protected: tuple[str, ...] = ()):
     """Report spawned processes and file changes outside ``allowed`` as JSON lines on ``fd``,
     from the moment the returned ``start()`` is called (the kernel's own start is not reported).
     """
@@ -95,10 +104,11 @@ def install_audit(fd: int, allowed: tuple[str, ...]):
         if event in SPAWN_EVENTS or event.startswith("os.exec"):
             what = ("spawn", event)
         elif event == "open" and len(args) >= 3 and _writes(args[1], args[2]):
-            path = _outside(args[0], allowed)
+            path = _outside(args[0], allowed, protected)
             what = ("write", path) if path else None
         elif event in FILE_EVENTS:
-            paths = [_outside(args[i], allowed) for i in FILE_EVENTS[event] if i < len(args)]
+            paths = [_outside(args[i], allowed, protected) for i in FILE_EVENTS[event]
+                     if i < len(args)]
             path = next((p for p in paths if p), None)
             what = ("write", f"{event} {path}") if path else None
         if what is None or what in seen or len(seen) > 50:
@@ -149,7 +159,11 @@ def main(argv: list[str] | None = None) -> None:
     if os.environ.get(AUDIT_FD_ENV):
         fd = int(os.environ.pop(AUDIT_FD_ENV))
         os.set_inheritable(fd, False)  # the student's own processes do not get the channel
-        start_audit = install_audit(fd, (os.getcwd(), "/tmp", "/dev"))
+        # Writable inside: its folder, its private /tmp, /dev; but not what is bound read-only
+        # there (the course_lib snapshot, the course's paths), whose paths may lie under /tmp.
+        protected = tuple(p for p in os.environ.pop(AUDIT_PROTECTED_ENV, "").split(os.pathsep)
+                          if p)
+        start_audit = install_audit(fd, (os.getcwd(), "/tmp", "/dev"), protected)
     from ipykernel.kernelapp import IPKernelApp
 
     app = IPKernelApp.instance()

@@ -369,8 +369,12 @@ def run_sandboxed(box: "Sandbox", command: list[str], name: str, writable: dict[
     import threading
 
     audit_read, audit_write = os.pipe()
+    protected = [box.site, *box.masked, *(readonly or {}).values()]
     argv = box.bwrap_argv(writable, readonly,
-                          env={**(env or {}), "COURSE_AUDIT_FD": str(audit_write)}, cwd=cwd)
+                          env={**(env or {}), "COURSE_AUDIT_FD": str(audit_write),
+                               "COURSE_AUDIT_PROTECTED": os.pathsep.join(
+                                   p for p in protected if p not in writable.values())},
+                          cwd=cwd)
     audit: list[dict] = []
     start = time.monotonic()
     try:
