@@ -88,12 +88,17 @@ class ValidationResult:
     output: str
 
 
-def validate(notebook: Path, invert: bool = False, cwd: Path | None = None) -> ValidationResult:
-    """``nbgrader validate`` (``--invert``: succeed only if every test cell fails)."""
+def validate(notebook: Path, invert: bool = False, cwd: Path | None = None,
+             cell_timeout: int | None = None) -> ValidationResult:
+    """``nbgrader validate`` (``--invert``: succeed only if every test cell fails).
+
+    Run from the notebook's folder, as a student would, nbgrader's default cell timeout (30 s)
+    applies; ``cell_timeout`` overrides it (a solution's hidden tests do more work)."""
     notebook = Path(notebook)
     if not notebook.is_file():
         raise FileNotFoundError(f"no notebook at {notebook}")
-    args = ["validate", str(notebook.resolve())] + (["--invert"] if invert else [])
+    args = ["validate", str(notebook.resolve())] + (["--invert"] if invert else []) \
+        + ([f"--Execute.timeout={int(cell_timeout)}"] if cell_timeout else [])
     proc = run_nbgrader(args, cwd=Path(cwd or notebook.parent), check=False)
     output = proc.stdout + proc.stderr
     success = "Success!" in output and proc.returncode == 0
