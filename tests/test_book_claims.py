@@ -82,7 +82,10 @@ def test_chapter7_thesis_matches_both_devices():
         "bf16 channels_last"]
     cpu = bench.load(DATA / "mobilenet_bench_cpu.json")
     big = max(cpu["meta"]["config"]["batches"])
-    assert bench.speedup(cpu, "fp32_nchw", big, "inference") > 5
+    # Several times faster, and less than the mult-add ratio (the depthwise layers' low rate)
+    speedup = bench.speedup(cpu, "fp32_nchw", big, "inference")
+    t4 = {r.name: r.macs_m for r in mobilenet.table4()}
+    assert 3 < speedup < t4["Conv MobileNet"] / t4["MobileNet"]
     text = flat(prose(BOOK / "ch07_mobilenet.md"))
     assert "They often do not" not in text and "can buy little" not in text
     assert "on an H100 GPU in bf16 it is **no faster**" in text

@@ -507,7 +507,7 @@ def grade_chunk(items: list[Work], job: ChunkJob) -> list[Graded]:
     re-check, feedback, as :func:`course_lib.grading.grade_class._grade_shard` does), and return
     the results as data. Nothing is written outside this worker's temporary folder."""
     from course_lib.grading import course as grading
-    from course_lib.grading import grade_class, sandbox
+    from course_lib.grading import grade_class, nursery, sandbox
     from course_lib.grading.kernel import kernel_env
 
     worker = _worker_address()
@@ -519,9 +519,14 @@ def grade_chunk(items: list[Work], job: ChunkJob) -> list[Graded]:
     template = root / "shard"
     work = Path(tempfile.mkdtemp(prefix="chunk-", dir=root))
     box = box.for_shard() if box is not None else None  # IPC sockets of its own
+    shard = work / "shard"
+    # Warm kernels: one sandbox for this chunk's notebooks, forking a kernel per notebook.
+    broker = nursery.Broker(box, [f"course_lib.checks.{job.assignment}"],
+                            log=shard / "nursery.log") if box is not None else None
+    box = broker.box if broker is not None else None
     try:
-        shard = work / "shard"
         settings = {"cell_timeout": job.cell_timeout, "mem_mb": job.mem_mb, "sandbox": box,
+                    "broker": broker,
                     "env": kernel_env(sandbox.install_kernelspec(work / "jupyter", box,
                                                                  job.mem_mb))}
         grade_class._prepare_shard(template, job.assignment, shard, template, settings["env"])
@@ -557,6 +562,7 @@ def grade_chunk(items: list[Work], job: ChunkJob) -> list[Graded]:
         shutil.rmtree(work, ignore_errors=True)
         if box is not None:
             shutil.rmtree(box.ipc_dir, ignore_errors=True)
+            shutil.rmtree(Path(box.nursery).parent, ignore_errors=True)
 
 
 def _wall(monotonic: float) -> float:

@@ -26,6 +26,7 @@ Steps (see book/instructor_guide.md):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import html
@@ -483,14 +484,15 @@ def _grade_shard(shard: Path, subs: list[Submission], info: SourceInfo, settings
     t = str(int(timeout))
     seconds = settings.setdefault("seconds", {})  # per stage, for the benchmark
     started = time.monotonic()
-    _stream([sys.executable, "-m", "nbgrader", "autograde", a, "--create", "--force",
-             f"--Execute.timeout={t}", f"--ExecutePreprocessor.timeout={t}",
-             "--OverwriteCells.add_missing_cells=True",
-             *(box.kernel_manager_args("kernel") if box else [])],
-            shard, env, shard / "autograde.log", "Autograding", bars["autograde"].update,
-            # a notebook may run its kernel's whole budget without nbgrader printing a line
-            idle_s=timeout * (sum(c["cell_type"] == "code" for c in info.cells.values()) + 2)
-            + 180)
+    with settings.get("broker") or contextlib.nullcontext():  # warm kernels, where there are
+        _stream([sys.executable, "-m", "nbgrader", "autograde", a, "--create", "--force",
+                 f"--Execute.timeout={t}", f"--ExecutePreprocessor.timeout={t}",
+                 "--OverwriteCells.add_missing_cells=True",
+                 *(box.kernel_manager_args("kernel") if box else [])],
+                shard, env, shard / "autograde.log", "Autograding", bars["autograde"].update,
+                # a notebook may run its kernel's whole budget without nbgrader printing a line
+                idle_s=timeout * (sum(c["cell_type"] == "code" for c in info.cells.values())
+                                  + 2) + 180)
     seconds["autograde"], started = time.monotonic() - started, time.monotonic()
     graded = grading.scores(shard, a)
     for sub in subs:

@@ -158,12 +158,22 @@ def main(argv: list[str] | None = None) -> None:
     start_audit = None
     if os.environ.get(AUDIT_FD_ENV):
         fd = int(os.environ.pop(AUDIT_FD_ENV))
-        os.set_inheritable(fd, False)  # the student's own processes do not get the channel
-        # Writable inside: its folder, its private /tmp, /dev; but not what is bound read-only
-        # there (the course_lib snapshot, the course's paths), whose paths may lie under /tmp.
         protected = tuple(p for p in os.environ.pop(AUDIT_PROTECTED_ENV, "").split(os.pathsep)
                           if p)
-        start_audit = install_audit(fd, (os.getcwd(), "/tmp", "/dev"), protected)
+        start_audit = audit_channel(fd, protected)
+    serve(argv, start_audit)
+
+
+def audit_channel(fd: int, protected: tuple[str, ...]):
+    """The audit hook on ``fd``, for a kernel whose folder is the current one."""
+    os.set_inheritable(fd, False)  # the student's own processes do not get the channel
+    # Writable inside: its folder, its private /tmp, /dev; but not what is bound read-only
+    # there (the course_lib snapshot, the course's paths), whose paths may lie under /tmp.
+    return install_audit(fd, (os.getcwd(), "/tmp", "/dev"), protected)
+
+
+def serve(argv: list[str], start_audit=None) -> None:
+    """Run ipykernel with ``argv`` (``-f CONNECTION_FILE`` ...) until it is shut down."""
     from ipykernel.kernelapp import IPKernelApp
 
     app = IPKernelApp.instance()

@@ -156,6 +156,7 @@ class Sandbox:
     scratch_root: str | None = None    # where per-run scratch folders are made (outside view)
     limits: Limits = field(default_factory=Limits)
     events_dir: str | None = None      # launcher's reports (processes seen, wall time)
+    nursery: str | None = None         # the warm-kernel broker's socket (nursery.Broker)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -464,6 +465,12 @@ def launch_kernel(config: Path, connection_file: str, kernel_args: list[str] = (
     _die_with_parent()
     box = Sandbox.from_json(Path(config).read_text())
     cwd = os.getcwd()  # nbgrader starts the kernel in the notebook's folder
+    if box.nursery:  # a warm kernel forked in the shard's sandbox, where there is one
+        from course_lib.grading import nursery
+
+        returncode = nursery.launch(box.nursery, connection_file, cwd, list(kernel_args))
+        if returncode is not None:
+            return returncode
     name = "/".join(Path(cwd).parts[-2:])
     scratch = box.new_scratch(Path(cwd).parent.name, copy_from=Path(cwd))
     lim = box.limits

@@ -1,0 +1,134 @@
+"""Warm kernels (course_lib.grading.nursery): one real bwrap sandbox forks every kernel of a shard.
+
+Kernels are started the way nbgrader starts them, with jupyter_client's KernelManager and the
+grading kernelspec; what one student's kernel leaves behind (processes, files in /tmp and in its
+folder) must be gone when the next student's kernel starts, and a kernel that kills the nursery
+must not stop the next one from starting.
+"""
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from course_lib.grading import nursery, sandbox
+from course_lib.grading.kernel import kernel_env
+
+pytestmark = pytest.mark.skipif(sandbox.bwrap_path() is None, reason="needs bubblewrap")
+
+
+@pytest.fixture()
+def broker(tmp_path):
+    course = tmp_path / "course"
+    (course / "solutions").mkdir(parents=True)
+    (course / "solutions" / "answer.txt").write_text("the answer")
+    limits = sandbox.Limits(mem_mb=3072, processes=16, wall_s=120)
+    box = sandbox.Sandbox.for_batch(tmp_path / "work", hide=[course], limits=limits).for_shard()
+    with nursery.Broker(box, [], log=tmp_path / "nursery.log") as b:
+        env = kernel_env(sandbox.install_kernelspec(tmp_path / "jupyter", b.box, 3072))
+        yield b, env, tmp_path
+
+
+def _run_in_kernel(broker_env, student: str, code: str, timeout: float = 120) -> dict:
+    """Run ``code`` (whose last line prints JSON) as a one-cell notebook in ``student``'s folder
+    with nbclient and the grading kernelspec, as nbgrader does; returns that JSON."""
+    import nbformat
+    from nbclient import NotebookClient
+    from traitlets.config import Config
+
+    b, env, tmp = broker_env
+    folder = tmp / "autograded" / student / "ex"
+    folder.mkdir(parents=True)
+    (folder / "notes.txt").write_text(f"{student}'s own file")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(textwrap.dedent(code))])
+    old = dict(os.environ)
+    os.environ.update(env)
+    try:
+        # The kernel manager's settings nbgrader gets from Sandbox.kernel_manager_args.
+        config = Config({"KernelManager": {
+            "transport": "ipc", "ip": f"{b.box.ipc_dir}/k",
+            "client_class": "course_lib.grading.sandbox.SandboxKernelClient"}})
+        NotebookClient(nb, config=config, kernel_name="python3", timeout=timeout,
+                       startup_timeout=300,
+                       resources={"metadata": {"path": str(folder)}}).execute()
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    text = "".join(o.get("text", "") for o in nb.cells[0].outputs if o.output_type == "stream")
+    return json.loads(text.strip().splitlines()[-1])
+
+
+def test_warm_kernels_leave_nothing_to_the_next_student(broker):
+    b = broker[0]
+    first = _run_in_kernel(broker, "alice", """
+        import json, os, subprocess, sys
+        # A process that outlives the kernel, a file in /tmp, a file next to the notebook.
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                         start_new_session=True)
+        open("/tmp/left-by-alice", "w").write("x")
+        open("planted.py", "w").write("x = 1")
+        print(json.dumps({"cwd": os.getcwd(), "files": sorted(os.listdir(".")),
+                          "torch_loaded": "torch" in sys.modules}))
+    """)
+    # The kernel was forked from the warm nursery: PyTorch is already imported, and the
+    # notebook's folder is a copy of its own files.
+    assert first["torch_loaded"] is True
+    assert first["files"] == ["notes.txt", "planted.py"]
+    second = _run_in_kernel(broker, "bob", """
+        import json, os
+        me = os.getpid()
+        others = []
+        for pid in os.listdir("/proc"):
+            if pid.isdigit() and int(pid) not in (1, me, os.getppid()):
+                try:
+                    others.append(open(f"/proc/{pid}/cmdline").read().replace("\\0", " "))
+                except OSError:
+                    pass
+        parent = os.path.dirname(os.getcwd())
+        print(json.dumps({"others": others, "tmp": sorted(os.listdir("/tmp")),
+                          "siblings": sorted(os.listdir(parent)),
+                          "files": sorted(os.listdir(".")),
+                          "solutions_visible": os.path.exists(%r)}))
+    """ % str(broker[2] / "course" / "solutions" / "answer.txt"))
+    assert second["others"] == [], "alice's process survived into bob's kernel"
+    assert "left-by-alice" not in second["tmp"], "alice's /tmp file reached bob"
+    assert len(second["siblings"]) == 1, "another kernel's folder is visible"
+    assert second["files"] == ["notes.txt"]
+    assert second["solutions_visible"] is False
+    assert b.kernels == 2
+    # The supervisor's reports are written as for a kernel in a sandbox of its own.
+    events = Path(b.box.events_dir)
+    report = json.loads((events / "kernel-alice.json").read_text().splitlines()[-1])
+    assert any(e["kind"] == "spawn" for e in report["audit"]), report
+
+
+def test_a_kernel_that_kills_the_nursery_only_ends_itself(broker):
+    b = broker[0]
+    with pytest.raises(Exception):
+        _run_in_kernel(broker, "mallory", """
+            import os, signal
+            os.kill(os.getppid(), signal.SIGKILL)   # the nursery: the whole sandbox ends
+            import time; time.sleep(30)
+        """, timeout=15)
+    after = _run_in_kernel(broker, "carol", """
+        import json, os
+        print(json.dumps({"ok": True, "files": sorted(os.listdir("."))}))
+    """)
+    assert after == {"ok": True, "files": ["notes.txt"]}
+    assert b.kernels == 2  # carol's kernel came from a fresh nursery
+
+
+def test_without_a_broker_the_launcher_falls_back(tmp_path):
+    """A kernelspec naming a broker that is not there starts a sandbox of its own."""
+    limits = sandbox.Limits(mem_mb=3072, processes=16, wall_s=120)
+    box = sandbox.Sandbox.for_batch(tmp_path / "work", hide=[], limits=limits).for_shard()
+    b = nursery.Broker(box, [])  # never entered: nobody listens on its socket
+    env = kernel_env(sandbox.install_kernelspec(tmp_path / "jupyter", b.box, 3072))
+    out = _run_in_kernel((b, env, tmp_path), "dave", """
+        import json, sys
+        print(json.dumps({"torch_loaded": "torch" in sys.modules}))
+    """)
+    assert out == {"torch_loaded": False}  # a cold kernel: nothing imported before the notebook
