@@ -51,3 +51,32 @@ def test_manual_answer_is_released_as_an_empty_answer(tmp_path):
     assert released.cells[0].source == "Which network is faster, and why?"
     with pytest.raises(ValueError, match="points > 0"):
         authoring.manual_answer("q", 0, "a", "b")
+
+
+def test_a_chapter_twin_carries_the_measurements_it_reads(tmp_path, monkeypatch):
+    """Colab opens a chapter's twin alone, without the book's folder: chapter 7's twin writes the
+    committed measurements it reads into data/ before its own lookup of them, from book/data as
+    committed; chapters that read none get no such cell."""
+    from pathlib import Path
+
+    from course_lib import bench
+
+    book = Path(__file__).resolve().parents[1] / "book"
+    twin = nbformat.read(book / "ch07_mobilenet.ipynb", as_version=4)
+    ids = [c.get("id") for c in twin.cells]
+    lookup = next(i for i, c in enumerate(twin.cells)
+                  if c.cell_type == "code" and authoring.DATA_MARKER in c.source)
+    assert "data" in ids and ids.index("data") < lookup
+    line = next(l for l in twin.cells[lookup].source.splitlines() if authoring.DATA_MARKER in l)
+    monkeypatch.chdir(tmp_path)  # an empty folder, as on Colab
+    namespace = {"Path": Path}
+    exec(twin.cells[ids.index("data")].source, namespace)
+    exec(line, namespace)
+    found = namespace["DATA"]
+    assert found.resolve() == (tmp_path / "data").resolve()
+    written = sorted(p.name for p in found.iterdir())
+    assert {"mobilenet_bench_cpu.json", bench.REFERENCE_GPU_FILE} <= set(written)
+    for name in written:
+        assert (found / name).read_text() == (book / "data" / name).read_text()
+    ch01 = nbformat.read(book / "ch01_standard.ipynb", as_version=4)
+    assert "data" not in [c.get("id") for c in ch01.cells]

@@ -17,7 +17,8 @@ import pytest
 from course_lib.grading import nursery, sandbox
 from course_lib.grading.kernel import kernel_env
 
-pytestmark = pytest.mark.skipif(sandbox.bwrap_path() is None, reason="needs bubblewrap")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(sandbox.bwrap_path() is None, reason="needs bubblewrap")]
 
 
 @pytest.fixture()
@@ -70,6 +71,17 @@ def test_warm_kernels_leave_nothing_to_the_next_student(broker):
                          start_new_session=True)
         open("/tmp/left-by-alice", "w").write("x")
         open("planted.py", "w").write("x = 1")
+        # An IPython startup file (HOME is /tmp) in folders made unwritable, for the next kernel
+        # to run when it starts.
+        startup = "/tmp/.ipython/profile_default/startup"
+        os.makedirs(startup, exist_ok=True)
+        open(f"{startup}/00-evil.py", "w").write("open('/tmp/evil-ran', 'w').write('x')")
+        for d in (startup, os.path.dirname(startup), "/tmp/.ipython"):
+            os.chmod(d, 0o500)
+        # Shared memory, POSIX (/dev/shm) and System V, left for the next kernel to find.
+        import ctypes
+        open("/dev/shm/left-by-alice", "w").write("x")
+        assert ctypes.CDLL(None).shmget(4242, 4096, 0o1600) >= 0  # IPC_CREAT | 0600
         print(json.dumps({"cwd": os.getcwd(), "files": sorted(os.listdir(".")),
                           "torch_loaded": "torch" in sys.modules}))
     """)
@@ -88,13 +100,17 @@ def test_warm_kernels_leave_nothing_to_the_next_student(broker):
                 except OSError:
                     pass
         parent = os.path.dirname(os.getcwd())
+        shm = open("/proc/sysvipc/shm").read().splitlines()[1:]
         print(json.dumps({"others": others, "tmp": sorted(os.listdir("/tmp")),
+                          "dev_shm": sorted(os.listdir("/dev/shm")), "sysv_shm": shm,
                           "siblings": sorted(os.listdir(parent)),
                           "files": sorted(os.listdir(".")),
                           "solutions_visible": os.path.exists(%r)}))
     """ % str(broker[2] / "course" / "solutions" / "answer.txt"))
     assert second["others"] == [], "alice's process survived into bob's kernel"
     assert "left-by-alice" not in second["tmp"], "alice's /tmp file reached bob"
+    assert "evil-ran" not in second["tmp"], "alice's IPython startup file ran in bob's kernel"
+    assert second["dev_shm"] == [] and second["sysv_shm"] == [], "alice's shared memory is left"
     assert len(second["siblings"]) == 1, "another kernel's folder is visible"
     assert second["files"] == ["notes.txt"]
     assert second["solutions_visible"] is False

@@ -481,13 +481,22 @@ def _assert_every_test_passes(nb: nbformat.NotebookNode, assignment: str) -> Non
             f"{assignment} {cell.metadata.nbgrader.grade_id} printed no ✔ line: {cell.outputs}")
 
 
+# Two exercises, not nine: every setup cell is the same generated cell
+# (test_setup_cells_and_twins_are_current), the wheel's contents are checked module by module
+# (test_wheel_holds_every_module_of_the_package), and every solution passes nbgrader in the
+# development environment (test_notebooks.py). ex01 is the first install; ex07 times on the
+# device it finds, the exercise most sensitive to its environment.
+COLAB_SAMPLE = ["ex01_standard", "ex07_mobilenet"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+@pytest.mark.parametrize("assignment", COLAB_SAMPLE)
 def test_colab_simulation_exercise(venv, server, assignment, tmp_path):
-    """Each exercise, solved, in the new environment: every test passes with the course_lib the
+    """An exercise, solved, in the new environment: every test passes with the course_lib the
     setup cell installed from the (local) site. The first exercise starts with no course_lib at all
-    (the venv fixture checks it), so its setup cell installs the wheel; the later ones find it
+    (the venv fixture checks it), so its setup cell installs the wheel; the later one finds it
     installed (one pip install in all keeps this test short) and must not reinstall it."""
+    assert set(COLAB_SAMPLE) <= set(ASSIGNMENTS)
     installed = venv.course_lib_version()
     assert installed in (None, INFO.version)
     downloads = len(server.downloads())

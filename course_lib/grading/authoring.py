@@ -201,9 +201,44 @@ def chapter_setup_cell(info: Publishing | None = None) -> nbformat.NotebookNode:
     return cell
 
 
+# A chapter that reads the book's committed measurements (book/data) names them through this.
+DATA_MARKER = "DATA = next("
+
+
+def chapter_data_files(chapter_md: Path) -> list[Path]:
+    """The committed measurements (``book/data``) a chapter reads: named in its text, or through
+    ``bench.REFERENCE_GPU_FILE``."""
+    text = Path(chapter_md).read_text()
+    if DATA_MARKER not in text:
+        return []
+    named = []
+    if "REFERENCE_GPU_FILE" in text:
+        from course_lib.bench import REFERENCE_GPU_FILE
+        named.append(REFERENCE_GPU_FILE)
+    return [p for p in sorted((Path(chapter_md).parent / "data").glob("*.json"))
+            if p.name in text or p.name in named]
+
+
+def chapter_data_cell(files: list[Path]) -> nbformat.NotebookNode:
+    """A cell that writes the book's committed measurements into ``data/`` where they are not
+    (Colab opens the twin alone, without the book's folder; no network is needed)."""
+    files = {p.name: p.read_text() for p in files}
+    cell = nbformat.v4.new_code_cell(
+        "# The committed measurements this chapter reads (book/data in the repository), for where\n"
+        "# the twin runs without the book's folder (Colab). Generated with the twin.\n"
+        "import pathlib\n"
+        "pathlib.Path(\"data\").mkdir(exist_ok=True)\n"
+        f"for name, text in {files!r}.items():\n"
+        "    if not pathlib.Path(\"data\", name).exists():\n"
+        "        pathlib.Path(\"data\", name).write_text(text)\n")
+    cell["id"] = "data"
+    return cell
+
+
 def chapter_twin(chapter_md: Path, info: Publishing | None = None) -> nbformat.NotebookNode:
     """The ``.ipynb`` twin of a MyST chapter, for Colab (which opens only .ipynb): its cells as
-    jupytext reads them, after :func:`chapter_setup_cell`, with stable ids and no outputs."""
+    jupytext reads them, after :func:`chapter_setup_cell` (and, for a chapter that reads the
+    committed measurements, :func:`chapter_data_cell`), with stable ids and no outputs."""
     import jupytext
 
     chapter = jupytext.read(chapter_md)
@@ -213,6 +248,8 @@ def chapter_twin(chapter_md: Path, info: Publishing | None = None) -> nbformat.N
     nb.cells[0].source = (f"# Generated from {Path(chapter_md).name} (the book's chapter) by "
                           f"`python -m course_lib.grading.authoring`: edit that file, not this one.\n"
                           + nb.cells[0].source)
+    if chapter_data_files(chapter_md):
+        nb.cells.append(chapter_data_cell(chapter_data_files(chapter_md)))
     for i, cell in enumerate(chapter.cells, start=1):
         cell["id"] = f"cell-{i}"
         if cell.cell_type == "code":

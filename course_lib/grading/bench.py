@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--scheduler", default=None,
                         help="grade on an existing dask cluster (tcp://HOST:PORT)")
     parser.add_argument("--chunk-size", type=int, default=None,
-                        help="submissions per task (default: a few tasks per worker, <= 16)")
+                        help="submissions per task (default: one or more tasks per worker, <= 32)")
     parser.add_argument("--assignment", default="ex01_standard")
     parser.add_argument("--cell-timeout", type=float, default=60)
     parser.add_argument("--allow-busy", action="store_true",

@@ -30,8 +30,10 @@ broker for a kernel and relays interrupts and shutdowns; where there is no broke
 cannot start its nursery, it starts the kernel in a sandbox of its own as before.
 
 What a student sees differs from a sandbox of its own in one way: the other kernels of the shard
-ran earlier in the same namespaces. Nothing of them is left when the next one starts (their
-processes are killed, ``/tmp`` and their folders emptied), and no two run at the same time.
+ran earlier in the same namespaces. Nothing of them is left when the next one starts: their
+processes are killed, their folders, ``/tmp`` (the kernels' HOME: IPython's startup files live
+there) and ``/dev/shm`` emptied; where something cannot be removed, the nursery stops and the
+next kernel gets a fresh sandbox. No two kernels run at the same time.
 """
 from __future__ import annotations
 
@@ -111,38 +113,93 @@ def _preload(modules: list[str]) -> None:
                                    torch.zeros(1, 1, 1, 1, device="meta"))
 
 
-def _empty(folder: Path) -> None:
+# Writable places a kernel shares with the next one: its /tmp (HOME: IPython's startup files,
+# matplotlib's configuration) and shared memory.
+SHARED_SCRATCH = ("/tmp", "/dev/shm")
+
+
+def _empty(folder: Path) -> bool:
     """Delete what is in ``folder``, but never below a mount point: the sandbox's /tmp holds the
     folders bound into it (the IPC sockets, the kernels' folders) when their host paths lie
-    under /tmp."""
+    under /tmp. Folders a kernel made unwritable are made writable first. Returns whether
+    nothing is left but the mount points and the folders that lead to them."""
     try:
         device = os.lstat(folder).st_dev
     except OSError:
-        return
-    dirs = []
+        return True
+    dirs, clean = [], True
     for top, subdirs, files in os.walk(folder):
+        try:
+            os.chmod(top, 0o700)  # the owner (a kernel ran as the same user) may always
+        except OSError:
+            pass
         keep = []
         for d in subdirs:
             path = os.path.join(top, d)
             try:
-                if os.lstat(path).st_dev == device and not os.path.islink(path):
+                st = os.lstat(path)
+                if os.path.islink(path):
+                    os.unlink(path)
+                elif st.st_dev == device:
                     keep.append(d)
                     dirs.append(path)
-                elif os.path.islink(path):
-                    os.unlink(path)
             except OSError:
-                pass
+                clean = False
         subdirs[:] = keep
         for f in files:
             try:
                 os.unlink(os.path.join(top, f))
             except OSError:
-                pass
+                clean = False
     for path in reversed(dirs):  # deepest first; the ancestors of a mount point stay
         try:
             os.rmdir(path)
         except OSError:
-            pass
+            if not _leads_to_mount(path, device):
+                clean = False
+    return clean
+
+
+def _leads_to_mount(path: str, device: int) -> bool:
+    """Whether a folder is kept only because a mount point lies below it."""
+    for top, subdirs, files in os.walk(path):
+        if files:
+            return False
+        for d in list(subdirs):
+            try:
+                if os.lstat(os.path.join(top, d)).st_dev != device:
+                    return True
+            except OSError:
+                return False
+    return False
+
+
+def _remove_sysv_ipc() -> bool:
+    """Remove the System V shared memory segments, semaphore sets and message queues kernels
+    left in this IPC namespace (the sandbox's own); False if any stays."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    ipc_rmid = 0
+    removers = {"shm": lambda i: libc.shmctl(i, ipc_rmid, None),
+                "sem": lambda i: libc.semctl(i, 0, ipc_rmid),
+                "msg": lambda i: libc.msgctl(i, ipc_rmid, None)}
+    clean = True
+    for kind, remove in removers.items():
+        try:
+            lines = Path(f"/proc/sysvipc/{kind}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            if remove(int(line.split()[1])) != 0:  # the second column is the id
+                clean = False
+    return clean
+
+
+def _fresh() -> bool:
+    """Empty the places kernels share (see SHARED_SCRATCH) and their System V IPC objects; False
+    if anything stays."""
+    return all([_empty(Path(p)) for p in SHARED_SCRATCH] + [_remove_sysv_ipc()])
 
 
 def _kernel_child(request: dict, audit_fd: int) -> None:
@@ -193,7 +250,9 @@ def serve(fd: int, modules: list[str]) -> None:
                 os.close(f)
             _send(channel, {"event": "refused", "why": "one audit pipe per kernel"})
             continue
-        _empty(Path("/tmp"))
+        if not _fresh():  # something a kernel left cannot be removed: no kernel from here
+            _send(channel, {"event": "unclean"})
+            return
         pid = os.fork()
         if pid == 0:
             channel.close()
@@ -202,7 +261,6 @@ def serve(fd: int, modules: list[str]) -> None:
         _send(channel, {"event": "started", "pid": pid})
         _, status = os.waitpid(pid, 0)
         _send(channel, {"event": "exit", "returncode": os.waitstatus_to_exitcode(status)})
-        _empty(Path("/tmp"))
 
 
 # ---------------------------------------------------------------------------- the broker
@@ -362,7 +420,11 @@ class Broker:
         if not self._alive() and not self._start_nursery():
             _send(conn, {"event": "unavailable", "why": self.failed or "no nursery"})
             return
-        _empty(self.area)
+        if not _empty(self.area):
+            self._stop_nursery()
+            self.failed = f"could not empty {self.area}"
+            _send(conn, {"event": "unavailable", "why": self.failed})
+            return
         self.kernels += 1
         folder = self.area / f"k{self.kernels}"
         folder.mkdir()

@@ -26,6 +26,9 @@ kernel inside (bwrap, in a session of its own, never sees it; a message-mode int
 nbclient for good on a kernel that is already dead). Recipe and gotchas:
 shared/DESIGN.md and book/instructor_guide.md ("Broken and hostile notebooks").
 
+A shard's kernels are normally forked by a warm nursery in one such sandbox
+(:mod:`course_lib.grading.nursery`); :func:`launch_kernel` falls back to a sandbox per kernel.
+
 ``python -m course_lib.grading.sandbox kernel CONFIG -f CONNECTION_FILE`` is the kernelspec's
 command (see :func:`install_kernelspec`); ``python -m course_lib.grading.sandbox check`` says
 whether this machine can sandbox.
