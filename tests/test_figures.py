@@ -167,3 +167,19 @@ def test_built_chapter_has_numbered_captioned_figures_with_alt_text(built_book, 
     texts = [unescape(re.sub(r"<[^>]+>", "", out)) for out in outputs]
     raw = [m.group(0) for text in texts for m in [RAW_OUTPUT_TEXT.search(text)] if m]
     assert not raw, f"{chapter}: raw reprs or progress bars in the outputs: {raw[:3]}"
+
+
+def test_no_figure_text_below_9_points():
+    """Text stays readable at page width: no font size below 9 pt is set anywhere a figure is
+    drawn (chapters, course_lib.viz, the grading report's plot). Figures are at most
+    ``MAX_WIDTH_IN`` wide, so the page shrinks none of them below ~80 %."""
+    sources = [*REPO.glob("book/ch[0-9][0-9]_*.md"), *REPO.glob("course_lib/viz/*.py"),
+               REPO / "course_lib/grading/grade_class.py"]
+    small = []
+    for path in sources:
+        for n, line in enumerate(path.read_text().splitlines(), start=1):
+            for size in re.findall(r"(?:fontsize|labelsize|title_fontsize)=([0-9.]+)", line):
+                if float(size) < 9:
+                    small.append(f"{path.relative_to(REPO)}:{n}: {size} pt")
+    assert len(sources) > 10
+    assert not small, "text too small to read on the page:\n" + "\n".join(small)

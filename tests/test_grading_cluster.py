@@ -313,7 +313,7 @@ def test_scheduler_grades_like_the_default_even_when_a_worker_dies(
     with Client(two_workers.address, timeout=60) as client:
         victim_address = _worker_named(client, "victim")
         proc = _grade_cli(course, submitted, out, "--scheduler", two_workers.address,
-                          "--chunk-size", "1")
+                          "--chunk-size", "2")
         deadline = time.monotonic() + 600
         while not client.processing(workers=[victim_address]).get(victim_address):
             assert proc.poll() is None, f"finished before the victim got a task:\n" \

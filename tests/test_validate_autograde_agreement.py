@@ -4,8 +4,8 @@ sees before handing in) and ``nbgrader autograde`` (what the grade is) agree on 
 cell validate passes scores full marks, a cell it fails scores less.
 
 Cost: the variants ride along in the shared graded course (one ``nbgrader autograde`` for the whole
-suite, tests/conftest.py); validation runs all variants in ONE background process (one nbgrader
-import, one kernel per notebook) while that autograde runs, so the two use the 2 cores together.
+suite, tests/conftest.py); validation runs the variants in two background processes (one nbgrader
+import each, one kernel per notebook), so they use the 2 cores together.
 """
 from __future__ import annotations
 
@@ -58,19 +58,24 @@ def validation(tmp_path_factory):
         path.parent.mkdir()
         nbformat.write(variant_notebook(assignment, changes), path)
         notebooks[student] = (assignment, path)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", VALIDATE_ALL, str(REPO)] + [str(p) for _, p in notebooks.values()],
+    # Two processes, one per core: the test itself only waits for them.
+    paths = [str(p) for _, p in notebooks.values()]
+    procs = [subprocess.Popen(
+        [sys.executable, "-c", VALIDATE_ALL, str(REPO)] + paths[half::2],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=folder,
         env=dict(os.environ, PYTHONPATH=os.pathsep.join(
             [str(REPO)] + os.environ.get("PYTHONPATH", "").split(os.pathsep))))
-    return notebooks, proc
+        for half in (0, 1)]
+    return notebooks, procs
 
 
 def test_validate_and_autograde_agree_on_every_cell(validation, graded_course):
-    notebooks, proc = validation
-    stdout, stderr = proc.communicate(timeout=1800)
-    assert proc.returncode == 0, stderr[-4000:]
-    validated = json.loads(stdout.strip().splitlines()[-1])
+    notebooks, procs = validation
+    validated = {}
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=1800)
+        assert proc.returncode == 0, stderr[-4000:]
+        validated.update(json.loads(stdout.strip().splitlines()[-1]))
     disagreements, checked = [], 0
     for student, (assignment, path) in notebooks.items():
         result = validated[str(path)]

@@ -646,9 +646,9 @@ def write_report(out: Path, subs: list[Submission], info: SourceInfo,
         ax.bar(i, part, bottom=full, color="#dd8452", label="partial" if i == 0 else None)
         ax.bar(i, zero, bottom=full + part, color="#c44e52", label="zero" if i == 0 else None)
     ax.set_xticks(range(len(tests)), [f"{t}\n({info.points[t]:g} pt)" for t in tests],
-                  fontsize=8)
+                  fontsize=9.5)
     ax.set(ylabel="students", title="score per question")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=9.5)
     fig.tight_layout()
     fig.savefig(plots / "per_question.png", dpi=110)
     plt.close(fig)

@@ -38,6 +38,7 @@ next kernel gets a fresh sandbox. No two kernels run at the same time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -307,10 +308,11 @@ class Broker:
 
     def __exit__(self, *exc) -> None:
         self._stopping = True
-        try:
-            self._listener.close()
+        try:  # shutdown wakes the thread blocked in accept(); close alone would not
+            self._listener.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+        self._listener.close()
         self._stop_nursery()
         if self._thread is not None:
             self._thread.join(timeout=10)
@@ -518,6 +520,25 @@ class Broker:
             _send(conn, {"event": "exit", "returncode": returncode})
         except OSError:
             pass
+
+
+# ---------------------------------------------------------------------------- for nbgrader
+@contextlib.contextmanager
+def warm_kernels(work: Path, hide: list[Path], modules: list[str], mem_mb: int = 4096):
+    """Sandboxed warm kernels for plain ``nbgrader`` commands run meanwhile: yields
+    ``(env, args)`` to run them with (``env`` for the subprocess, ``args`` added to nbgrader's
+    command line). ``hide``: folders the kernels must not see (the course, its sources)."""
+    from course_lib.grading import sandbox
+    from course_lib.grading.kernel import kernel_env
+
+    limits = sandbox.Limits(mem_mb=mem_mb)
+    box = sandbox.Sandbox.for_batch(Path(work), hide=list(hide), limits=limits).for_shard()
+    with Broker(box, modules, log=Path(work) / "nursery.log") as broker:
+        env = kernel_env(sandbox.install_kernelspec(Path(work) / "jupyter", broker.box, mem_mb))
+        try:
+            yield env, broker.box.kernel_manager_args("kernel")
+        finally:
+            shutil.rmtree(box.ipc_dir, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------- the launcher

@@ -107,7 +107,7 @@ def draw_conv_volumes(in_channels: int, in_size: int, out_channels: int, kernel_
     ax.annotate("", xy=(x_out - 0.2, h_in / 2), xytext=(x_out - 1.6, h_in / 2),
                 arrowprops=dict(arrowstyle="->"))
     ax.text(x_out - 0.9, h_in / 2 + 0.3, f"stride {stride}\npad {padding}", ha="center",
-            fontsize=8)
+            fontsize=9.5)
     ax.set_xlim(-0.5, x_out + h_out + 2.5)
     ax.set_ylim(-1.8, h_in + 2.0)
     ax.set_aspect("equal")
@@ -162,7 +162,7 @@ def plot_history(history, metric_name: str = "accuracy", ax=None):
         twin.set_ylabel(metric_name)
         h2, l2 = twin.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
-    ax.legend(handles, labels, loc="center right", fontsize=8)
+    ax.legend(handles, labels, loc="center right", fontsize=9.5)
     return ax
 
 
@@ -190,7 +190,7 @@ def draw_sampled_pixels(counts: torch.Tensor, ax=None, title: str | None = None,
             for c in range(w):
                 if values[r, c] > 0:
                     ax.text(c + 0.5, r + 0.5, f"{int(values[r, c])}", ha="center", va="center",
-                            fontsize=6)
+                            fontsize=9.5)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_aspect("equal")
@@ -311,10 +311,10 @@ def plot_roofline(peak_flops: dict[str, float], memory_bytes_per_s: float,
         ax.scatter([intensity], [y], marker=markers[j % len(markers)], s=60, color="black",
                    zorder=5, facecolors="none" if achieved is None else "black")
         ax.annotate(label, (intensity, y), textcoords="offset points", xytext=(6, -12),
-                    fontsize=8)
+                    fontsize=9.5)
     ax.set_xlabel("arithmetic intensity (FLOP / byte)")
     ax.set_ylabel("FLOP/s")
     ax.set_title(title or f"roofline: {memory_bytes_per_s / 1e12:g} TB/s memory")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=9.5, loc="lower right")
     ax.grid(True, which="both", alpha=0.3)
     return ax
