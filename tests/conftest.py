@@ -26,6 +26,66 @@ def repo() -> Path:
     return REPO
 
 
+# ------------------------------------------------------------------ background validation
+# `nbgrader validate` runs (the solutions, the student variants) need no other fixture, and most
+# tests use one core: they start in one background thread as soon as the session's tests are
+# collected, on the core the test process leaves idle, and the tests that need them wait.
+class _Background:
+    def __init__(self) -> None:
+        self.results: dict[str, object] = {}
+        self.threads: dict[str, object] = {}
+
+    def start(self, jobs: dict) -> None:
+        import threading
+
+        def run() -> None:
+            for name, job in jobs.items():
+                try:
+                    self.results[name] = job()
+                except BaseException as exc:  # raised in the test that reads it
+                    self.results[name] = exc
+
+        thread = threading.Thread(target=run, daemon=True, name="validation")
+        self.threads.update({name: thread for name in jobs})
+        thread.start()
+
+    def result(self, name: str):
+        if name not in self.threads:  # not started at collection: start it now
+            self.start(_validation_jobs([name]))
+        self.threads[name].join()
+        result = self.results[name]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+
+BACKGROUND = _Background()
+
+
+def _validate_solutions() -> dict:
+    # The solution runs its hidden tests too (ex09 trains more there): the course's grading
+    # timeout (nbgrader_config.py), not the 30 s nbgrader uses from a student's folder.
+    return {a: grading.validate(REPO / "solutions" / a / grading.notebook_name(a),
+                                cell_timeout=120) for a in ASSIGNMENTS}
+
+
+def _validation_jobs(names) -> dict:
+    from exercise_variants import validate_variants
+
+    jobs = {"solutions": _validate_solutions, "variants": validate_variants}
+    return {n: jobs[n] for n in names}
+
+
+def pytest_collection_finish(session) -> None:
+    """Start the validation runs the selected tests will read (see _Background)."""
+    names = {item.name.split("[")[0] for item in session.items}
+    wanted = [job for job, test in (("solutions", "test_solution_passes_nbgrader_validate"),
+                                    ("variants", "test_validate_and_autograde_agree_on_every_cell"))
+              if test in names]
+    if wanted:
+        BACKGROUND.start(_validation_jobs(wanted))
+
+
 @pytest.fixture(scope="session")
 def graded_course(tmp_path_factory) -> Path:
     """A temporary nbgrader course with every assignment generated, its solution submitted by one

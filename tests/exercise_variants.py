@@ -292,3 +292,58 @@ def variant_students(assignments: list[str]) -> dict[str, tuple[str, dict[str, s
     """{student id: (assignment, changes)} for the given assignments."""
     return {f"{assignment}__{name}": (assignment, changes)
             for assignment in assignments for name, changes in VARIANTS.get(assignment, {}).items()}
+
+
+# Runs nbgrader's own Validator (the code behind `nbgrader validate`) on each notebook given, with
+# the course's nbgrader_config.py, and prints {notebook: [grade ids of failed test cells]}.
+VALIDATE_ALL = """
+import json, sys
+import nbformat
+from traitlets.config.loader import PyFileConfigLoader
+from nbgrader.validator import Validator
+
+config = PyFileConfigLoader("nbgrader_config.py", path=sys.argv[1]).load_config()
+results = {}
+for path in sys.argv[2:]:
+    nb = nbformat.read(path, as_version=4)
+    ids = {c.source.strip(): c.metadata["nbgrader"]["grade_id"] for c in nb.cells
+           if c.metadata.get("nbgrader", {}).get("grade")}
+    found = Validator(config=config).validate(path)
+    unexpected = set(found) - {"failed"}
+    results[path] = {"failed": sorted(ids[c["source"]] for c in found.get("failed", [])),
+                     "other": sorted(unexpected)}
+print(json.dumps(results))
+"""
+
+
+def validate_variants() -> tuple[dict, dict]:
+    """``nbgrader validate`` every student variant in one process (one nbgrader import, one kernel
+    per notebook). Returns (student -> (assignment, notebook path), path -> {"failed", "other"}).
+    (The reference solutions need no run here: tests/test_notebooks.py proves they pass validate
+    and score full marks.)"""
+    import atexit
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    from conftest import ASSIGNMENTS
+    from course_lib import grading
+
+    folder = Path(tempfile.mkdtemp(prefix="validate-variants-"))
+    atexit.register(shutil.rmtree, folder, True)
+    notebooks = {}
+    for student, (assignment, changes) in variant_students(ASSIGNMENTS).items():
+        path = folder / student / grading.notebook_name(assignment)
+        path.parent.mkdir()
+        nbformat.write(variant_notebook(assignment, changes), path)
+        notebooks[student] = (assignment, path)
+    proc = subprocess.run(
+        [sys.executable, "-c", VALIDATE_ALL, str(REPO)] + [str(p) for _, p in notebooks.values()],
+        capture_output=True, text=True, cwd=folder, timeout=3000,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [str(REPO)] + os.environ.get("PYTHONPATH", "").split(os.pathsep))))
+    if proc.returncode != 0:
+        raise RuntimeError(f"validating the variants failed:\n{proc.stderr[-4000:]}")
+    return notebooks, json.loads(proc.stdout.strip().splitlines()[-1])

@@ -4,78 +4,23 @@ sees before handing in) and ``nbgrader autograde`` (what the grade is) agree on 
 cell validate passes scores full marks, a cell it fails scores less.
 
 Cost: the variants ride along in the shared graded course (one ``nbgrader autograde`` for the whole
-suite, tests/conftest.py); validation runs the variants in two background processes (one nbgrader
-import each, one kernel per notebook), so they use the 2 cores together.
+suite, tests/conftest.py); their validation (one process, one nbgrader import, one kernel per
+notebook: exercise_variants.validate_variants) starts in the background when the session's tests
+are collected (conftest.BACKGROUND), on the core the other tests leave idle.
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
-
-import nbformat
 import pytest
 
 from course_lib import grading
-from conftest import ASSIGNMENTS, REPO
-from exercise_variants import autograded_cells, variant_notebook, variant_students
+from conftest import ASSIGNMENTS, BACKGROUND, REPO
+from exercise_variants import autograded_cells
 
 pytestmark = pytest.mark.slow
 
-# Runs nbgrader's own Validator (the code behind `nbgrader validate`) on each notebook given, with
-# the course's nbgrader_config.py, and prints {notebook: [grade ids of failed test cells]}.
-VALIDATE_ALL = textwrap.dedent('''
-    import json, sys
-    import nbformat
-    from traitlets.config.loader import PyFileConfigLoader
-    from nbgrader.validator import Validator
 
-    config = PyFileConfigLoader("nbgrader_config.py", path=sys.argv[1]).load_config()
-    results = {}
-    for path in sys.argv[2:]:
-        nb = nbformat.read(path, as_version=4)
-        ids = {c.source.strip(): c.metadata["nbgrader"]["grade_id"] for c in nb.cells
-               if c.metadata.get("nbgrader", {}).get("grade")}
-        found = Validator(config=config).validate(path)
-        unexpected = set(found) - {"failed"}
-        results[path] = {"failed": sorted(ids[c["source"]] for c in found.get("failed", [])),
-                         "other": sorted(unexpected)}
-    print(json.dumps(results))
-''')
-
-
-@pytest.fixture(scope="module")
-def validation(tmp_path_factory):
-    """Starts validating every variant in the background; the test collects the result after the
-    shared autograde has run. (The reference solutions need no run here: tests/test_notebooks.py
-    proves they pass validate and score full marks.)"""
-    folder = tmp_path_factory.mktemp("validate")
-    notebooks = {}
-    for student, (assignment, changes) in variant_students(ASSIGNMENTS).items():
-        path = folder / student / grading.notebook_name(assignment)
-        path.parent.mkdir()
-        nbformat.write(variant_notebook(assignment, changes), path)
-        notebooks[student] = (assignment, path)
-    # Two processes, one per core: the test itself only waits for them.
-    paths = [str(p) for _, p in notebooks.values()]
-    procs = [subprocess.Popen(
-        [sys.executable, "-c", VALIDATE_ALL, str(REPO)] + paths[half::2],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=folder,
-        env=dict(os.environ, PYTHONPATH=os.pathsep.join(
-            [str(REPO)] + os.environ.get("PYTHONPATH", "").split(os.pathsep))))
-        for half in (0, 1)]
-    return notebooks, procs
-
-
-def test_validate_and_autograde_agree_on_every_cell(validation, graded_course):
-    notebooks, procs = validation
-    validated = {}
-    for proc in procs:
-        stdout, stderr = proc.communicate(timeout=1800)
-        assert proc.returncode == 0, stderr[-4000:]
-        validated.update(json.loads(stdout.strip().splitlines()[-1]))
+def test_validate_and_autograde_agree_on_every_cell(graded_course):
+    notebooks, validated = BACKGROUND.result("variants")
     disagreements, checked = [], 0
     for student, (assignment, path) in notebooks.items():
         result = validated[str(path)]
