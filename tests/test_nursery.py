@@ -148,3 +148,21 @@ def test_without_a_broker_the_launcher_falls_back(tmp_path):
         print(json.dumps({"torch_loaded": "torch" in sys.modules}))
     """)
     assert out == {"torch_loaded": False}  # a cold kernel: nothing imported before the notebook
+
+
+def test_a_kernel_that_stops_the_nursery_only_ends_itself(broker):
+    """SIGSTOP leaves the nursery alive but deaf: the broker notices the kernel ended without
+    the nursery saying so, and the next kernel comes from a fresh sandbox."""
+    b = broker[0]
+    out = _run_in_kernel(broker, "eve", """
+        import json, os, signal
+        os.kill(os.getppid(), signal.SIGSTOP)   # the nursery
+        print(json.dumps({"stopped": True}))
+    """)
+    assert out == {"stopped": True}
+    after = _run_in_kernel(broker, "frank", """
+        import json, os
+        print(json.dumps({"files": sorted(os.listdir("."))}))
+    """)
+    assert after == {"files": ["notes.txt"]}
+    assert b.kernels == 2
