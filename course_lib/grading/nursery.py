@@ -54,6 +54,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from course_lib.grading import sandbox
+
 MAX_MESSAGE = 1 << 20   # a request (it holds a connection file) or an event
 READY_TIMEOUT_S = 300   # the nursery's imports, on a loaded machine
 POLL_S = 0.05
@@ -107,72 +109,14 @@ def _preload(modules: list[str]) -> None:
     import numpy  # noqa: F401
     for name in modules:
         importlib.import_module(name)
-    # The first FlopCounterMode use imports ~800 modules (see recheck._import_checks).
-    from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False):
-        torch.nn.functional.conv2d(torch.zeros(1, 1, 3, 3, device="meta"),
-                                   torch.zeros(1, 1, 1, 1, device="meta"))
+    from course_lib.grading.recheck import warm_up_flop_counter
+
+    warm_up_flop_counter()
 
 
 # Writable places a kernel shares with the next one: its /tmp (HOME: IPython's startup files,
 # matplotlib's configuration) and shared memory.
 SHARED_SCRATCH = ("/tmp", "/dev/shm")
-
-
-def _empty(folder: Path) -> bool:
-    """Delete what is in ``folder``, but never below a mount point: the sandbox's /tmp holds the
-    folders bound into it (the IPC sockets, the kernels' folders) when their host paths lie
-    under /tmp. Folders a kernel made unwritable are made writable first. Returns whether
-    nothing is left but the mount points and the folders that lead to them."""
-    try:
-        device = os.lstat(folder).st_dev
-    except OSError:
-        return True
-    dirs, clean = [], True
-    for top, subdirs, files in os.walk(folder):
-        try:
-            os.chmod(top, 0o700)  # the owner (a kernel ran as the same user) may always
-        except OSError:
-            pass
-        keep = []
-        for d in subdirs:
-            path = os.path.join(top, d)
-            try:
-                st = os.lstat(path)
-                if os.path.islink(path):
-                    os.unlink(path)
-                elif st.st_dev == device:
-                    keep.append(d)
-                    dirs.append(path)
-            except OSError:
-                clean = False
-        subdirs[:] = keep
-        for f in files:
-            try:
-                os.unlink(os.path.join(top, f))
-            except OSError:
-                clean = False
-    for path in reversed(dirs):  # deepest first; the ancestors of a mount point stay
-        try:
-            os.rmdir(path)
-        except OSError:
-            if not _leads_to_mount(path, device):
-                clean = False
-    return clean
-
-
-def _leads_to_mount(path: str, device: int) -> bool:
-    """Whether a folder is kept only because a mount point lies below it."""
-    for top, subdirs, files in os.walk(path):
-        if files:
-            return False
-        for d in list(subdirs):
-            try:
-                if os.lstat(os.path.join(top, d)).st_dev != device:
-                    return True
-            except OSError:
-                return False
-    return False
 
 
 def _remove_sysv_ipc() -> bool:
@@ -200,7 +144,7 @@ def _remove_sysv_ipc() -> bool:
 def _fresh() -> bool:
     """Empty the places kernels share (see SHARED_SCRATCH) and their System V IPC objects; False
     if anything stays."""
-    return all([_empty(Path(p)) for p in SHARED_SCRATCH] + [_remove_sysv_ipc()])
+    return all([sandbox.empty_folder(Path(p)) for p in SHARED_SCRATCH] + [_remove_sysv_ipc()])
 
 
 def _kernel_child(request: dict, audit_fd: int) -> None:
@@ -341,8 +285,6 @@ class Broker:
 
     # -------------------------------------------------------------- the nursery's sandbox
     def _start_nursery(self) -> bool:
-        from course_lib.grading import sandbox
-
         ours, theirs = socket.socketpair()
         argv = self.box.bwrap_argv(
             writable={str(self.area): str(self.area), self.box.ipc_dir: self.box.ipc_dir},
@@ -384,8 +326,6 @@ class Broker:
     def _others(self) -> list[int]:
         """Live processes in the sandbox other than its init and the nursery (the kernel and
         whatever it started)."""
-        from course_lib.grading import sandbox
-
         if not self._alive():
             return []
         keep = {*sandbox._children(self.proc.pid), self.nursery_pid}  # bwrap's init, the nursery
@@ -409,8 +349,6 @@ class Broker:
 
     # -------------------------------------------------------------- one kernel
     def _serve_launcher(self, conn: socket.socket) -> None:
-        from course_lib.grading import sandbox
-
         launcher = _Reader(conn)
         request = launcher.read(30)
         if not request:
@@ -422,7 +360,7 @@ class Broker:
         if not self._alive() and not self._start_nursery():
             _send(conn, {"event": "unavailable", "why": self.failed or "no nursery"})
             return
-        if not _empty(self.area):
+        if not sandbox.empty_folder(self.area):
             self._stop_nursery()
             self.failed = f"could not empty {self.area}"
             _send(conn, {"event": "unavailable", "why": self.failed})
@@ -515,7 +453,7 @@ class Broker:
         if box.events_dir:
             with open(Path(box.events_dir) / f"kernel-{source.parent.name}.json", "a") as f:
                 f.write(json.dumps(asdict(report)) + "\n")
-        _empty(self.area)
+        sandbox.empty_folder(self.area)
         try:
             _send(conn, {"event": "exit", "returncode": returncode})
         except OSError:
@@ -528,7 +466,6 @@ def warm_kernels(work: Path, hide: list[Path], modules: list[str], mem_mb: int =
     """Sandboxed warm kernels for plain ``nbgrader`` commands run meanwhile: yields
     ``(env, args)`` to run them with (``env`` for the subprocess, ``args`` added to nbgrader's
     command line). ``hide``: folders the kernels must not see (the course, its sources)."""
-    from course_lib.grading import sandbox
     from course_lib.grading.kernel import kernel_env
 
     limits = sandbox.Limits(mem_mb=mem_mb)

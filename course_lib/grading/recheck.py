@@ -55,6 +55,8 @@ import time
 import types
 from pathlib import Path
 
+from course_lib.grading import sandbox
+
 # Modules (and every submodule of the first group) whose functions, classes and modules student
 # code must not replace while the checks run.
 PROTECTED_PACKAGES = ("course_lib", "torch.nn", "torch.cuda", "torch.utils.flop_counter",
@@ -349,6 +351,17 @@ def _child(requests, replies, guard: Guard, shell, timeout: float) -> None:
 
 
 # ---------------------------------------------------------------------------- the server
+def warm_up_flop_counter() -> None:
+    """The first FlopCounterMode use imports ~800 modules (seconds on a busy machine): done once
+    in a process that forks, not in every child against the cell timeout."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False):
+        torch.nn.functional.conv2d(torch.zeros(1, 1, 3, 3, device="meta"),
+                                   torch.zeros(1, 1, 1, 1, device="meta"))
+
+
 def _import_checks(modules: list[str]):
     """Everything the children share, imported once before any student code."""
     import torch
@@ -362,12 +375,7 @@ def _import_checks(modules: list[str]):
     import torch.utils.flop_counter  # noqa: F401
     for name in modules:
         importlib.import_module(name)
-    # Warm-up: the first FlopCounterMode use imports ~800 modules (seconds on a busy machine);
-    # done once here, not in every child against the cell timeout.
-    from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False):
-        torch.nn.functional.conv2d(torch.zeros(1, 1, 3, 3, device="meta"),
-                                   torch.zeros(1, 1, 1, 1, device="meta"))
+    warm_up_flop_counter()
     from traitlets.config import Config
 
     config = Config()
@@ -392,17 +400,6 @@ def _kill_leftovers() -> None:
                 os.kill(int(entry), signal.SIGKILL)
             except OSError:
                 pass
-
-
-def _empty(folder: Path) -> None:
-    for item in folder.iterdir() if folder.is_dir() else []:
-        try:
-            if item.is_dir() and not item.is_symlink():
-                shutil.rmtree(item, ignore_errors=True)
-            else:
-                item.unlink()
-        except OSError:
-            pass
 
 
 class _Lines:
@@ -439,8 +436,8 @@ def _judge(job: dict, guard: Guard, shell, timeout: float, mem_mb, emit, scratch
     req_r, req_w = os.pipe()
     rep_r, rep_w = os.pipe()
     if sandboxed:  # the sandbox's own /tmp, never the machine's
-        _empty(Path("/tmp"))
-    _empty(scratch)
+        sandbox.empty_folder(Path("/tmp"))
+    sandbox.empty_folder(scratch)
     pid = os.fork()
     if pid == 0:  # the child: only its own two pipe ends, /dev/null for fds 0-2
         try:

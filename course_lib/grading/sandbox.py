@@ -297,6 +297,62 @@ def _safe(name: str) -> str:
 
 
 # ---------------------------------------------------------------------- running a sandbox
+def empty_folder(folder: Path) -> bool:
+    """Delete what is in ``folder``, but never below a mount point: the sandbox's /tmp holds the
+    folders bound into it (the IPC sockets, the kernels' folders) when their host paths lie
+    under /tmp. Folders a kernel made unwritable are made writable first. Returns whether
+    nothing is left but the mount points and the folders that lead to them."""
+    try:
+        device = os.lstat(folder).st_dev
+    except OSError:
+        return True
+    dirs, clean = [], True
+    for top, subdirs, files in os.walk(folder):
+        try:
+            os.chmod(top, 0o700)  # the owner (a kernel ran as the same user) may always
+        except OSError:
+            pass
+        keep = []
+        for d in subdirs:
+            path = os.path.join(top, d)
+            try:
+                st = os.lstat(path)
+                if os.path.islink(path):
+                    os.unlink(path)
+                elif st.st_dev == device:
+                    keep.append(d)
+                    dirs.append(path)
+            except OSError:
+                clean = False
+        subdirs[:] = keep
+        for f in files:
+            try:
+                os.unlink(os.path.join(top, f))
+            except OSError:
+                clean = False
+    for path in reversed(dirs):  # deepest first; the ancestors of a mount point stay
+        try:
+            os.rmdir(path)
+        except OSError:
+            if not _leads_to_mount(path, device):
+                clean = False
+    return clean
+
+
+def _leads_to_mount(path: str, device: int) -> bool:
+    """Whether a folder is kept only because a mount point lies below it."""
+    for top, subdirs, files in os.walk(path):
+        if files:
+            return False
+        for d in list(subdirs):
+            try:
+                if os.lstat(os.path.join(top, d)).st_dev != device:
+                    return True
+            except OSError:
+                return False
+    return False
+
+
 @dataclass
 class RunReport:
     """What the supervisor saw of one sandboxed run."""
