@@ -174,7 +174,7 @@ def test_no_figure_text_below_9_points():
     drawn (chapters, course_lib.viz, the grading report's plot). Figures are at most
     ``MAX_WIDTH_IN`` wide, so the page shrinks none of them below ~80 %."""
     sources = [*REPO.glob("book/ch[0-9][0-9]_*.md"), *REPO.glob("course_lib/viz/*.py"),
-               REPO / "course_lib/grading/grade_class.py"]
+               REPO / "course_lib/grading/outputs.py"]
     small = []
     for path in sources:
         for n, line in enumerate(path.read_text().splitlines(), start=1):

@@ -6,11 +6,11 @@
 
 Generates a class in a temporary course (a seeded mix: complete solutions, blank releases, and
 solutions with one part left undone), grades it with
-:func:`course_lib.grading.grade_class.grade_class`, checks that complete solutions scored full
+:func:`course_lib.grading.pipeline.grade_class`, checks that complete solutions scored full
 marks and blanks 0, and prints seconds per submission, split into the phases of grading one
-notebook (kernel start, imports, student cells, checks: from nbgrader's cell timestamps), the
-re-check and feedback stages, and the per-task fixed costs (nbgrader's start-up, the task's
-course copy). Phases are worker-seconds per submission: with W workers busy in parallel, the wall
+notebook (kernel start, imports, student cells, checks: from nbgrader's cell timestamps; the rest
+of nbgrader's autograde; the re-check; feedback) and the fixed cost of starting each worker's
+grading session (its sandbox, warm kernels, re-check server and nbgrader). Phases are worker-seconds per submission: with W workers busy in parallel, the wall
 time is about their sum / W.
 
 Like every benchmark of the course it refuses to run on a busy machine (1-minute load average
@@ -33,9 +33,9 @@ from course_lib.bench import BusyMachineError, check_load, machine_load
 from course_lib.grading import course as grading
 
 # Phases of one notebook, then stages of a task, in the order the report prints them.
-NOTEBOOK_PHASES = ("kernel start", "imports", "student cells", "checks")
-TASK_STAGES = ("recheck", "feedback")
-FIXED_COSTS = ("nbgrader start-up", "prepare")
+NOTEBOOK_PHASES = ("kernel start", "imports", "student cells", "checks", "autograde, other",
+                   "recheck", "feedback")
+FIXED_COSTS = ("session start-up",)
 
 
 def _machine() -> str:
@@ -83,29 +83,21 @@ def generate_class(course: Path, assignment: str, n: int, folder: Path,
 
 
 def breakdown(dispatch, n: int) -> dict[str, float]:
-    """Worker-seconds per submission for each phase, from what the grading tasks returned.
-
-    ``autograde, other`` is what nbgrader's autograde stage spent beyond the notebooks' own phases
-    and its start-up (writing the gradebook, saving notebooks)."""
-    per = {name: 0.0 for name in (*NOTEBOOK_PHASES, "autograde, other", *TASK_STAGES,
-                                  *FIXED_COSTS)}
+    """Worker-seconds per submission for each phase, from what the grading tasks returned."""
+    per = {name: 0.0 for name in (*NOTEBOOK_PHASES, *FIXED_COSTS)}
     for phases in dispatch.timings.values():
         for name in NOTEBOOK_PHASES:
             per[name] += phases.get(name, 0.0)
-    notebook_total = sum(per[name] for name in NOTEBOOK_PHASES)
     for stage in dispatch.stages:
-        for name in (*TASK_STAGES, *FIXED_COSTS):
+        for name in FIXED_COSTS:
             per[name] += stage.get(name, 0.0)
-        per["autograde, other"] += stage.get("autograde", 0.0) - stage.get("nbgrader start-up",
-                                                                             0.0)
-    per["autograde, other"] = max(0.0, per["autograde, other"] - notebook_total)
     return {name: round(value / max(n, 1), 3) for name, value in per.items()}
 
 
 def run_once(course: Path, folder: Path, assignment: str, kinds: dict, workers: int,
              scheduler: str | None, cell_timeout: float, chunk_size: int | None,
              out: Path) -> dict:
-    from course_lib.grading.grade_class import grade_class
+    from course_lib.grading.pipeline import grade_class
 
     start = time.perf_counter()
     result = grade_class(assignment, folder, course, workers=workers, out=out,

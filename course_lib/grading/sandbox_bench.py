@@ -20,7 +20,7 @@ from pathlib import Path
 
 from course_lib.grading import course as grading
 from course_lib.grading.bench import _machine, generate_class
-from course_lib.grading.grade_class import grade_class
+from course_lib.grading.pipeline import grade_class
 
 
 def busy() -> tuple[bool, float]:
