@@ -133,15 +133,21 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def audit_channel(fd: int, protected: tuple[str, ...]):
-    """The audit hook on ``fd``, for a kernel whose folder is the current one; says "started"."""
+    """The audit hook on ``fd``, for a kernel whose folder is the current one. The returned
+    ``start()`` turns the reports on; its ``announce()`` says the kernel is up (see STARTED)."""
     os.set_inheritable(fd, False)  # the student's own processes do not get the channel
-    try:
-        os.write(fd, (json.dumps({"kind": STARTED, "detail": ""}) + "\n").encode())
-    except OSError:
-        pass
     # Writable inside: its folder, its private /tmp, /dev; but not what is bound read-only
     # there (the course_lib snapshot, the course's paths), whose paths may lie under /tmp.
-    return install_audit(fd, (os.getcwd(), "/tmp", "/dev"), protected)
+    start = install_audit(fd, (os.getcwd(), "/tmp", "/dev"), protected)
+
+    def announce() -> None:
+        try:
+            os.write(fd, (json.dumps({"kind": STARTED, "detail": ""}) + "\n").encode())
+        except OSError:
+            pass
+
+    start.announce = announce
+    return start
 
 
 def serve(argv: list[str], start_audit=None) -> None:
@@ -152,6 +158,7 @@ def serve(argv: list[str], start_audit=None) -> None:
     app.initialize(argv)
     if start_audit is not None:  # report what the notebook's cells do, not the kernel's start
         app.shell.events.register("pre_run_cell", start_audit)
+        start_audit.announce()  # up: from here a death is the notebook's doing
     app.start()
 
 
