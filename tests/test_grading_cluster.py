@@ -191,7 +191,7 @@ def test_gpu_work_goes_only_to_gpu_workers(two_workers):
 
 
 @pytest.mark.slow
-def test_without_gpu_workers_gpu_parts_are_graded_on_cpu_and_said_so():
+def test_without_gpu_workers_the_route_says_none_declares_one():
     with dispatch.Engine(workers=1) as engine:
         engine.wait_for_workers(1)
         resources, note = dispatch.route(engine, "ex07_mobilenet")

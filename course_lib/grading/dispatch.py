@@ -71,7 +71,7 @@ def route(engine: "Engine", assignment: str) -> tuple[dict | None, str | None]:
         return {GPU: 1}, (f"{', '.join(needs)} need a GPU: every submission was graded on a GPU "
                           f"worker ({', '.join(gpus)})")
     return None, (f"{', '.join(needs)} need a GPU, but no worker declares one (dask worker "
-                  f"--resources {GPU}=1): graded on CPU, where those checks pass with a note")
+                  f"--resources {GPU}=1)")
 
 
 # ----------------------------------------------------------------------------- engine

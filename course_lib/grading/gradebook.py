@@ -114,9 +114,11 @@ def write_feedback_scores(db_url: str, assignment: str, student: str,
         gb.db.commit()
 
 
-def write_final_scores(db_url: str, assignment: str, subs: list[Submission]) -> None:
+def write_final_scores(db_url: str, assignment: str, subs: list[Submission],
+                       pending: set[str] = frozenset()) -> None:
     """In the course's gradebook: each scored submission's final automatic scores (ungradable
-    ones as zeros); rows the grader could not grade are not written at all."""
+    ones as zeros); rows the grader could not grade are not written at all; ``pending`` test
+    cells (GPU parts without a GPU) are left without a score, marked as needing grading."""
     with opened(db_url) as gb:
         for sub in subs:
             if sub.status is None or not sub.status.scored:
@@ -125,6 +127,9 @@ def write_final_scores(db_url: str, assignment: str, subs: list[Submission]) -> 
             submission = gb.update_or_create_submission(assignment, sub.student)
             for nb in submission.notebooks:
                 for grade in nb.grades:
+                    if grade.name in pending:
+                        grade.auto_score, grade.manual_score = None, None
+                        grade.needs_manual_grade = True
                     if grade.name not in sub.final:
                         continue
                     grade.auto_score, grade.manual_score = sub.final[grade.name], None

@@ -37,6 +37,7 @@ class GradingOptions:
     sandboxed: bool = True
     limits: Limits | None = None   # the sandbox's limits (None without a sandbox)
     stop_after_same_errors: int = 3  # grader errors in a row, all alike, that stop the batch
+    gpu_parts_on_cpu: bool = False   # grade GPU_TESTS on CPU when no worker has a GPU (else pending)
 
     # nbgrader's own work around a notebook (loading, writing the database, converting)
     NBGRADER_MARGIN_S = 120
@@ -56,7 +57,7 @@ class GradingOptions:
 
     def cache_context(self) -> dict:
         return {"cell_timeout": self.cell_timeout, "mem_mb": self.mem_mb,
-                "sandbox": repr(self.limits)}
+                "sandbox": repr(self.limits), "gpu_parts_on_cpu": self.gpu_parts_on_cpu}
 
 
 @dataclass
@@ -69,11 +70,18 @@ class SourceInfo:
     points: dict[str, float]         # autograded test cell grade_id -> max points
     solutions: set[str]
     manual: dict[str, float] = field(default_factory=dict)  # manually graded answers -> points
+    # test cells left pending in this batch (GPU parts without a GPU worker): graded later
+    pending: set[str] = field(default_factory=set)
 
     @property
     def max_score(self) -> float:
-        """The autograded points (manually graded answers are graded later, in formgrader)."""
-        return float(sum(self.points.values()))
+        """The autograded points of this batch (manually graded answers are graded later, in
+        formgrader; pending test cells when a GPU worker grades them)."""
+        return float(sum(p for g, p in self.points.items() if g not in self.pending))
+
+    @property
+    def pending_max(self) -> float:
+        return float(sum(self.points[g] for g in self.pending))
 
     @property
     def manual_max(self) -> float:

@@ -16,7 +16,9 @@ def _total(sub: Submission) -> str:
     return "" if sub.score is None else f"{sub.score:g}"
 
 
-def _cell(sub: Submission, gid: str) -> str:
+def _cell(sub: Submission, gid: str, info: SourceInfo) -> str:
+    if gid in info.pending:
+        return "pending"
     return "" if sub.score is None else f"{sub.final.get(gid, 0.0):g}"
 
 
@@ -25,13 +27,15 @@ def write_csv(path: Path, subs: list[Submission], info: SourceInfo) -> Path:
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["student", "submitted_as", "assignment", "status", "score",
-                         "max_score", *tests, "manual_points_pending", "nbgrader_score",
+                         "max_score", *tests, "manual_points_pending", "gpu_points_pending",
+                         "nbgrader_score",
                          "from_earlier_run", "source", "problems"])
         for sub in sorted(subs, key=lambda s: s.student):
             nbg = "" if sub.nbgrader is None else f"{sum(sub.nbgrader.values()):g}"
             writer.writerow([sub.student, sub.submitted_as or sub.student, info.assignment,
                              sub.status.value, _total(sub), f"{info.max_score:g}",
-                             *(_cell(sub, t) for t in tests), f"{info.manual_max:g}", nbg,
+                             *(_cell(sub, t, info) for t in tests), f"{info.manual_max:g}",
+                             f"{info.pending_max:g}", nbg,
                              "yes" if sub.resumed else "", sub.origin, " | ".join(sub.problems)])
     return path
 
@@ -43,7 +47,7 @@ def write_report(out: Path, subs: list[Submission], info: SourceInfo,
     matplotlib.use("Agg")  # a script, not a chapter: never open a window
     import matplotlib.pyplot as plt
 
-    tests = list(info.points)
+    tests = [t for t in info.points if t not in info.pending]
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     scored = [s for s in subs if s.score is not None]
@@ -97,7 +101,11 @@ def write_report(out: Path, subs: list[Submission], info: SourceInfo,
         f"{len(flagged)} submissions with problems."
         + (f" {info.manual_max:g} more points per submission are manually graded answers: grade "
            "them in nbgrader's formgrader (they are left pending in the gradebook)."
-           if info.manual else "") + "</p>"
+           if info.manual else "")
+        + (f" {info.pending_max:g} points ({html.escape(', '.join(sorted(info.pending)))}) need a "
+           "GPU and no worker had one: they are PENDING (no score; run the command again with a "
+           "GPU worker, or pass --gpu-parts-on-cpu to grade them on CPU)."
+           if info.pending else "") + "</p>"
         f"<img src='plots/scores.png'><img src='plots/per_question.png'>"
         f"<img src='plots/hardest_tests.png'><h2>Batch problems</h2><ul>{batch or '<li>none</li>'}"
         f"</ul><h2>Problems by submission</h2><ul>{items or '<li>none</li>'}</ul></body></html>")
@@ -105,7 +113,7 @@ def write_report(out: Path, subs: list[Submission], info: SourceInfo,
 
 
 def fallback_feedback(sub: Submission, info: SourceInfo, dest: Path) -> Path:
-    rows = "".join(f"<tr><td>{html.escape(g)}</td><td>{_cell(sub, g)}</td>"
+    rows = "".join(f"<tr><td>{html.escape(g)}</td><td>{_cell(sub, g, info)}</td>"
                    f"<td>{p:g}</td></tr>" for g, p in info.points.items())
     problems = "".join(f"<li>{html.escape(p)}</li>" for p in sub.problems)
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from course_lib.grading import gradebook, ingest, outputs, scoring
 from course_lib.grading.course import notebook_name, run_nbgrader
-from course_lib.grading.dispatch import ClusterError, Engine, chunked, route
+from course_lib.grading.dispatch import ClusterError, Engine, chunked, gpu_tests, route
 from course_lib.grading.environment import EnvironmentMismatch, course_lib_hash
 from course_lib.grading.model import (Failure, Graded, GradingOptions, SourceInfo, Status,
                                       Submission, TaskSpec, Work)
@@ -134,10 +134,19 @@ def grade_on_workers(engine: Engine, subs: list[Submission], info: SourceInfo, t
     resources, note = route(engine, a)
     if note:
         report.notes.append(note)
+    if resources is None and gpu_tests(a) and not options.gpu_parts_on_cpu:
+        info.pending = set(gpu_tests(a))
+        report.notes.append(f"{', '.join(sorted(info.pending))} left PENDING (no score in the "
+                            "gradebook or the CSV's total): they need a GPU worker; run the "
+                            "command again on a cluster with one, or pass --gpu-parts-on-cpu")
+    elif resources is None and gpu_tests(a):
+        report.notes.append("graded on CPU as asked (--gpu-parts-on-cpu), where those checks "
+                            "pass with a note")
     spec = TaskSpec(a, course_bundle(template, a), info, options, ours,
                     [str(Path(p).resolve()) for p in hide])
     cache = ResultCache(out / RESULTS, {"fingerprint": ours,
                                         "sources": spec.bundle_hash(sources_only=True),
+                                        "pending": sorted(info.pending),
                                         **options.cache_context()})
     html_name = notebook_name(a).replace(".ipynb", ".html")
     by_student = {s.student: s for s in subs}
@@ -213,7 +222,7 @@ def grade_class(assignment: str, submissions: Path, course: Path, workers: int =
                 db_url: str | None = None, out: Path | None = None, cell_timeout: float = 60,
                 mem_mb: int = DEFAULT_MEM_MB, quiet: bool = False, use_sandbox: bool = True,
                 limits: Limits | None = None, scheduler: str | None = None,
-                chunk_size: int | None = None) -> ClassResult:
+                chunk_size: int | None = None, gpu_parts_on_cpu: bool = False) -> ClassResult:
     """The whole pipeline (module docstring). Returns what it wrote; raises only on setup errors
     (no such assignment, unreadable zip, no sandbox, no gradebook), never because of one
     student's notebook.
@@ -221,7 +230,9 @@ def grade_class(assignment: str, submissions: Path, course: Path, workers: int =
     ``use_sandbox=False`` runs student code as the caller, with the caller's files in reach: only
     for machines that cannot sandbox (the report says so on every page). ``workers``: processes
     of the embedded dask cluster; ``scheduler``: grade on an existing one instead
-    (``tcp://HOST:PORT``); ``chunk_size``: submissions per task (default 1)."""
+    (``tcp://HOST:PORT``); ``chunk_size``: submissions per task (default 1);
+    ``gpu_parts_on_cpu``: without a GPU worker, grade the GPU parts on CPU (where their checks pass
+    with a note) instead of leaving them pending."""
     start = time.monotonic()
     course = Path(course).resolve()
     if not (course / "nbgrader_config.py").is_file():
@@ -253,7 +264,8 @@ def grade_class(assignment: str, submissions: Path, course: Path, workers: int =
     template = work / "template"
     info = prepare_template(course, assignment, template, db_url, env)
     options = GradingOptions(cell_timeout, mem_mb, use_sandbox,
-                             (limits or Limits(mem_mb=mem_mb)) if use_sandbox else None)
+                             (limits or Limits(mem_mb=mem_mb)) if use_sandbox else None,
+                             gpu_parts_on_cpu=gpu_parts_on_cpu)
     options.for_assignment(info.code_cells)
 
     # 2. ingest
@@ -280,7 +292,7 @@ def grade_class(assignment: str, submissions: Path, course: Path, workers: int =
     # 4. record
     written = True
     try:
-        gradebook.write_final_scores(db_url, assignment, subs)
+        gradebook.write_final_scores(db_url, assignment, subs, info.pending)
     except Exception as exc:  # the CSV below is still written: no grade is lost
         written = False
         batch_problems.append(f"could not write the course gradebook {db_url} "
@@ -325,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cell-timeout", type=float, default=60, help="seconds per cell")
     parser.add_argument("--mem-mb", type=int, default=DEFAULT_MEM_MB,
                         help="address-space limit per kernel, MiB")
+    parser.add_argument("--gpu-parts-on-cpu", action="store_true",
+                        help="without a GPU worker, grade the GPU-timed parts on CPU (their "
+                             "checks then pass with a note) instead of leaving them pending")
     parser.add_argument("--no-sandbox", action="store_true",
                         help="run student code WITHOUT the bubblewrap sandbox (unsafe: only "
                              "where bwrap cannot run; the report is marked)")
@@ -336,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         result = grade_class(args.assignment, args.submissions, args.course, args.workers,
                              args.db, args.out, args.cell_timeout, args.mem_mb,
                              use_sandbox=not args.no_sandbox, scheduler=args.scheduler,
-                             chunk_size=args.chunk_size)
+                             chunk_size=args.chunk_size, gpu_parts_on_cpu=args.gpu_parts_on_cpu)
     except (SandboxUnavailable, ClusterError, EnvironmentMismatch,
             gradebook.GradebookUnavailable, FileNotFoundError, ValueError) as exc:
         print(f"grade_class: {exc}", file=sys.stderr)

@@ -102,11 +102,12 @@ def decide(info: SourceInfo, nbgrader: dict[str, float] | None, recheck: Recheck
     if recheck is None:
         return Decision(Status.GRADER_ERROR, {}, ["grader error: the re-check did not run"])
     if nbgrader is None:
-        return Decision(Status.GRADED_BY_RECHECK, dict(recheck.scores), [
+        return Decision(Status.GRADED_BY_RECHECK, {g: s for g, s in recheck.scores.items()
+                                                   if g not in info.pending}, [
             "nbgrader could not grade this notebook (kernel died or hung: see autograde.log); "
             "scored by the re-check"])
     final, problems = {}, []
-    for gid in info.points:
+    for gid in (g for g in info.points if g not in info.pending):
         n, r = nbgrader.get(gid, 0.0), recheck.scores.get(gid, 0.0)
         final[gid] = min(n, r)
         if n != r:
@@ -119,12 +120,16 @@ def for_failure(info: SourceInfo, failure: Failure) -> Decision:
     """A submission for which no result came back."""
     if failure.grader:
         return Decision(Status.GRADER_ERROR, {}, [f"grader error: {failure.reason}"])
-    return Decision(Status.KILLED_WORKER, {g: 0.0 for g in info.points}, [failure.reason])
+    return Decision(Status.KILLED_WORKER, _zeros(info), [failure.reason])
 
 
 def for_unreadable(info: SourceInfo, status: Status) -> Decision:
     """Nothing gradable was submitted (ingest says why in the row's problems)."""
-    return Decision(status, {g: 0.0 for g in info.points})
+    return Decision(status, _zeros(info))
+
+
+def _zeros(info: SourceInfo) -> dict[str, float]:
+    return {g: 0.0 for g in info.points if g not in info.pending}
 
 
 def record(sub: Submission, decision: Decision) -> None:

@@ -16,7 +16,7 @@ import time
 
 from course_lib.grading.environment import (EnvironmentMismatch, differences, fingerprint,
                                             mismatch_message)
-from course_lib.grading.model import Graded, TaskSpec, Work
+from course_lib.grading.model import Graded, Status, TaskSpec, Work
 from course_lib.grading.shard import GradingSession
 
 # Per worker thread: the session of the current batch (a new batch replaces it).
@@ -68,7 +68,10 @@ def grade_task(items: list[Work], spec: TaskSpec) -> list[Graded]:
         raise EnvironmentMismatch(mismatch_message(worker, diffs))
     session, startup = _session(spec)
     results = [session.grade(item, worker) for item in items]
+    # The session's logs come back with its first task and with any task whose notebook the
+    # grader could not grade normally (what the instructor needs to look at).
+    troubled = any(r.status in (Status.GRADER_ERROR, Status.GRADED_BY_RECHECK) for r in results)
     results[0].task = {"students": [i.student for i in items],
                        "stages": {"session start-up": round(startup, 3)},
-                       "logs": session.logs() if startup else {}}
+                       "logs": session.logs() if startup or troubled else {}}
     return results

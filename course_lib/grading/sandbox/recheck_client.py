@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from course_lib.grading.inside import wire
@@ -73,8 +74,11 @@ class RecheckServer:
                     outcome["proc"] = proc
                     outcome["returncode"] = proc.wait()
                 else:
+                    # The server lives for many students: its wall clock is each job's deadline
+                    # (judge), never its age; the process count still holds.
+                    server_box = replace(box, limits=replace(box.limits, wall_s=None))
                     outcome["report"] = run_sandboxed(
-                        box, command, "recheck", writable={scratch: scratch}, stdin=job_r,
+                        server_box, command, "recheck", writable={scratch: scratch}, stdin=job_r,
                         stdout=log_file, stderr=subprocess.STDOUT, pass_fds=(res_w,),
                         on_start=lambda proc: outcome.__setitem__("proc", proc))
             finally:
