@@ -12,28 +12,20 @@ import csv
 import shutil
 from pathlib import Path
 
-import nbformat
 import pytest
 
 from course_lib import grading
 from course_lib.grading import gradebook, pipeline, scoring
 from course_lib.grading.dispatch import gpu_tests
 from course_lib.grading.model import SourceInfo, Status
+from exercise_helpers import autograded_points
 
 REPO = Path(__file__).resolve().parents[1]
 ASSIGNMENT = "ex07_mobilenet"
 
 
-def _points() -> dict[str, float]:
-    nb = nbformat.read(REPO / "solutions" / ASSIGNMENT / grading.notebook_name(ASSIGNMENT), 4)
-    return {c.metadata.nbgrader["grade_id"]: float(c.metadata.nbgrader["points"])
-            for c in nb.cells if c.cell_type == "code"
-            and c.metadata.get("nbgrader", {}).get("grade")
-            and not c.metadata["nbgrader"].get("solution")}
-
-
 def test_pending_cells_are_left_out_of_the_decision():
-    points = _points()
+    points = autograded_points(ASSIGNMENT)
     pending = set(gpu_tests(ASSIGNMENT))
     assert pending and pending <= set(points)
     info = SourceInfo(ASSIGNMENT, ASSIGNMENT, list(points), {}, points, set(), pending=pending)
@@ -57,7 +49,7 @@ def test_a_blank_ex07_gets_nothing_for_the_gpu_part_on_a_cpu_grader(tmp_path):
     assert not pending & set(sub.final)
     with open(result.csv, newline="") as f:
         (row,) = list(csv.DictReader(f))
-    points = _points()
+    points = autograded_points(ASSIGNMENT)
     assert {row[g] for g in pending} == {"pending"}
     assert float(row["gpu_points_pending"]) == sum(points[g] for g in pending)
     assert float(row["max_score"]) == sum(points.values()) - sum(points[g] for g in pending)

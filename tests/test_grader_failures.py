@@ -19,6 +19,7 @@ from course_lib import grading
 from course_lib.grading import gradebook, pipeline
 from course_lib.grading.model import Graded, Status
 from course_lib.grading.resume import ResultCache
+from exercise_helpers import autograded_points
 
 REPO = Path(__file__).resolve().parents[1]
 ASSIGNMENT = "ex01_standard"
@@ -68,17 +69,6 @@ def test_a_broken_grader_scores_nobody_says_so_and_stops_early(tmp_path, capsys)
         rows = {r["student"]: r for r in csv.DictReader(f)}
     assert {r["status"] for r in rows.values()} == {"ok"}
     assert {r["from_earlier_run"] for r in rows.values()} == {""}
-    full = sum(pipeline_points().values())
+    full = sum(autograded_points(ASSIGNMENT).values())
     assert {float(r["score"]) for r in rows.values()} == {full}
     assert {s.score for s in gradebook.scores(course, ASSIGNMENT).values()} == {full}
-
-
-def pipeline_points() -> dict[str, float]:
-    """The autograded points of the source notebook, read independently of the pipeline."""
-    import nbformat
-
-    nb = nbformat.read(REPO / "solutions" / ASSIGNMENT / grading.notebook_name(ASSIGNMENT), 4)
-    return {c.metadata.nbgrader["grade_id"]: float(c.metadata.nbgrader["points"])
-            for c in nb.cells if c.cell_type == "code"
-            and c.metadata.get("nbgrader", {}).get("grade")
-            and not c.metadata["nbgrader"].get("solution")}
