@@ -28,6 +28,7 @@ FIGURES = {
                     "fig-ch06-taps-on-map", "fig-ch06-aspp"],
     "ch07_mobilenet": ["fig-ch07-block", "fig-ch07-stages", "fig-ch07-digits-training",
                        "fig-ch07-roofline"],
+    "ch07_where_time_goes": [],
     "ch08_autoencoder": ["fig-ch08-checkerboard", "fig-ch08-training", "fig-ch08-reconstructions",
                          "fig-ch08-latent-2d", "fig-ch08-interpolation", "fig-ch08-denoising"],
 }
