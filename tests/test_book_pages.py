@@ -1,5 +1,5 @@
 """What a reader of the book sees (issue 23): only the code that teaches, and a self-check at the
-end of every section (test added with the self-checks). Read from the chapters' sources (fast), with one check on the built pages
+end of every section. Read from the chapters' sources (fast), with one check on the built pages
 (slow) for raw floats in the outputs."""
 from __future__ import annotations
 
@@ -43,6 +43,41 @@ def test_printed_floats_are_formatted(chapter):
         for line in cell.source.splitlines():
             if "print(" in line:
                 assert not re.search(r"\.item\(\)\)\s*$", line), f"{chapter.name}: {line.strip()}"
+
+
+def sections(chapter):
+    """(title, body) of each '## ' section of a chapter, code cells included."""
+    text = chapter.read_text()
+    parts = re.split(r"^## (.+)$", text, flags=re.M)
+    return list(zip(parts[1::2], parts[2::2]))
+
+
+SELF_CHECK = re.compile(
+    r":::\{admonition\} Self-check\n:class: tip\n(?P<questions>.*?)\n:::\s*\n"
+    r":::\{admonition\} Answers\n:class: dropdown\n(?P<answers>.*?)\n:::\s*$", re.S)
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.name)
+def test_every_section_ends_with_a_self_check(chapter):
+    """2 to 4 questions, then as many answers in a collapsed (dropdown) block, at the very end of
+    every section but the summary."""
+    checked = 0
+    for title, body in sections(chapter):
+        if title.strip() == "Summary":
+            continue
+        found = SELF_CHECK.search(body.rstrip() + "\n")
+        assert found, f"{chapter.name}: section {title!r} does not end with a self-check"
+        questions = re.findall(r"^\d\. ", found["questions"], flags=re.M)
+        answers = re.findall(r"^\d\. ", found["answers"], flags=re.M)
+        assert 2 <= len(questions) <= 4, f"{chapter.name}: {title!r} has {len(questions)} questions"
+        assert len(answers) == len(questions), f"{chapter.name}: {title!r}: answers != questions"
+        # Numbers in answers are computed: no number with a decimal point or a thousands
+        # separator is typed there, only glued ones.
+        typed = re.findall(r"(?<![\w{`$.])\d[\d,]*\.\d+|\d{1,3}(?:,\d{3})+", re.sub(
+            r"\{glue:text\}`[^`]*`|\$[^$]*\$|`[^`]*`", "", found["answers"]))
+        assert not typed, f"{chapter.name}: {title!r}: typed numbers in the answers: {typed}"
+        checked += 1
+    assert checked >= 3, f"{chapter.name}: only {checked} sections"
 
 
 @pytest.mark.slow
