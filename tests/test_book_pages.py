@@ -12,6 +12,8 @@ import pytest
 from conftest import REPO
 
 CHAPTERS = sorted((REPO / "book").glob("ch[0-9][0-9]_*.md"))
+# Every page that executes code: the chapters and the instructor guide.
+EXECUTED_PAGES = [*CHAPTERS, REPO / "book" / "instructor_guide.md"]
 HIDDEN = {"remove-cell", "remove-input"}
 # Bookkeeping a reader should not see: the glue that hands numbers to the prose, the notebook's
 # display plumbing, and a branch on data the build may not have.
@@ -26,7 +28,7 @@ def visible_code_cells(chapter):
             yield cell
 
 
-@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.name)
+@pytest.mark.parametrize("chapter", EXECUTED_PAGES, ids=lambda p: p.name)
 def test_no_bookkeeping_or_empty_cell_is_shown(chapter):
     for cell in visible_code_cells(chapter):
         first = cell.source.strip().splitlines()[0] if cell.source.strip() else "(empty)"
@@ -36,7 +38,7 @@ def test_no_bookkeeping_or_empty_cell_is_shown(chapter):
                            f"({found.group(0)!r}); move it to a cell tagged remove-cell")
 
 
-@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.name)
+@pytest.mark.parametrize("chapter", EXECUTED_PAGES, ids=lambda p: p.name)
 def test_printed_floats_are_formatted(chapter):
     """A print of a bare .item() or float shows every digit: format it (e.g. :.1e)."""
     for cell in visible_code_cells(chapter):
