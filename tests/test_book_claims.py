@@ -379,7 +379,8 @@ def test_roofline_figure_texts_do_not_collide():
         plt.close(fig)
 
 
-QUOTED_BY_HAND = ("0.790", "0.782", "89.0 %", "82.1 %", "1.14 G", "161 MB", "569 M", "71.6", "79.7")
+QUOTED_BY_HAND = ("0.790", "0.782", "89.0 %", "82.1 %", "1.14 G", "161 MB", "569 M", "71.6", "79.7",
+                  "17,000", "350 million")
 
 
 def test_quoted_numbers_live_in_one_file_with_their_sources():
