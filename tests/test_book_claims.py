@@ -313,7 +313,6 @@ def test_groups_figure_draws_the_1x1_line_in_both_panels_and_the_variants_keep_b
     text = (BOOK / "ch05_xception.md").read_text()
     cell = text[text.index("name: fig-ch05-groups-spectrum"):]
     cell = cell[:cell.index("\n```\n")]
-    assert "both" not in cell or True
     assert cell.count("axes[0].axhline(") == 1 and cell.count("axes[1].axhline(") == 1
     prose_text = flat(prose(BOOK / "ch05_xception.md"))
     assert "only the slot between depthwise and pointwise changes" not in prose_text
