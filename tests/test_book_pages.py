@@ -3,6 +3,7 @@ end of every section. Read from the chapters' sources (fast), with one check on 
 (slow) for raw floats in the outputs."""
 from __future__ import annotations
 
+import functools
 import re
 from html import unescape
 
@@ -22,8 +23,13 @@ BOOKKEEPING = re.compile(r"\bglue\(|from IPython\.display import|^if gpu is not 
 RAW_FLOAT = re.compile(r"\b\d\.\d{9,}(e[-+]\d+)?\b")
 
 
+@functools.lru_cache(maxsize=None)
+def read_page(path):
+    return jupytext.read(path)
+
+
 def visible_code_cells(chapter):
-    for cell in jupytext.read(chapter).cells:
+    for cell in read_page(chapter).cells:
         if cell.cell_type == "code" and not HIDDEN & set(cell.metadata.get("tags", [])):
             yield cell
 
