@@ -16,6 +16,7 @@ from course_lib.viz.inception_family import draw_inception_family, inception_fam
 from course_lib.viz.mobilenet_shapes import (draw_mobilenet_block, draw_network_shapes,
                                              layer_names, stage_shapes, stages)
 from course_lib.viz.plots import (draw_conv_volumes, draw_logo, draw_sampled_pixels,
-                                  draw_sliding_window, plot_history, plot_roofline, show_feature_maps,
-                                  show_image, show_masks, show_sampled_pixels_to_scale)
+                                  draw_roofline_panels, draw_sliding_window, plot_history,
+                                  plot_roofline, show_feature_maps, show_image, show_masks,
+                                  show_sampled_pixels_to_scale)
 from course_lib.viz.separable_shapes import draw_separable_shapes, separable_shapes
