@@ -66,6 +66,13 @@ def fail(message: str, kind: str = "wrong") -> NoReturn:
     raise CheckFailed(message, kind)
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether an exception is an allocation that failed: Python's MemoryError, or PyTorch's CPU
+    allocator, which raises a plain RuntimeError (its message is the only sign)."""
+    return isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+
+
 def passed(message: str) -> None:
     print(f"\u2714 {message}")
 
@@ -153,7 +160,8 @@ def call_student(fn: Callable[..., Any], *args: Any, name: str | None = None,
         fail(f"{label} raised {type(exc).__name__} on {call}; a function must return its result.",
              "exited")
     except Exception as exc:  # any student bug: report it with the input that triggered it
-        fail(f"{label} raised {type(exc).__name__} on {call}: {exc}", "raised")
+        fail(f"{label} raised {type(exc).__name__} on {call}: {exc}",
+             "memory" if out_of_memory(exc) else "raised")
 
 
 def call_each(fn: Callable[..., Any], calls: Iterable[tuple[tuple, dict]],

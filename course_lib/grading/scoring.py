@@ -53,7 +53,7 @@ def read_recheck(events: list[dict], info: SourceInfo, cell_timeout: float) -> R
             elif error_kind == "exited":
                 problems.append(f"cell {cell}: a student function raised SystemExit or "
                                 "KeyboardInterrupt")
-            elif name == "MemoryError":
+            elif name == "MemoryError" or error_kind == "memory":
                 problems.append(f"cell {cell}: hit the memory limit")
             if error_kind in BROKEN_RESULTS:
                 problems.append(f"test {cell}: {BROKEN_RESULTS[error_kind]}")

@@ -188,8 +188,8 @@ def _child(requests, replies, guard: Guard, shell, timeout: float) -> None:
                  "error": failure is not None,
                  "error_name": type(failure).__name__ if failure is not None else None,
                  "error_text": str(failure)[:2000] if failure is not None else None,
-                 # a check failure's kind (nan, dtype, device, ...): what the grader reports
-                 "error_kind": str(getattr(failure, "kind", "") or "")[:40] or None,
+                 # a check failure's kind (nan, dtype, device, memory...): what the grader reports
+                 "error_kind": _kind(failure),
                  "timed_out": timed_out, "stderr": err.value()[:2000],
                  "stdout_chars": out.total}
         tampered_before = tampered_before[:20] if is_test else []
@@ -320,6 +320,18 @@ def _judge(job: dict, guard: Guard, shell, timeout: float, mem_mb, emit, scratch
             os.killpg(pid, signal.SIGKILL)
         except OSError:
             pass
+
+
+def _kind(failure: BaseException | None) -> str | None:
+    """What sort of failure, as data: a check's own kind, or "memory" for a failed allocation."""
+    if failure is None:
+        return None
+    from course_lib.checks import out_of_memory  # imported by the server before any student code
+
+    kind = getattr(failure, "kind", None)
+    if isinstance(kind, str) and kind:
+        return kind[:40]
+    return "memory" if out_of_memory(failure) else None
 
 
 def _read_line(replies: wire.LineReader, timeout: float) -> bytes | None:
