@@ -98,3 +98,17 @@ def test_no_private_name_crosses_a_grading_module():
                      and node.value.id in aliases and node.attr.startswith("_")
                      and not node.attr.startswith("__")]
     assert crossing == []
+
+
+def test_the_kernel_launcher_starts_light():
+    """Every kernel nbgrader starts is first a launcher process (the kernelspec's command): it
+    must not import nbformat, nbgrader or PyTorch (seconds per kernel on a loaded machine)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, course_lib.grading.sandbox.__main__\n"
+            "print(sorted(m for m in ('nbformat', 'nbgrader', 'torch', 'jupyter_client')"
+            " if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd="/").stdout.strip()
+    assert out == "[]"

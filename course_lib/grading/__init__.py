@@ -30,5 +30,13 @@ The names of :mod:`.course` are re-exported here (``from course_lib import gradi
 grading.new_course(...)``).
 """
 from course_lib.grading.course import (  # noqa: F401
-    ASSIGNMENT_PATTERN, GradingError, SubmissionScore, ValidationResult, assignments, autograde,
-    new_course, notebook_name, release_path, repo_root, run_nbgrader, scores, submit, validate)
+    ASSIGNMENT_PATTERN, GradingError, ValidationResult, assignments, autograde, new_course,
+    notebook_name, release_path, repo_root, run_nbgrader, scores, submit, validate)
+
+
+def __getattr__(name: str):
+    if name == "SubmissionScore":  # lazily: the gradebook module imports nbformat
+        from course_lib.grading.gradebook import SubmissionScore
+
+        return SubmissionScore
+    raise AttributeError(name)
