@@ -42,8 +42,11 @@ def _serve(course: Path, assignment: str, overrides: dict) -> None:
         config[section][name] = value
     feedback = Config(config)
     feedback.HTMLExporter.template_name = "feedback"
-    out = sys.stdout
-    sys.stdout = sys.stderr  # whatever nbgrader prints goes to the log, not the channel
+    # The channel is a private, non-inheritable copy of stdout; fd 1 itself becomes the log, so
+    # nothing nbgrader, a kernel launcher or a kernel prints can reach the channel.
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     for line in sys.stdin:
         try:
             request = json.loads(line)
