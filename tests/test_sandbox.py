@@ -50,6 +50,23 @@ def _run(box: sandbox.Sandbox, code: str, env: dict | None = None):
         return report, {"raw": out.read_text()[-2000:]}
 
 
+def _homes() -> list[str]:
+    """Home folders a grader's secrets could lie in: root's and the caller's."""
+    return sorted({"/root", os.path.realpath(os.path.expanduser("~"))})
+
+
+def _python_entries(home: str) -> list[str]:
+    """What the Python installation running these tests puts into ``home``: the first folder
+    below it on the way to each of its folders (the interpreter's prefixes and site-packages),
+    whatever the layout (a pyenv under /root, a venv in a home folder, the system's /usr)."""
+    import site
+
+    dirs = [sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable)),
+            *site.getsitepackages()]
+    return sorted({Path(os.path.realpath(d)).relative_to(home).parts[0] for d in dirs
+                   if os.path.realpath(d).startswith(home.rstrip("/") + "/")})
+
+
 def test_this_machine_can_sandbox():
     sandbox.check_available()
 
@@ -92,7 +109,8 @@ def test_student_code_sees_no_course_no_repository_no_secrets(box, monkeypatch, 
             "course_lib": course_lib.__file__,
             "uid": os.getuid(),
             "env_secret": os.environ.get("GRADER_SECRET"),
-            "root_home": sorted(os.listdir("/root")),
+            "homes": {{h: sorted(os.listdir(h)) if os.path.isdir(h) else None
+                       for h in {_homes()!r}}},
         }}))
     """)
     assert seen is not None and "raw" not in seen, seen
@@ -102,7 +120,8 @@ def test_student_code_sees_no_course_no_repository_no_secrets(box, monkeypatch, 
     assert seen["course_lib"].startswith(b.site), "course_lib must come from the snapshot"
     assert seen["uid"] == sandbox.NOBODY
     assert seen["env_secret"] is None
-    assert seen["root_home"] in ([], [".pyenv"]), "only the Python installation is put back"
+    for home, listing in seen["homes"].items():  # only the way to the Python installation
+        assert (listing or []) == _python_entries(home), (home, listing)
     assert report.returncode == 0
 
 

@@ -43,12 +43,23 @@ def notebook_name(assignment: str) -> str:
     return f"{assignment}.ipynb"
 
 
+def interpreter_on_path(env: dict | None = None) -> dict:
+    """``env`` (default: this process's own ``os.environ``, changed in place) with this
+    interpreter's bin folder first on PATH. nbgrader runs ``alembic`` (its gradebook migrations)
+    by name from PATH, which an unactivated venv (``/path/venv/bin/python -m ...``) lacks."""
+    env = os.environ if env is None else env
+    bindir = os.path.dirname(sys.executable)
+    rest = [p for p in env.get("PATH", os.defpath).split(os.pathsep) if p and p != bindir]
+    env["PATH"] = os.pathsep.join([bindir, *rest])
+    return env
+
+
 def run_nbgrader(args: list[str], cwd: Path, timeout: float = 1800,
                  check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m nbgrader ARGS`` in ``cwd`` (the course directory) and capture its output.
 
     ``env`` replaces the environment (e.g. :func:`course_lib.grading.kernel.kernel_env`)."""
-    env = dict(os.environ if env is None else env)
+    env = interpreter_on_path(dict(os.environ if env is None else env))
     env.setdefault("PYTHONUNBUFFERED", "1")
     # Headless plotting in the kernels nbgrader starts.
     env["MPLBACKEND"] = "Agg"

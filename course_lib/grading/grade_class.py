@@ -424,6 +424,13 @@ def check_gradebook(db_url: str) -> None:
     except Exception as exc:  # SQLAlchemy's errors (no server, no database, no driver, bad URL)
         shown = re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", db_url)  # never print a password
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        if isinstance(exc, FileNotFoundError) and "alembic" in str(exc):
+            raise GradebookUnavailable(
+                f"cannot create the gradebook {shown}: nbgrader runs the `alembic` command, "
+                f"which is not on PATH ({os.environ.get('PATH', '')}). It is installed with "
+                f"nbgrader next to the interpreter: run the grader with the Python of the "
+                f"environment that has nbgrader (`{sys.executable} -m course_lib.grade_class "
+                f"...`), or `{sys.executable} -m pip install -r requirements.txt`.") from None
         raise GradebookUnavailable(
             f"cannot open the gradebook {shown} ({type(exc).__name__}: {first}). For PostgreSQL "
             "check that the server runs and accepts connections from this host, that the "
@@ -722,6 +729,7 @@ def grade_class(assignment: str, submissions: Path, course: Path, workers: int =
         raise FileNotFoundError(f"no submissions at {submissions}")
     if use_sandbox:
         sandbox.check_available()
+    grading.interpreter_on_path()  # for nbgrader's `alembic`, here and in every subprocess
     db_url = db_url or f"sqlite:///{course / 'gradebook.db'}"
     check_gradebook(db_url)
     out = Path(out or course / "grading" / assignment).resolve()

@@ -90,6 +90,16 @@ def _protected_modules() -> dict[str, types.ModuleType]:
     return found
 
 
+def _contents_id(container: dict | list) -> int:
+    """The identities of a container's items: a list's in order, a dict's in ANY order. (A
+    module's ``__builtins__`` is the builtins dict, where IPython's builtin trap deletes and
+    re-inserts ``exit``, ``quit``, ... around every cell: same objects, new order, nothing
+    replaced.)"""
+    if isinstance(container, dict):
+        return hash(frozenset((k, id(v)) for k, v in list(container.items())))
+    return hash(tuple(id(v) for v in container))
+
+
 class Guard:
     """Snapshot of the protected namespaces; reports, undoes and fingerprints replacements."""
 
@@ -148,8 +158,7 @@ class Guard:
             yield f"{key} (code)", hash((id(fn.__code__), id(fn.__defaults__),
                                          id(fn.__kwdefaults__)))
         for key, (container, saved) in self.contents.items():
-            items = container.items() if isinstance(container, dict) else enumerate(container)
-            yield f"{key} (contents)", hash(tuple((k, id(v)) for k, v in items))
+            yield f"{key} (contents)", _contents_id(container)
 
     def _saved(self):
         """The same pairs as they were at the snapshot."""
@@ -161,8 +170,7 @@ class Guard:
         for key, (fn, (code, defaults, kwdefaults)) in self.code.items():
             yield f"{key} (code)", hash((id(code), id(defaults), id(kwdefaults)))
         for key, (container, saved) in self.contents.items():
-            items = saved.items() if isinstance(saved, dict) else enumerate(saved)
-            yield f"{key} (contents)", hash(tuple((k, id(v)) for k, v in items))
+            yield f"{key} (contents)", _contents_id(saved)
 
     def changes(self) -> list[str]:
         """Dotted names of protected objects replaced since the snapshot."""

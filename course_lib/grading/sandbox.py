@@ -128,15 +128,23 @@ def _source_checkouts() -> list[Path]:
     return sorted({o.parents[1] for o in origins if "site-packages" not in o.parts})
 
 
-def _python_dirs() -> list[str]:
-    """The folders the interpreter and its packages live in (put back under a masked home)."""
+def python_dirs() -> list[str]:
+    """The folders the interpreter and its packages live in, and nothing else: the prefixes (a
+    venv's and the one it was made from), the interpreter's folder, sysconfig's install paths and
+    the site-packages folders (the user's too, when it is on ``sys.path``). Other ``sys.path``
+    entries are NOT included: a dask worker's local directory, pytest's temp folders, the working
+    directory or a checkout on PYTHONPATH must not appear inside (course_lib comes from the
+    snapshot). Outermost folders only."""
     import site
     import sysconfig
 
-    dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(sys.executable)}
+    dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+            os.path.dirname(sys.executable), os.path.dirname(os.path.realpath(sys.executable))}
     dirs.update(p for p in sysconfig.get_paths().values() if p)
     dirs.update(site.getsitepackages())
-    dirs.update(p for p in sys.path if p and os.path.isdir(p))
+    user_site = site.getusersitepackages() if site.ENABLE_USER_SITE else None
+    if user_site and user_site in sys.path:
+        dirs.add(user_site)
     real = sorted({os.path.realpath(d) for d in dirs if d and os.path.isdir(d)})
     return [d for d in real if not any(d.startswith(o + "/") for o in real)]  # outermost only
 
@@ -213,16 +221,19 @@ class Sandbox:
             elif os.path.isdir(d):
                 argv += ["--ro-bind", d, d]
                 shown.append(d)
-        # The Python installation, read-only, unless it lies inside the course or repository.
-        for d in _python_dirs():
-            if not any(_under(d, s) for s in shown) and not any(_under(d, m)
-                                                                 for m in self.masked):
-                argv += ["--ro-bind", d, d]
-                shown.append(d)
         argv += ["--dev", "/dev", "--proc", "/proc",
                  "--size", str(self.limits.tmp_mb * 2**20), "--tmpfs", "/tmp"]
         for d in self.masked:  # only matters where a shown folder holds the course
             if os.path.isdir(d) and any(_under(d, s) for s in shown):
+                argv += ["--tmpfs", d]
+        # The Python installation, read-only, AFTER the private /tmp and the masks: a venv under
+        # /tmp (or inside a masked checkout, e.g. its .venv) would otherwise be hidden again and
+        # the interpreter missing inside (bwrap: execvp ...: No such file or directory).
+        python = [d for d in python_dirs() if not any(_under(d, s) for s in shown)]
+        for d in python:
+            argv += ["--ro-bind", d, d]
+        for d in self.masked:  # a masked folder inside the Python installation stays masked
+            if os.path.isdir(d) and any(_under(d, p) and d != p for p in python):
                 argv += ["--tmpfs", d]
         empty = os.path.join(os.path.dirname(self.site), "empty")
         for f in SECRET_FILES:
@@ -480,6 +491,83 @@ def run_sandboxed(box: "Sandbox", command: list[str], name: str, writable: dict[
                      audit)
 
 
+# ---------------------------------------------------------------------- sandbox check
+# What must import inside the box for grading to work: PyTorch, the kernel (ipykernel), the
+# modules that run in there, and every assignment's checks (imported by the re-check server).
+INSIDE_MODULES = ("torch", "ipykernel.kernelapp", "course_lib.grading.kernel",
+                  "course_lib.grading.nursery", "course_lib.grading.recheck")
+_PROBE = """
+import importlib, json, pkgutil, sys, traceback
+import course_lib.checks
+found = {"python": sys.executable, "course_lib": course_lib.checks.__file__, "failed": {}}
+names = %r + [f"course_lib.checks.{m.name}" for m in pkgutil.iter_modules(course_lib.checks.__path__)]
+for name in names:
+    try:
+        importlib.import_module(name)
+    except BaseException as exc:
+        found["failed"][name] = traceback.format_exception_only(type(exc), exc)[-1].strip()[:300]
+print("PROBE " + json.dumps(found))
+"""
+
+
+def check_sandbox(hide: list[Path] = ()) -> str:
+    """Start the REAL sandbox, with this interpreter and the mounts grading uses, and import the
+    modules that run inside it (:data:`INSIDE_MODULES` and every assignment's checks). Returns
+    a summary; raises :class:`SandboxUnavailable` saying what to fix when anything fails."""
+    check_available()
+    with tempfile.TemporaryDirectory(prefix="cl-sandbox-check-") as tmp:
+        box = Sandbox.for_batch(Path(tmp) / "work", hide=list(hide),
+                                          limits=Limits(wall_s=300))
+        scratch = box.new_scratch("check")
+        log = Path(tmp) / "probe.out"
+        try:
+            with open(log, "wb") as out:
+                report = run_sandboxed(box, [sys.executable, "-c",
+                                                 _PROBE % (list(INSIDE_MODULES),)], "check",
+                                       writable={str(scratch): str(scratch)}, cwd=str(scratch),
+                                       stdout=out, stderr=subprocess.STDOUT)
+        finally:
+            shutil.rmtree(box.ipc_dir, ignore_errors=True)
+        text = log.read_text(errors="replace")
+        mounts = ", ".join(python_dirs())
+        found = None
+        for line in text.splitlines():
+            if line.startswith("PROBE "):
+                found = json.loads(line[len("PROBE "):])
+        if found is None:
+            tail = "\n    ".join(text.strip().splitlines()[-8:]) or "(no output)"
+            where = ""
+            if "execvp" in text or "No such file" in text:
+                where = (f" The interpreter {sys.executable} is not visible inside: the sandbox "
+                         f"mounts only the system folders ({', '.join(SYSTEM_DIRS)}) and the "
+                         f"Python installation ({mounts}); install the interpreter in one of "
+                         "them or in an ordinary venv (python3 -m venv), not behind a link "
+                         "into a folder the grader hides (the course, the submissions, the "
+                         "output folder).")
+            elif report.killed:
+                where = f" The sandbox was stopped: it {report.killed}."
+            raise SandboxUnavailable(
+                f"the grading sandbox started but could not run {sys.executable} (exit code "
+                f"{report.returncode}):\n    {tail}\n{where}".rstrip())
+        if found["failed"]:
+            lines = "\n    ".join(f"{k}: {v}" for k, v in found["failed"].items())
+            raise SandboxUnavailable(
+                f"inside the grading sandbox, {sys.executable} cannot import what grading "
+                f"needs:\n    {lines}\nThe sandbox shows only the system folders and the "
+                f"Python installation ({mounts}), plus a copy of course_lib. Install the "
+                f"missing packages into this interpreter (`{sys.executable} -m pip install -r "
+                "requirements.txt`), not into a folder added with PYTHONPATH or a .pth file "
+                "outside these folders, and run this check again.")
+        if not found["course_lib"].startswith(box.site):
+            raise SandboxUnavailable(
+                f"inside the sandbox course_lib was imported from {found['course_lib']}, not from "
+                f"the grader's read-only snapshot under {box.site}: remove that copy from the "
+                "interpreter's site-packages (`pip uninstall course_lib` there, then install it "
+                "again with `pip install -e .` or the wheel).")
+    return (f"{bwrap_path()} runs {sys.executable} in the grading sandbox (mounted: {mounts}) and "
+            f"imports {', '.join(INSIDE_MODULES)} and the checks of every assignment there")
+
+
 # ---------------------------------------------------------------------- the kernel launcher
 def install_kernelspec(folder: Path, sandbox: Sandbox | None, mem_mb: int) -> Path:
     """Write ``folder/kernels/python3/kernel.json``: the limited kernel, sandboxed unless
@@ -553,18 +641,19 @@ def main(argv: list[str] | None = None) -> int:
     k = sub.add_parser("kernel", help="start a sandboxed kernel (a kernelspec's command)")
     k.add_argument("config", type=Path)
     k.add_argument("-f", dest="connection_file", required=True)
-    sub.add_parser("check", help="say whether this machine can run the sandbox")
+    sub.add_parser("check", help="start the real sandbox with this interpreter and say whether "
+                   "grading can run in it (and what to fix when it cannot)")
     args, extra = parser.parse_known_args(argv)
     if args.command == "kernel":  # extra: the kernel's own options (nbclient adds some)
         return launch_kernel(args.config, args.connection_file, extra)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        check_available()
+        summary = check_sandbox()
     except SandboxUnavailable as exc:
         print(f"NO: {exc}")
         return 1
-    print(f"yes: {bwrap_path()} can sandbox student code on this machine")
+    print(f"yes: {summary}")
     return 0
 
 
