@@ -229,7 +229,8 @@ class Sandbox:
         # The Python installation, read-only, AFTER the private /tmp and the masks: a venv under
         # /tmp (or inside a masked checkout, e.g. its .venv) would otherwise be hidden again and
         # the interpreter missing inside (bwrap: execvp ...: No such file or directory).
-        python = [d for d in python_dirs() if not any(_under(d, s) for s in shown)]
+        python = [d for d in python_dirs() if not any(_under(d, s) for s in shown)
+                  or any(_under(d, m) for m in self.masked)]
         for d in python:
             argv += ["--ro-bind", d, d]
         for d in self.masked:  # a masked folder inside the Python installation stays masked
