@@ -105,6 +105,19 @@ def test_sandbox_check_imports_inside_and_names_what_is_missing(monkeypatch):
         assert f"{module}" not in message.split("needs:")[1].split("The sandbox")[0], message
 
 
+def test_sandbox_check_says_when_the_interpreter_is_not_visible(monkeypatch):
+    """What a venv under /tmp looked like before the mounts came after /tmp: the interpreter
+    missing inside. The check says so, and where the sandbox looks."""
+    if os.path.realpath(sys.executable).startswith(("/usr/", "/bin/")):
+        pytest.skip("a system interpreter is always visible (/usr is mounted)")
+    monkeypatch.setattr(sandbox, "python_dirs", lambda: [])
+    with pytest.raises(sandbox.SandboxUnavailable) as caught:
+        sandbox.check_sandbox()
+    message = str(caught.value)
+    assert f"The interpreter {sys.executable} is not visible inside" in message, message
+    assert "python3 -m venv" in message
+
+
 def test_guard_ignores_builtins_reinserted_in_another_order_but_not_a_replacement():
     """IPython's builtin trap deletes and re-inserts ``exit``, ``quit``, ... around every cell:
     the same objects in a new order is no tampering; a replaced builtin still is."""

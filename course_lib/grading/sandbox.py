@@ -4,7 +4,9 @@ Every execution of student code by the grading pipeline (the kernels ``nbgrader 
 and the re-check) goes through :class:`Sandbox`. Inside, student code:
 
 * sees only the system folders (``/usr``, ``/etc``, ``/lib``..., read-only) and the Python
-  installation, nothing else of the machine: not the course directory (solutions, gradebook, other
+  installation (the interpreter, its packages: :func:`python_dirs`, not every ``sys.path`` entry,
+  mounted after the private ``/tmp`` and the masks so that a venv under ``/tmp`` or inside a hidden
+  checkout stays visible), nothing else of the machine: not the course directory (solutions, gradebook, other
   students' submissions), not the pipeline's work folders or the submissions, not the repository
   course_lib was installed from, not any other copy of them elsewhere on the disk, not home folders,
   ``/run`` (service sockets) or the real ``/tmp``; secret files such as ``/etc/shadow`` read as
@@ -30,8 +32,9 @@ A shard's kernels are normally forked by a warm nursery in one such sandbox
 (:mod:`course_lib.grading.nursery`); :func:`launch_kernel` falls back to a sandbox per kernel.
 
 ``python -m course_lib.grading.sandbox kernel CONFIG -f CONNECTION_FILE`` is the kernelspec's
-command (see :func:`install_kernelspec`); ``python -m course_lib.grading.sandbox check`` says
-whether this machine can sandbox.
+command (see :func:`install_kernelspec`); ``python -m course_lib.grading.sandbox check`` starts
+the real sandbox with this interpreter and its mounts and imports what runs inside
+(:func:`check_sandbox`), and says what to fix when it cannot.
 """
 from __future__ import annotations
 
@@ -517,16 +520,14 @@ def check_sandbox(hide: list[Path] = ()) -> str:
     a summary; raises :class:`SandboxUnavailable` saying what to fix when anything fails."""
     check_available()
     with tempfile.TemporaryDirectory(prefix="cl-sandbox-check-") as tmp:
-        box = Sandbox.for_batch(Path(tmp) / "work", hide=list(hide),
-                                          limits=Limits(wall_s=300))
+        box = Sandbox.for_batch(Path(tmp) / "work", hide=list(hide), limits=Limits(wall_s=300))
         scratch = box.new_scratch("check")
         log = Path(tmp) / "probe.out"
+        probe = [sys.executable, "-c", _PROBE % (list(INSIDE_MODULES),)]
         try:
             with open(log, "wb") as out:
-                report = run_sandboxed(box, [sys.executable, "-c",
-                                                 _PROBE % (list(INSIDE_MODULES),)], "check",
-                                       writable={str(scratch): str(scratch)}, cwd=str(scratch),
-                                       stdout=out, stderr=subprocess.STDOUT)
+                report = run_sandboxed(box, probe, "check", writable={str(scratch): str(scratch)},
+                                       cwd=str(scratch), stdout=out, stderr=subprocess.STDOUT)
         finally:
             shutil.rmtree(box.ipc_dir, ignore_errors=True)
         text = log.read_text(errors="replace")
