@@ -58,14 +58,21 @@ def run_nbgrader(args: list[str], cwd: Path, timeout: float = 1800,
     return proc
 
 
+def interpreter_on_path(env: dict | None = None) -> dict:
+    """``env`` (default: this process's own ``os.environ``, changed in place) with this
+    interpreter's bin folder first on PATH. nbgrader runs ``alembic`` (its gradebook migrations)
+    by name from PATH, which an unactivated venv (``/path/venv/bin/python -m ...``) lacks."""
+    env = os.environ if env is None else env
+    bindir = os.path.dirname(sys.executable)
+    rest = [p for p in env.get("PATH", os.defpath).split(os.pathsep) if p and p != bindir]
+    env["PATH"] = os.pathsep.join([bindir, *rest])
+    return env
+
+
 def nbgrader_env(env: dict | None = None) -> dict:
-    """The environment nbgrader runs in: this interpreter's scripts first on PATH (nbgrader runs
-    ``alembic`` from PATH to set up a gradebook: a venv used without activation has it only in
-    its own bin folder), unbuffered output, headless plotting."""
-    env = dict(os.environ if env is None else env)
-    scripts = os.path.dirname(sys.executable)
-    path = [p for p in env.get("PATH", "").split(os.pathsep) if p and p != scripts]
-    env["PATH"] = os.pathsep.join([scripts, *path])
+    """The environment nbgrader runs in (a copy): this interpreter first on PATH (see
+    :func:`interpreter_on_path`), unbuffered output, headless plotting."""
+    env = interpreter_on_path(dict(os.environ if env is None else env))
     env.setdefault("PYTHONUNBUFFERED", "1")
     env["MPLBACKEND"] = "Agg"
     return env

@@ -8,7 +8,9 @@ private shard, the final scores as overrides so that nbgrader's feedback shows t
 """
 from __future__ import annotations
 
+import os
 import re
+import sys
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -45,6 +47,13 @@ def check(db_url: str) -> None:
     except Exception as exc:  # SQLAlchemy's errors (no server, no database, no driver, bad URL)
         shown = re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", db_url)  # never print a password
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        if isinstance(exc, FileNotFoundError) and "alembic" in str(exc):
+            raise GradebookUnavailable(
+                f"cannot create the gradebook {shown}: nbgrader runs the `alembic` command, "
+                f"which is not on PATH ({os.environ.get('PATH', '')}). It is installed with "
+                f"nbgrader next to the interpreter: run the grader with the Python of the "
+                f"environment that has nbgrader (`{sys.executable} -m course_lib.grade_class "
+                f"...`), or `{sys.executable} -m pip install -r requirements.txt`.") from None
         hint = ("check that the folder exists and is writable" if db_url.startswith("sqlite")
                 else "check that the server runs and accepts connections from this host, that "
                 "the database exists (`createdb gradebook`) and the user may use it; URLs look "

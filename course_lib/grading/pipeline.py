@@ -35,13 +35,13 @@ from typing import Callable
 from tqdm import tqdm
 
 from course_lib.grading import gradebook, ingest, outputs, scoring
-from course_lib.grading.course import notebook_name, run_nbgrader
+from course_lib.grading.course import interpreter_on_path, notebook_name, run_nbgrader
 from course_lib.grading.dispatch import ClusterError, Engine, chunked, gpu_tests, route
 from course_lib.grading.environment import EnvironmentMismatch, course_lib_hash
 from course_lib.grading.model import (Failure, Graded, GradingOptions, SourceInfo, Status,
                                       Submission, TaskSpec, Work)
 from course_lib.grading.resume import RESULTS, ResultCache
-from course_lib.grading.sandbox.check import check_inside
+from course_lib.grading.sandbox.check import check_sandbox
 from course_lib.grading.sandbox.kernelspec import install_kernelspec, kernel_env
 from course_lib.grading.sandbox.policy import Limits, SandboxUnavailable
 from course_lib.grading.shard import course_bundle
@@ -245,7 +245,8 @@ def grade_class(assignment: str, submissions: Path, course: Path, workers: int =
     if not submissions.exists():
         raise FileNotFoundError(f"no submissions at {submissions}")
     if use_sandbox:
-        check_inside((f"course_lib.checks.{assignment}",))
+        check_sandbox()
+    interpreter_on_path()  # nbgrader runs `alembic` from PATH, here and in every subprocess
     db_url = db_url or gradebook.sqlite_url(course / "gradebook.db")
     gradebook.check(db_url)
     out = Path(out or course / "grading" / assignment).resolve()

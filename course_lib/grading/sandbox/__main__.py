@@ -1,12 +1,12 @@
 """``python -m course_lib.grading.sandbox kernel CONFIG -f FILE`` (the kernelspec's command) and
-``python -m course_lib.grading.sandbox check [--assignment ID]`` (can this machine sandbox?)."""
+``python -m course_lib.grading.sandbox check`` (can this machine sandbox?)."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from course_lib.grading.sandbox.check import check_inside
+from course_lib.grading.sandbox.check import check_sandbox
 from course_lib.grading.sandbox.kernelspec import launch_kernel
 from course_lib.grading.sandbox.policy import SandboxUnavailable
 
@@ -18,17 +18,15 @@ def main(argv: list[str] | None = None) -> int:
     k = sub.add_parser("kernel", help="start a sandboxed kernel (a kernelspec's command)")
     k.add_argument("config", type=Path)
     k.add_argument("-f", dest="connection_file", required=True)
-    c = sub.add_parser("check", help="start the real sandbox and import what runs inside")
-    c.add_argument("--assignment", default=None,
-                   help="also import this assignment's checks (e.g. ex01_standard)")
+    sub.add_parser("check", help="start the real sandbox with this interpreter and say whether "
+                   "grading can run in it (and what to fix when it cannot)")
     args, extra = parser.parse_known_args(argv)
     if args.command == "kernel":  # extra: the kernel's own options (nbclient adds some)
         return launch_kernel(args.config, args.connection_file, extra)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    modules = (f"course_lib.checks.{args.assignment}",) if args.assignment else ()
     try:
-        print(f"yes: {check_inside(modules)}")
+        print(f"yes: {check_sandbox()}")
     except SandboxUnavailable as exc:
         print(f"NO: {exc}")
         return 1

@@ -3,19 +3,21 @@ first step ask the real thing: the real policy, the real interpreter, the real i
 """
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from course_lib.grading.sandbox.policy import (NOBODY, Limits, Sandbox, SandboxUnavailable,
-                                               require_bwrap)
+from course_lib.grading.sandbox.policy import (NOBODY, SYSTEM_DIRS, Limits, Sandbox,
+                                               SandboxUnavailable, require_bwrap)
 from course_lib.grading.sandbox.supervisor import run_sandboxed
 
 # What every run in the box imports: the kernel, the nursery, the re-check and what they preload.
-INSIDE_MODULES = ("torch", "ipykernel.kernelapp", "IPython", "nbformat", "nbgrader.utils",
+INSIDE_MODULES = ("torch", "ipykernel.kernelapp", "nbgrader.utils",
                   "course_lib.grading.inside.kernel", "course_lib.grading.inside.nursery",
-                  "course_lib.grading.inside.recheck", "course_lib.checks")
+                  "course_lib.grading.inside.recheck")
 
 _USERNS_HINT = ("On Ubuntu 23.10 and later, AppArmor blocks unprivileged user namespaces: allow "
                 "them for bwrap (e.g. `sudo sysctl kernel.apparmor_restrict_unprivileged_userns=0`,"
@@ -26,7 +28,7 @@ _USERNS_HINT = ("On Ubuntu 23.10 and later, AppArmor blocks unprivileged user na
 
 def check_available() -> None:
     """Raise :class:`SandboxUnavailable` with a fix when ``bwrap`` is missing or blocked (a quick
-    probe of the namespaces; :func:`check_inside` tries the real thing)."""
+    probe of the namespaces; :func:`check_sandbox` tries the real thing)."""
     bwrap = require_bwrap()
     probe = subprocess.run([bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
                             "--unshare-user", "--uid", str(NOBODY), "--gid", str(NOBODY),
@@ -39,38 +41,71 @@ def check_available() -> None:
                                  "grade WITHOUT a sandbox pass --no-sandbox.")
 
 
-def check_inside(modules: tuple[str, ...] = (), timeout: float = 300) -> str:
-    """Start the real sandbox (the grading policy, this interpreter, the course_lib snapshot) and
-    import what runs inside, plus ``modules`` (an assignment's checks). Returns a one-line
-    summary; raises :class:`SandboxUnavailable` saying what failed and what to do."""
+_PROBE = """
+import importlib, json, pkgutil, sys, traceback
+import course_lib.checks
+found = {"python": sys.executable, "course_lib": course_lib.checks.__file__, "failed": {}}
+names = %r + [f"course_lib.checks.{m.name}" for m in pkgutil.iter_modules(course_lib.checks.__path__)]
+for name in names:
+    try:
+        importlib.import_module(name)
+    except BaseException as exc:
+        found["failed"][name] = traceback.format_exception_only(type(exc), exc)[-1].strip()[:300]
+print("PROBE " + json.dumps(found))
+"""
+
+
+def check_sandbox(hide: list[Path] = ()) -> str:
+    """Start the REAL sandbox, with this interpreter and the mounts grading uses, and import the
+    modules that run inside it (:data:`INSIDE_MODULES` and every assignment's checks). Returns
+    a summary; raises :class:`SandboxUnavailable` saying what to fix when anything fails."""
     check_available()
-    with tempfile.TemporaryDirectory(prefix="sandbox-check-") as tmp:
-        box = Sandbox.for_batch(Path(tmp) / "work", hide=[], limits=Limits(wall_s=timeout))
-        out = Path(tmp) / "out.txt"
-        names = [*INSIDE_MODULES, *modules]
-        code = ("import importlib, sys\n"
-                f"for name in {names!r}:\n"
-                "    importlib.import_module(name)\n"
-                "import course_lib\n"
-                "print('imports ok from', sys.executable, 'course_lib', course_lib.__file__)\n")
-        with open(out, "w") as stream:
-            report = run_sandboxed(box, [sys.executable, "-c", code], "sandbox check",
-                                   writable={}, stdout=stream, stderr=subprocess.STDOUT)
-        text = out.read_text(errors="replace").strip()
-    if report.returncode == 0 and "imports ok" in text:
-        return (f"{require_bwrap()} runs this interpreter ({sys.executable}) in the grading "
-                f"sandbox and imports {', '.join(names)} there")
-    tail = " | ".join(text.splitlines()[-4:]) or f"exit code {report.returncode}"
-    if "execvp" in text or "No such file" in text:
-        fix = (f"the interpreter {sys.executable} or its packages are not visible inside the "
-               "sandbox; install the course into a virtual environment outside the course "
-               "folder, or report this layout as a bug")
-    elif "ModuleNotFoundError" in text or "ImportError" in text:
-        fix = ("a package the kernels need is missing from this environment: run `python -m pip "
-               "install -r requirements.txt` with this interpreter")
-    elif report.killed:
-        fix = f"the check itself {report.killed}; is the machine overloaded?"
-    else:
-        fix = _USERNS_HINT
-    raise SandboxUnavailable(f"the grading sandbox cannot run student code on this machine "
-                             f"({tail}): {fix}. To grade WITHOUT a sandbox pass --no-sandbox.")
+    with tempfile.TemporaryDirectory(prefix="cl-sandbox-check-") as tmp:
+        box = Sandbox.for_batch(Path(tmp) / "work", hide=list(hide), limits=Limits(wall_s=300))
+        scratch = box.new_scratch("check")
+        log = Path(tmp) / "probe.out"
+        probe = [sys.executable, "-c", _PROBE % (list(INSIDE_MODULES),)]
+        try:
+            with open(log, "wb") as out:
+                report = run_sandboxed(box, probe, "check", writable={str(scratch): str(scratch)},
+                                       cwd=str(scratch), stdout=out, stderr=subprocess.STDOUT)
+        finally:
+            shutil.rmtree(box.ipc_dir, ignore_errors=True)
+        text = log.read_text(errors="replace")
+        mounts = ", ".join(box.python)
+        found = None
+        for line in text.splitlines():
+            if line.startswith("PROBE "):
+                found = json.loads(line[len("PROBE "):])
+        if found is None:
+            tail = "\n    ".join(text.strip().splitlines()[-8:]) or "(no output)"
+            where = ""
+            if "execvp" in text or "No such file" in text:
+                where = (f" The interpreter {sys.executable} is not visible inside: the sandbox "
+                         f"mounts only the system folders ({', '.join(SYSTEM_DIRS)}) and the "
+                         f"Python installation ({mounts}); install the interpreter in one of "
+                         "them or in an ordinary venv (python3 -m venv), not behind a link "
+                         "into a folder the grader hides (the course, the submissions, the "
+                         "output folder).")
+            elif report.killed:
+                where = f" The sandbox was stopped: it {report.killed}."
+            raise SandboxUnavailable(
+                f"the grading sandbox started but could not run {sys.executable} (exit code "
+                f"{report.returncode}):\n    {tail}\n{where}".rstrip())
+        if found["failed"]:
+            lines = "\n    ".join(f"{k}: {v}" for k, v in found["failed"].items())
+            raise SandboxUnavailable(
+                f"inside the grading sandbox, {sys.executable} cannot import what grading "
+                f"needs:\n    {lines}\nThe sandbox shows only the system folders and the "
+                f"Python installation ({mounts}), plus a copy of course_lib. Install the "
+                f"missing packages into this interpreter (`{sys.executable} -m pip install -r "
+                "requirements.txt`), not into a folder added with PYTHONPATH or a .pth file "
+                "outside these folders, and run this check again.")
+        if not found["course_lib"].startswith(box.site):
+            raise SandboxUnavailable(
+                f"inside the sandbox course_lib was imported from {found['course_lib']}, not from "
+                f"the grader's read-only snapshot under {box.site}: remove that copy from the "
+                "interpreter's site-packages (`pip uninstall course_lib` there, then install it "
+                "again with `pip install -e .` or the wheel).")
+    return (f"{require_bwrap()} runs {sys.executable} in the grading sandbox (mounted: {mounts}) "
+            f"and imports {', '.join(INSIDE_MODULES)} and the checks of every assignment there")

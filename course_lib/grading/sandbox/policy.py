@@ -99,14 +99,21 @@ def source_checkouts() -> list[Path]:
 
 
 def python_dirs() -> list[str]:
-    """The folders of the interpreter that grades: its executable, its prefixes, its standard
-    library and its installed packages (outermost only). Not the other ``sys.path`` entries."""
-    dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix,
+    """The folders the interpreter and its packages live in, and nothing else: the prefixes (a
+    venv's and the one it was made from), the interpreter's folder, sysconfig's install paths and
+    the site-packages folders (the user's too, when it is on ``sys.path``). Other ``sys.path``
+    entries are NOT included: a dask worker's local directory, pytest's temp folders, the working
+    directory or a checkout on PYTHONPATH must not appear inside (course_lib comes from the
+    snapshot). Outermost folders only."""
+    dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
             os.path.dirname(sys.executable), os.path.dirname(os.path.realpath(sys.executable))}
     dirs.update(p for p in sysconfig.get_paths().values() if p)
     dirs.update(site.getsitepackages())
+    user_site = site.getusersitepackages() if site.ENABLE_USER_SITE else None
+    if user_site and user_site in sys.path:
+        dirs.add(user_site)
     real = sorted({os.path.realpath(d) for d in dirs if d and os.path.isdir(d)})
-    real = [d for d in real if d not in ("/", "/tmp") and not d.startswith("/tmp/../")]
+    real = [d for d in real if d not in ("/", "/tmp")]
     return [d for d in real if not any(d.startswith(o + "/") for o in real)]  # outermost only
 
 
@@ -150,7 +157,7 @@ class Sandbox:
     limits: Limits = field(default_factory=Limits)
     events_dir: str | None = None      # launcher's reports (processes seen, wall time)
     nursery: str | None = None         # the warm-kernel broker's socket (sandbox.broker)
-    python: list[str] = field(default_factory=python_dirs)  # the interpreter's folders
+    python: list[str] = field(default_factory=lambda: python_dirs())  # the interpreter's
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -210,8 +217,8 @@ class Sandbox:
         masks = [d for d in self.masked if os.path.isdir(d)]
         plan += [Mount("--tmpfs", None, d) for d in masks if any(_under(d, s) for s in shown)]
         # After /tmp and the masks: a venv under /tmp or in a masked checkout stays visible.
-        python = [d for d in self.python if os.path.isdir(d)
-                  and not any(_under(d, s) for s in shown)]
+        python = [d for d in self.python if os.path.isdir(d) and (
+            not any(_under(d, s) for s in shown) or any(_under(d, m) for m in masks))]
         plan += [Mount("--ro-bind", d, d) for d in python]
         plan += [Mount("--tmpfs", None, d) for d in masks  # a masked folder inside the Python
                  if any(_under(d, p) and d != p for p in python)]
