@@ -8,6 +8,7 @@ interleaved measurement the notebook made, and may order close designs different
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -37,6 +38,12 @@ def _fail(kind: str, message: str):
     error = CheckFailed(message)
     error.kind = kind
     raise error
+
+
+@functools.lru_cache(maxsize=64)
+def reference_macs(alpha: float, resolution: int) -> int:
+    """Mult-adds per image of course_lib's TinyMobileNet, as FlopCounterMode measures them."""
+    return costs.measure_macs(tradeoffs.TinyMobileNet(alpha).eval(), (1, 1, resolution, resolution))
 
 
 def _params(model: nn.Module) -> int:
@@ -96,8 +103,7 @@ def check_tiny_mobilenet(tiny_mobilenet: Callable, alphas: Sequence[float] = (1.
                                                     "block against the table."))
         for resolution in resolutions:
             got_macs = costs.measure_macs(model, (1, 1, resolution, resolution))
-            want = costs.measure_macs(tradeoffs.TinyMobileNet(alpha).eval(),
-                                      (1, 1, resolution, resolution))
+            want = reference_macs(alpha, resolution)
             if got_macs != want:
                 _fail("strides", f"{call} has the right parameters but computes too "
                                  f"{'much' if got_macs > want else 'little'} on a "
@@ -170,10 +176,9 @@ def check_results(results: Any, tiny_mobilenet: Callable, split_seed: int = 0,
         if not 0.0 <= row["accuracy"] <= 1.0:
             _fail("percent" if row["accuracy"] <= 100 else "accuracy",
                   f"{where}: accuracy should be a fraction between 0 and 1.")
-        macs = costs.measure_macs(tradeoffs.TinyMobileNet(alpha).eval(),
-                                  (1, 1, resolution, resolution))
+        macs = reference_macs(alpha, resolution)
         if row["macs"] != macs:
-            at_28 = costs.measure_macs(tradeoffs.TinyMobileNet(alpha).eval(), (1, 1, 28, 28))
+            at_28 = reference_macs(alpha, 28)
             hints = {2 * macs: ("flops", "that is FLOPs (FlopCounterMode counts 2 per "
                                          "multiply-add); count MACs."),
                      at_28: ("resolution_ignored", "that is the cost at 28x28: measure each "
@@ -216,10 +221,15 @@ def _random_tables(seed: int, count: int) -> list[list[dict]]:
         n = int(torch.randint(5, 12, (1,), generator=g))
         ms = (torch.rand(n, generator=g) * 20 + 1).round(decimals=1)
         acc = (torch.rand(n, generator=g) * 0.5 + 0.5).round(decimals=2)
-        if t % 2:  # ties: a repeated time, a repeated accuracy, a repeated point
-            ms[1], acc[3], ms[4], acc[4] = ms[0], acc[2], ms[2], acc[2]
-        tables.append([{"alpha": float(i), "resolution": 28, "accuracy": float(a), "macs": 1000 + i,
-                        "ms": float(m), "ms_iqr": 0.1} for i, (m, a) in enumerate(zip(ms, acc))])
+        if t % 2:  # ties: a repeated time, a repeated accuracy, and a repeated point that is
+            # on the front (a copy of the fastest row, the most accurate among equally fast)
+            ms[1], acc[3] = ms[0], acc[2]
+            fastest = min(range(n), key=lambda i: (float(ms[i]), -float(acc[i])))
+            copy = 4 if fastest != 4 else 3
+            ms[copy], acc[copy] = ms[fastest], acc[fastest]
+        tables.append([{"alpha": float(i), "resolution": 28, "accuracy": round(float(a), 2),
+                        "macs": 1000 + i, "ms": round(float(m), 1), "ms_iqr": 0.1}
+                       for i, (m, a) in enumerate(zip(ms, acc))])
     return tables
 
 
