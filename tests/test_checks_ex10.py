@@ -39,6 +39,16 @@ def student_front(rows):
                   key=lambda r: (r["ms"], -r["accuracy"]))
 
 
+def running_max_front(rows):   # right, another way: sweep by time, keep each new best
+    front, best = [], None
+    for row in sorted(rows, key=lambda r: (r["ms"], -r["accuracy"])):
+        if best is None or row["accuracy"] > best["accuracy"] or (
+                row["ms"], row["accuracy"]) == (best["ms"], best["accuracy"]):
+            front.append(row)
+            best = row
+    return front
+
+
 def kind_of(check, *args, **kwargs):
     with pytest.raises(CheckFailed) as info:
         with contextlib.redirect_stdout(io.StringIO()):
@@ -53,6 +63,7 @@ def test_right_network_and_front_pass_on_visible_and_hidden_cases():
             checks.check_tiny_mobilenet(student_net, **kwargs)
         for kwargs in case_sets("ex10_tradeoffs", "check_pareto_front"):
             checks.check_pareto_front(student_front, **kwargs)
+            checks.check_pareto_front(running_max_front, **kwargs)
     assert stderr.getvalue() == ""
 
 

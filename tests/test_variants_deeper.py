@@ -15,9 +15,7 @@ EXPECTED_FAILURES = {
     ("ex04_separable__backward_unfold_fold", "ex04_separable"): set(),
     ("ex04_separable__backward_classmate", "ex04_separable"): {
         "backward-depthwise-tests", "backward-pointwise-tests", "backward-numerical-tests"},
-    ("ex10_tradeoffs__lab_alternative", "ex10_tradeoffs"): set(),
-    ("ex10_tradeoffs__lab_classmate", "ex10_tradeoffs"): {"part2-tests", "part3-tests",
-                                                           "part4-tests"},
+    ("ex10_tradeoffs__lab_classmate", "ex10_tradeoffs"): {"part3-tests", "part4-tests"},
 }
 
 

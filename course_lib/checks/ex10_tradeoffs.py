@@ -151,10 +151,11 @@ def _table(results: Any) -> dict[tuple[float, int], dict[str, float]]:
 
 def _retrain(tiny_mobilenet: Callable, design: tuple[float, int], claimed: float,
              split_seed: int, what: str) -> None:
-    with refusing(_BUILD_ADVICE, references=[tradeoffs.TinyMobileNet]):
-        def build(alpha):
+    def build(alpha):
+        with refusing(_BUILD_ADVICE, references=[tradeoffs.TinyMobileNet]):
             return call_student(tiny_mobilenet, alpha, name="tiny_mobilenet")
-        split = tradeoffs.mnist_split(seed=split_seed)
+
+    split = tradeoffs.mnist_split(seed=split_seed)
     accuracy, _ = tradeoffs.train_and_evaluate(build, design[0], design[1], split)
     if abs(accuracy - claimed) > ACCURACY_NOISE:
         _fail("accuracy_not_reproduced",
