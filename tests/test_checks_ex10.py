@@ -126,8 +126,16 @@ def test_table_mistakes_are_named_before_any_training():
     assert kind_of(checks.check_results, no_iqr, student_net)[0] == "keys"
 
 
+def test_budget_is_halfway_and_never_empty():
+    rows = table()
+    assert checks.latency_budget(rows) == pytest.approx(0.3 + 0.5 * (2.8 - 0.3))
+    for row in rows:   # the full design measured fastest of all (noise): the budget is its time
+        row["ms"] = 5.0 if (row["alpha"], row["resolution"]) != (1.0, 28) else 1.0
+    assert checks.latency_budget(rows) == 1.0
+
+
 def test_pick_is_judged_on_the_students_own_timings():
-    rows = table()   # times alpha * resolution / 10: the full design takes 2.8, the budget 1.68
+    rows = table()   # times alpha * resolution / 10: fastest 0.3, full design 2.8, budget 1.55
     rows[0]["accuracy"] = 0.9                          # (0.25, 12): 0.3 ms, within
     over = next(r for r in rows if (r["alpha"], r["resolution"]) == (0.5, 28))   # 1.4 ms
     assert kind_of(checks.check_pick, (1.0, 28), rows, student_net)[0] == "over_budget"
@@ -143,7 +151,6 @@ def one_design(monkeypatch):
     monkeypatch.setattr(tradeoffs, "ALPHAS", (0.25,))
     monkeypatch.setattr(tradeoffs, "RESOLUTIONS", (12,))
     monkeypatch.setattr(checks, "FULL_DESIGN", (0.25, 12))
-    monkeypatch.setattr(checks, "BUDGET_FRACTION", 1.0)   # one design: it is its own budget
     accuracy, _ = tradeoffs.train_and_evaluate(student_net, 0.25, 12, tradeoffs.mnist_split())
     macs = costs.measure_macs(tradeoffs.TinyMobileNet(0.25).eval(), (1, 1, 12, 12))
     return {"alpha": 0.25, "resolution": 12, "accuracy": accuracy, "macs": macs, "ms": 1.0,
