@@ -5,7 +5,6 @@ import contextlib
 import io
 
 import pytest
-import torch
 from torch import nn
 
 import course_lib.checks.ex10_tradeoffs as checks
@@ -174,3 +173,12 @@ def test_hidden_cases_are_not_released():
     files = list((REPO / "course_lib").rglob("*.py")) + list((REPO / "exercises").rglob("*.ipynb"))
     text = "\n".join(p.read_text() for p in files).replace(" ", "").replace("\\n", "")
     integrity.test_hidden_cases_appear_nowhere_in_course_lib_or_exercises("ex10_tradeoffs", text)
+
+
+def test_numpy_numbers_are_accepted_and_nonsense_is_named():
+    import numpy as np
+    rows = [dict(r, macs=np.int64(r["macs"]), accuracy=np.float32(0.5)) for r in table()]
+    assert checks.latency_budget(rows) > 0           # read like plain numbers
+    kind, message = kind_of(checks.check_results, [dict(r, ms="fast") for r in table()],
+                            student_net)
+    assert "ms" in message and "expected a number" in message

@@ -9,14 +9,13 @@ interleaved measurement the notebook made, and may order close designs different
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from course_lib import costs, tradeoffs
-from course_lib.checks import CheckFailed, call_student, course_references, passed, refusing
+from course_lib.checks import CheckFailed, as_number, call_student, passed, refusing
 
 KEYS = ("alpha", "resolution", "accuracy", "macs", "ms", "ms_iqr")
 # A retrained design must land within this many accuracy points of the table's (same recipe,
@@ -113,12 +112,8 @@ def check_tiny_mobilenet(tiny_mobilenet: Callable, alphas: Sequence[float] = (1.
 
 
 def _number(row: dict, key: str, where: str) -> float:
-    value = row[key]
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        _fail("type", f"{where}: {key} should be a finite number, got {value!r}.")
-    return float(value)
+    """A Python, NumPy or one-element tensor number, as a float."""
+    return as_number(row[key], f"{where}: {key}")
 
 
 def _table(results: Any) -> dict[tuple[float, int], dict[str, float]]:
