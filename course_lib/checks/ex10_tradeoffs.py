@@ -170,8 +170,9 @@ def check_results(results: Any, tiny_mobilenet: Callable, split_seed: int = 0,
     for (alpha, resolution), row in table.items():
         where = f"the row of alpha={alpha}, resolution={resolution}"
         if not 0.0 <= row["accuracy"] <= 1.0:
-            _fail("percent" if row["accuracy"] <= 100 else "accuracy",
-                  f"{where}: accuracy should be a fraction between 0 and 1.")
+            _fail("percent" if 1.0 < row["accuracy"] <= 100.0 else "accuracy",
+                  f"{where}: accuracy should be a fraction between 0 and 1"
+                  + (" (a percentage divided by 100)." if row["accuracy"] > 1.0 else "."))
         macs = reference_macs(alpha, resolution)
         if row["macs"] != macs:
             at_28 = reference_macs(alpha, 28)
