@@ -123,3 +123,30 @@ def benchmark_with_torch_timer(fn: Callable[..., Any], *args: Any, min_run_time:
 
     timer = tb.Timer(stmt="fn(*args, **kwargs)", globals={"fn": fn, "args": args, "kwargs": kwargs})
     return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+
+
+def interleaved(fns: dict[Any, Callable[[], Any]], rounds: int = 15, warmup: int = 2
+                ) -> dict[Any, TimingResult]:
+    """Time several callables fairly on a CPU: ``warmup`` untimed calls of each, then ``rounds``
+    rounds of one timed call each, the order rotating every round, so a slow spell of the machine
+    (another process, a frequency change) hits every callable alike instead of whichever ran
+    then. Returns a :class:`TimingResult` per key (median, IQR: the spread to report)."""
+    if not fns or not all(callable(fn) for fn in fns.values()):
+        raise ValueError("fns must be a non-empty dict of callables")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
+    keys = list(fns)
+    for key in keys:
+        for _ in range(warmup):
+            fns[key]()
+    times: dict[Any, list[float]] = {key: [] for key in keys}
+    for i in range(rounds):
+        shift = i % len(keys)
+        for key in keys[shift:] + keys[:shift]:
+            start = time.perf_counter()
+            fns[key]()
+            times[key].append((time.perf_counter() - start) * 1e3)
+    return {key: TimingResult(tuple(times[key]), "cpu", warmup, label=str(key),
+                              extra={"interleaved_with": len(keys) - 1}) for key in keys}

@@ -255,6 +255,125 @@ with torch.no_grad():
 }
 
 
+# Exercise 4's backward part (issue 22, item 11): kept apart from the dict above so that edits to
+# the older parts merge cleanly.
+VARIANTS["ex04_separable"].update({
+    "backward_unfold_fold": {   # right, another way: im2col and its adjoint; in-place gradient check
+        "backward-depthwise": '''
+def depthwise_backward(grad_out, x, weight, stride=1, padding=0):
+    n, c, h, w = x.shape
+    kh, kw = weight.shape[2:]
+    cols = F.unfold(x, (kh, kw), padding=padding, stride=stride).view(n, c, kh * kw, -1)
+    g = grad_out.reshape(n, c, 1, -1)
+    grad_w = (cols * g).sum(dim=(0, 3)).view(c, 1, kh, kw)
+    back = (weight.view(1, c, kh * kw, 1) * g).view(n, c * kh * kw, -1)
+    return F.fold(back, (h, w), (kh, kw), padding=padding, stride=stride), grad_w
+''',
+        "backward-pointwise": '''
+def pointwise_backward(grad_out, x, weight):
+    w = weight.flatten(1)                                   # (M, C)
+    g = grad_out.permute(0, 2, 3, 1)                        # (N, H, W, M)
+    grad_x = (g @ w).permute(0, 3, 1, 2)
+    grad_w = torch.einsum("nhwm,nhwc->mc", g, x.permute(0, 2, 3, 1))
+    return grad_x, grad_w.view_as(weight)
+''',
+        "backward-numerical": '''
+def numerical_gradient(f, x, h=1e-6):
+    grad = torch.empty_like(x)
+    for i in range(x.numel()):
+        old = x.view(-1)[i].item()
+        x.view(-1)[i] = old + h
+        up = f(x).item()
+        x.view(-1)[i] = old - h
+        down = f(x).item()
+        x.view(-1)[i] = old
+        grad.view(-1)[i] = (up - down) / (2 * h)
+    return grad
+''',
+    },
+    "backward_classmate": {   # correlation instead of the flipped kernel; a batch mean; one-sided
+        "backward-depthwise": '''
+def depthwise_backward(grad_out, x, weight, stride=1, padding=0):
+    n, c, h, w = x.shape
+    kh, kw = weight.shape[2:]
+    ho, wo = grad_out.shape[2:]
+    g = grad_out.new_zeros(n, c, stride * (ho - 1) + 1, stride * (wo - 1) + 1)
+    g[..., ::stride, ::stride] = grad_out
+    g = F.pad(g, (kw - 1, kw - 1, kh - 1, kh - 1))
+    cols = F.unfold(g, (kh, kw)).view(n, c, kh * kw, -1)
+    full = (cols * weight.reshape(1, c, kh * kw, 1)).sum(2)       # the kernel as it is
+    full = full.view(n, c, g.shape[2] - kh + 1, g.shape[3] - kw + 1)
+    full = F.pad(full, (0, w + 2 * padding - full.shape[3], 0, h + 2 * padding - full.shape[2]))
+    grad_x = full[..., padding:padding + h, padding:padding + w]
+    xp = F.pad(x, (padding,) * 4)
+    grad_w = torch.zeros_like(weight)
+    for a in range(kh):
+        for b in range(kw):
+            patch = xp[..., a:a + stride * (ho - 1) + 1:stride, b:b + stride * (wo - 1) + 1:stride]
+            grad_w[:, 0, a, b] = (patch * grad_out).sum(dim=(0, 2, 3))
+    return grad_x, grad_w
+''',
+        "backward-pointwise": '''
+def pointwise_backward(grad_out, x, weight):
+    grad_x = torch.einsum("mc,nmhw->nchw", weight[:, :, 0, 0], grad_out)
+    grad_w = torch.einsum("nmhw,nchw->mc", grad_out, x) / x.shape[0]
+    return grad_x, grad_w[:, :, None, None]
+''',
+        "backward-numerical": '''
+def numerical_gradient(f, x, h=1e-6):
+    x = x.clone()
+    base = float(f(x))
+    grad = torch.zeros_like(x)
+    for i in range(x.numel()):
+        x.view(-1)[i] += h
+        grad.view(-1)[i] = (float(f(x)) - base) / h
+        x.view(-1)[i] -= h
+    return grad
+''',
+    },
+})
+
+
+# Exercise 10, the accuracy-versus-latency lab (issue 22, item 12).
+VARIANTS["ex10_tradeoffs"] = {
+    # One notebook (each runs the whole sweep): a right sweep written another way; a front that
+    # drops tied points; the full design shipped whatever the budget. (The other table mistakes,
+    # e.g. mult-adds of a whole batch, are tests/test_checks_ex10.py's.)
+    "lab_classmate": {
+        "part2": '''
+results, runs = [], {}
+t0 = time.perf_counter()
+for alpha, resolution in [(a, r) for a in tradeoffs.ALPHAS for r in tradeoffs.RESOLUTIONS]:
+    acc, net = tradeoffs.train_and_evaluate(tiny_mobilenet, alpha, resolution, split)
+    images = tradeoffs.at_resolution(split.x_test[:128], resolution)
+    runs[alpha, resolution] = (lambda n, x: (lambda: n(x)))(net, images)
+    results.append(dict(alpha=alpha, resolution=resolution, accuracy=float(acc),
+                        macs=costs.measure_macs(net, images[:1])))
+with torch.inference_mode():
+    measured = timing.interleaved(runs, rounds=20, warmup=3)
+for row in results:
+    row["ms"] = measured[row["alpha"], row["resolution"]].median_ms
+    row["ms_iqr"] = measured[row["alpha"], row["resolution"]].iqr_ms
+print(f"sweep: {time.perf_counter() - t0:.1f} s")
+''',
+        "part3": '''
+def pareto_front(rows):
+    front = [r for r in rows if not any(o is not r and o["ms"] <= r["ms"]
+                                        and o["accuracy"] >= r["accuracy"] for o in rows)]
+    return sorted(front, key=lambda r: r["ms"])
+''',
+        "part3-plot": '''
+front = pareto_front(results)
+plt.plot([r["ms"] for r in results], [r["accuracy"] for r in results], "o")
+plt.plot([r["ms"] for r in front], [r["accuracy"] for r in front], "-")
+plt.show()
+''',
+        "part4": '''
+pick = (1.0, 28)   # the most accurate network on paper
+''',
+    },
+}
+
 def solution_sources(assignment: str) -> dict[str, str]:
     """The reference solution of every solution cell, without the solution markers."""
     nb = json.loads((REPO / "solutions" / assignment / f"{assignment}.ipynb").read_text())

@@ -247,3 +247,415 @@ def check_numbers(example_standard_params: Any, example_separable_params: Any,
                 1: "d = 1 gives rank-1 slices, but a generic kernel's slices have higher rank."})
     passed(f"{std_params} vs {sep_params} parameters; {saving:.2f}x fewer mult-adds at M=16, K=3; "
            f"exact from depth multiplier {rank}.")
+
+
+# --- The backward pass, derived and gradient-checked ----------------------------------------------
+# References: autograd through PyTorch's conv2d, bound here at import (before any student cell).
+# Inputs are float64, so a correct gradient agrees to ~1e-12 and every named mistake is off by
+# far more than the tolerance.
+import torch.nn.functional as _F  # noqa: E402
+
+from course_lib.checks import CheckFailed  # noqa: E402
+
+_CONV2D = _F.conv2d
+_GRAD_TOLERANCE = 1e-6  # relative error (see _relative_error) a float64 gradient must beat
+# (N, C, H, W, K_h, K_w, stride, padding): plain first, then padding, stride, both, a stride that
+# leaves the last input rows unread, and a rectangular kernel.
+DEPTHWISE_BACKWARD_CASES = [(1, 2, 5, 5, 3, 3, 1, 0), (2, 3, 6, 7, 3, 3, 1, 1),
+                            (1, 2, 9, 9, 3, 3, 2, 0), (2, 2, 8, 7, 3, 3, 2, 1),
+                            (1, 3, 10, 9, 5, 5, 3, 2), (2, 2, 7, 8, 3, 2, 2, 1)]
+# (N, C, M, H, W) of the pointwise backward; one case with C == M (a transposed weight has the
+# right shape there)
+POINTWISE_BACKWARD_CASES = [(1, 3, 5, 4, 4), (2, 4, 4, 3, 5), (3, 6, 2, 2, 3)]
+# (shape of x, frequency a, step h) of the gradient-check cases: f(x) = sum(r * sin(a * x))
+NUMERICAL_GRADIENT_CASES = [((4,), 2.0, 1e-3), ((2, 3), 3.0, 1e-3), ((2, 2, 3), 4.0, 5e-4)]
+_BACKWARD_ADVICE = ("derive the gradient yourself with tensor operations (unfold/fold, einsum, "
+                    "indexing, padding): PyTorch's convolutions, their backward, autograd and "
+                    "course_lib.backward are what the check compares against, so they are not "
+                    "allowed here.")
+
+
+def _fail(kind: str, message: str):
+    """Fail with a ``kind`` the grader reads as data (which mistake), beside the message."""
+    error = CheckFailed(message)
+    error.kind = kind
+    raise error
+
+
+class _NoAutograd:
+    """While active, recording a tensor for autograd (what any backward through autograd needs)
+    fails with ``advice``."""
+
+    def __init__(self, advice: str):
+        self.hooks = torch.autograd.graph.saved_tensors_hooks(self._refuse, lambda packed: packed)
+        self.advice = advice
+
+    def _refuse(self, tensor):
+        _fail("autograd", self.advice)
+
+    def __enter__(self):
+        self.hooks.__enter__()
+
+    def __exit__(self, *exc):
+        return self.hooks.__exit__(*exc)
+
+
+class _CountOps(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the aten operators a call runs (a Python loop over pixels runs thousands)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    scale = (a.abs() + b.abs()).max().item()
+    return 0.0 if scale == 0 else (a - b).abs().max().item() / scale
+
+
+def _run_backward(fn: Callable, name: str, args: tuple, kwargs: dict, count: bool = False):
+    """The student's backward on one case, refusing convolutions and autograd; with ``count``,
+    also how many aten operators it ran."""
+    counter = _CountOps()
+    with refusing(_BACKWARD_ADVICE, convolutions=True,
+                  references=course_references("backward")), _NoAutograd(_BACKWARD_ADVICE):
+        if count:
+            with counter:
+                result = call_student(fn, *args, name=name, **kwargs)
+        else:
+            result = call_student(fn, *args, name=name, **kwargs)
+    return (result, counter.count) if count else result
+
+
+def _pair_of_tensors(result: Any, call: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(result, (tuple, list)) or len(result) != 2:
+        _fail("type", f"{call} should return a pair (grad_x, grad_weight), got "
+                      f"{type(result).__name__}"
+                      + (f" of length {len(result)}" if isinstance(result, (tuple, list)) else "")
+                      + ".")
+    for value, what in zip(result, ("grad_x", "grad_weight")):
+        if type(value) is not torch.Tensor:
+            _fail("type", f"{call}: {what} should be a plain torch.Tensor, got "
+                          f"{type(value).__name__}.")
+        if not value.is_floating_point():
+            _fail("type", f"{call}: {what} should be a floating-point tensor, got {value.dtype}.")
+    return result[0].detach(), result[1].detach()
+
+
+def _compare_gradient(got: torch.Tensor, expected: torch.Tensor, what: str,
+                      shape_hints: dict, candidates: list) -> str | None:
+    """None when ``got`` is right; fails at once for a shape or a named mistake; otherwise
+    returns the message for a wrong value (the caller may add what the case has that others
+    lack). Never shows an expected value."""
+    if tuple(got.shape) != tuple(expected.shape):
+        kind, hint = shape_hints.get(tuple(got.shape), ("shape", None))
+        _fail(kind, f"{what}: shape {tuple(got.shape)}, expected {tuple(expected.shape)}."
+              + (f" Hint: {hint}" if hint else ""))
+    got = got.to(expected.dtype)
+    if not torch.isfinite(got).all():
+        _fail("not_finite", f"{what}: {int((~torch.isfinite(got)).sum())} value(s) are NaN or "
+                            f"infinite.")
+    error = _relative_error(got, expected)
+    if error <= _GRAD_TOLERANCE:
+        return None
+    for candidate, kind, hint in candidates:
+        if candidate is not None and tuple(candidate.shape) == tuple(got.shape) \
+                and _relative_error(got, candidate) <= _GRAD_TOLERANCE:
+            _fail(kind, f"{what}: wrong values. Hint: {hint}")
+    worst = tuple(int(i) for i in torch.unravel_index((got - expected).abs().argmax(),
+                                                      expected.shape))
+    return (f"{what}: wrong values (relative error {error:.2g}, largest at index {worst}; a "
+            f"correct gradient is within {_GRAD_TOLERANCE:g}).")
+
+
+def _depthwise_case(case: tuple, g: torch.Generator):
+    n, c, h, w, k_h, k_w, s, p = case
+    x = torch.randn(n, c, h, w, generator=g, dtype=torch.float64)
+    weight = torch.randn(c, 1, k_h, k_w, generator=g, dtype=torch.float64)
+    out_h, out_w = (h + 2 * p - k_h) // s + 1, (w + 2 * p - k_w) // s + 1
+    grad_out = torch.randn(n, c, out_h, out_w, generator=g, dtype=torch.float64)
+    return x, weight, grad_out
+
+
+def _autograd_depthwise(x, weight, grad_out, s, p, pad_first=False):
+    """(grad_x, grad_weight) by autograd; with ``pad_first`` the gradient of the padded input."""
+    x = (_F.pad(x, (p, p, p, p)) if pad_first else x).clone().requires_grad_()
+    weight = weight.clone().requires_grad_()
+    out = _CONV2D(x, weight, stride=s, padding=0 if pad_first else p, groups=x.shape[1])
+    return torch.autograd.grad(out, (x, weight), grad_out)
+
+
+def _undilated(x, weight, grad_out, s, p):
+    """The input gradient a student gets by forgetting to dilate grad_out by the stride: the
+    stride-1 transposed convolution, zero-filled or cut to the padded input, then cropped."""
+    n, c, h, w = x.shape
+    k_h, k_w = weight.shape[2:]
+    out_h, out_w = grad_out.shape[2:]
+    full = _autograd_depthwise(torch.zeros(n, c, out_h + k_h - 1, out_w + k_w - 1,
+                                           dtype=x.dtype), weight, grad_out, 1, 0)[0]
+    padded = torch.zeros(n, c, h + 2 * p, w + 2 * p, dtype=x.dtype)
+    rows, cols = min(full.shape[2], h + 2 * p), min(full.shape[3], w + 2 * p)
+    padded[..., :rows, :cols] = full[..., :rows, :cols]
+    return padded[..., p:p + h, p:p + w]
+
+
+def _depthwise_diagnosis(case: tuple, x, weight, grad_out, got_x, got_w) -> str | None:
+    n, c, h, w, k_h, k_w, s, p = case
+    call = describe_call("depthwise_backward", (grad_out, x, weight), dict(stride=s, padding=p))
+    grad_x, grad_w = _autograd_depthwise(x, weight, grad_out, s, p)
+    out_h, out_w = grad_out.shape[2:]
+    padded_x, _ = _autograd_depthwise(x, weight, grad_out, s, p, pad_first=True)
+    flip = "the input gradient is grad_out sent back through the same taps: as a convolution, " \
+           "that is grad_out convolved with the kernel flipped in both directions (rotated by " \
+           "180 degrees)"
+    x_shapes = {
+        (n, c, h + 2 * p, w + 2 * p): ("padding_not_cropped",
+                                       "that is the gradient of the PADDED input: the padding "
+                                       "is not part of x, so drop it on every side."),
+        (n, c, out_h + k_h - 1 - 2 * p, out_w + k_w - 1 - 2 * p): (
+            "stride_not_dilated", f"with stride {s}, neighbouring outputs read input pixels {s} "
+            f"apart: before the transposed convolution, spread grad_out out with {s} - 1 zeros "
+            f"between its values (dilate it by the stride).") if s > 1 else ("shape", None),
+        (n, c, s * (out_h - 1) + k_h - 2 * p, s * (out_w - 1) + k_w - 2 * p): (
+            "remainder_dropped", "when the stride does not divide the padded input evenly, the "
+            "last input rows (or columns) are never read: their gradient is zero, but grad_x "
+            "still has x's shape (add them back as zeros)."),
+    }
+    x_candidates = [
+        (_autograd_depthwise(x, weight.flip(-2, -1), grad_out, s, p)[0], "missing_flip",
+         f"yours matches the kernel NOT flipped: {flip}."),
+        (_autograd_depthwise(x, weight.transpose(-2, -1), grad_out, s, p)[0]
+         if k_h == k_w else None, "transposed_kernel",
+         "yours matches the kernel transposed (rows and columns swapped): flipping reverses "
+         "both axes, it does not transpose."),
+        (_autograd_depthwise(x, weight.flip(-2, -1).transpose(-2, -1), grad_out, s, p)[0]
+         if k_h == k_w else None, "transposed_kernel",
+         "yours matches the kernel transposed (rows and columns swapped): flipping reverses "
+         "both axes, it does not transpose."),
+        (_undilated(x, weight, grad_out, s, p) if s > 1 else None, "stride_not_dilated",
+         f"yours matches grad_out sent back as if the stride were 1: with stride {s}, "
+         f"neighbouring outputs read input pixels {s} apart, so spread grad_out out with "
+         f"{s} - 1 zeros between its values (dilate it by the stride) before the transposed "
+         f"convolution."),
+        (padded_x[..., :h, :w], "padding_cropped_wrong",
+         "you cropped the padded input's gradient at the wrong place: the padding adds rows "
+         "and columns on BOTH sides, so drop the same number at the start and at the end."),
+        (padded_x[..., 2 * p:2 * p + h, 2 * p:2 * p + w] if p else None, "padding_cropped_wrong",
+         "you cropped the padded input's gradient at the wrong place: the padding adds rows "
+         "and columns on BOTH sides, so drop the same number at the start and at the end."),
+    ]
+    w_shapes = {
+        (n, c, 1, k_h, k_w): ("batch_not_summed", "a weight is shared by every image of the "
+                                                  "batch: sum its gradient over the batch."),
+        (n, c, k_h, k_w): ("batch_not_summed", "a weight is shared by every image of the "
+                                               "batch: sum its gradient over the batch."),
+        (c, 1, k_w, k_h) if k_h != k_w else None: (
+            "transposed_kernel", "rows and columns of the kernel are swapped."),
+        (c, k_h, k_w): ("shape", "return it with the weight's own shape (C, 1, K_h, K_w)."),
+    }
+    first_only = _autograd_depthwise(x[:1], weight, grad_out[:1], s, p)[1] if n > 1 else None
+    w_candidates = [
+        (grad_w.flip(-2, -1), "flipped_weight_gradient",
+         "the weight gradient needs no flip: tap (a, b) of the kernel meets, at output (i, j), "
+         "the input pixel at (stride * i + a, stride * j + b) of the padded input."),
+        (grad_w.transpose(-2, -1) if k_h == k_w else None, "transposed_kernel",
+         "rows and columns of the kernel are swapped."),
+        (first_only, "batch_not_summed",
+         "yours matches the first image alone: sum over every image of the batch."),
+        (grad_w / n if n > 1 else None, "mean_not_sum",
+         "yours is the batch MEAN: the loss is a sum over the outputs, so sum over the batch."),
+    ]
+    wrong = _compare_gradient(got_x, grad_x, f"{call}: grad_x", x_shapes, x_candidates)
+    if wrong is None:
+        wrong = _compare_gradient(got_w, grad_w, f"{call}: grad_weight",
+                                  {k: v for k, v in w_shapes.items() if k}, w_candidates)
+    return wrong
+
+
+def check_depthwise_backward(depthwise_backward: Callable,
+                             cases: Sequence[tuple] = DEPTHWISE_BACKWARD_CASES,
+                             seed: int = VISIBLE_SEED + 5) -> None:
+    """``depthwise_backward(grad_out, x, weight, stride=1, padding=0)`` -> (grad_x, grad_weight)
+    for a depthwise convolution (weight (C, 1, K_h, K_w)), against autograd through conv2d, on
+    float64 cases (N, C, H, W, K_h, K_w, stride, padding); then whether it is vectorised: its
+    number of torch operations must not grow with the image size."""
+    g = torch.Generator().manual_seed(seed)
+    tensors = [_depthwise_case(case, g) for case in cases]
+    answers = []
+    for case, (x, weight, grad_out) in zip(cases, tensors):
+        s, p = case[6:]
+        call = describe_call("depthwise_backward", (grad_out, x, weight), dict(stride=s, padding=p))
+        result = _run_backward(depthwise_backward, "depthwise_backward", (grad_out, x, weight),
+                               dict(stride=s, padding=p))
+        answers.append(_pair_of_tensors(result, call))
+    # Expected values only now, after every call of the student's code.
+    passed_cases = []
+    for case, (x, weight, grad_out), (got_x, got_w) in zip(cases, tensors, answers):
+        wrong = _depthwise_diagnosis(case, x, weight, grad_out, got_x, got_w)
+        if wrong is None:
+            passed_cases.append(case)
+            continue
+        s, p = case[6:]
+        notes = []
+        if s > 1 and any(c[6] == 1 for c in passed_cases):
+            notes.append(f"your gradient is right on a case with stride 1 and wrong with stride "
+                         f"{s}: output (i, j) reads the padded input from row stride * i and "
+                         f"column stride * j, so its gradient goes back there")
+        if p > 0 and any(c[7] == 0 and c[6] == s for c in passed_cases):
+            notes.append(f"it is right without padding and wrong with padding {p}: taps that "
+                         f"fall in the padding read zeros, and their gradient is not part of x")
+        _fail("wrong_values", wrong + (" Hint: " + "; ".join(notes) + "." if notes else ""))
+    # Vectorised: the same layer on a small and a 4x larger image must run about as many torch
+    # operations (a loop over output positions runs 16 times as many).
+    counts = []
+    for size in (6, 24):
+        x = torch.randn(1, 2, size, size, generator=g, dtype=torch.float64)
+        weight = torch.randn(2, 1, 3, 3, generator=g, dtype=torch.float64)
+        grad_out = torch.randn(1, 2, size // 2, size // 2, generator=g, dtype=torch.float64)
+        counts.append(_run_backward(depthwise_backward, "depthwise_backward",
+                                    (grad_out, x, weight), dict(stride=2, padding=1),
+                                    count=True)[1])
+    if counts[1] > 2 * counts[0] + 20:
+        _fail("not_vectorised",
+              f"depthwise_backward is right but not vectorised: it runs {counts[0]} torch "
+              f"operations for a 6x6 image and {counts[1]} for a 24x24 one (same layer). A Python "
+              f"loop over pixels is slow; loop at most over the K_h * K_w kernel taps, or use "
+              f"F.unfold / F.fold.")
+    passed(f"depthwise_backward matches autograd on {len(cases)} cases (stride, padding, "
+           f"rectangular kernels) and is vectorised.")
+
+
+def check_pointwise_backward(pointwise_backward: Callable,
+                             cases: Sequence[tuple] = POINTWISE_BACKWARD_CASES,
+                             seed: int = VISIBLE_SEED + 6) -> None:
+    """``pointwise_backward(grad_out, x, weight)`` -> (grad_x, grad_weight) of a 1x1 convolution
+    (weight (M, C, 1, 1)) against autograd, on float64 cases (N, C, M, H, W)."""
+    g = torch.Generator().manual_seed(seed)
+    tensors = []
+    for n, c, m, h, w in cases:
+        tensors.append((torch.randn(n, c, h, w, generator=g, dtype=torch.float64),
+                        torch.randn(m, c, 1, 1, generator=g, dtype=torch.float64),
+                        torch.randn(n, m, h, w, generator=g, dtype=torch.float64)))
+    answers = []
+    for x, weight, grad_out in tensors:
+        call = describe_call("pointwise_backward", (grad_out, x, weight))
+        result = _run_backward(pointwise_backward, "pointwise_backward", (grad_out, x, weight), {})
+        answers.append(_pair_of_tensors(result, call))
+    for (n, c, m, h, w), (x, weight, grad_out), (got_x, got_w) in zip(cases, tensors, answers):
+        call = describe_call("pointwise_backward", (grad_out, x, weight))
+        xa, wa = x.clone().requires_grad_(), weight.clone().requires_grad_()
+        grad_x, grad_w = torch.autograd.grad(_CONV2D(xa, wa), (xa, wa), grad_out)
+        transposed = ("transposed_weight", "the weight maps C channels to M; going back, the "
+                                           "gradient is multiplied by its TRANSPOSE (W^T g).")
+        wrong = _compare_gradient(
+            got_x, grad_x, f"{call}: grad_x", {(n, m, h, w): transposed},
+            [(torch.einsum("mc,nchw->nmhw", weight[:, :, 0, 0], grad_out) if c == m else None,
+              *transposed),
+             (torch.einsum("cm,nmhw->nchw", weight.reshape(c, m), grad_out),
+              "reshaped_not_transposed", "reshaping the (M, C) weight to (C, M) reorders its "
+                                         "numbers but does not transpose it: use .T (or swap "
+                                         "the indices in einsum).")])
+        if wrong is None:
+            per_image = ("batch_not_summed", "a weight is used at every pixel of every image: "
+                                             "sum its gradient over the batch and the pixels.")
+            swapped = ("transposed_weight_gradient", "dL/dW[m, c] is the sum of g[m] * x[c]: "
+                                                     "its rows follow the OUTPUT channels.")
+            wrong = _compare_gradient(
+                got_w, grad_w, f"{call}: grad_weight",
+                {(c, m, 1, 1) if c != m else None: swapped, (m, c): (
+                    "shape", "return it with the weight's own shape (M, C, 1, 1)."),
+                 (n, m, c, 1, 1): per_image, (n, m, c): per_image, (m, c, h, w): per_image,
+                 (n, m, c, h, w): per_image},
+                [(grad_w.transpose(0, 1) if c == m else None, *swapped),
+                 (grad_w / (n * h * w), "mean_not_sum",
+                  "yours is a MEAN over the batch and the pixels: the loss sums over them, so "
+                  "sum."),
+                 (grad_w / n if n > 1 else None, "mean_not_sum",
+                  "yours is the batch MEAN: the loss sums over the images, so sum.")])
+        if wrong is not None:
+            _fail("wrong_values", wrong)
+    passed(f"pointwise_backward matches autograd on {len(cases)} cases.")
+
+
+def _not_restored(f: Callable, x: torch.Tensor, h: float) -> torch.Tensor:
+    """A central difference that leaves each element at x - h: later elements see moved ones."""
+    x, grad = x.clone(), torch.zeros_like(x)
+    for i in range(x.numel()):
+        x.view(-1)[i] += h
+        plus = float(f(x))
+        x.view(-1)[i] -= 2 * h
+        grad.view(-1)[i] = (plus - float(f(x))) / (2 * h)
+    return grad
+
+
+def check_numerical_gradient(numerical_gradient: Callable,
+                             cases: Sequence[tuple] = NUMERICAL_GRADIENT_CASES,
+                             seed: int = VISIBLE_SEED + 7) -> None:
+    """``numerical_gradient(f, x, h)``: the central difference of a scalar ``f`` at every element
+    of ``x``, compared with the exact gradient of f(x) = sum(r * sin(a * x)) + (q . x)^2 / 2 (cases:
+    shape of x, a, h), within the central difference's own error. The square couples the
+    elements, so an element left perturbed changes the next ones' results."""
+    g = torch.Generator().manual_seed(seed)
+    problems = [tuple(torch.randn(*shape, generator=g, dtype=torch.float64) for _ in range(3))
+                + (a, h) for shape, a, h in cases]
+
+    def make_f(r, q, a, calls):
+        def f(t):
+            calls.append(1)
+            return (r * torch.sin(a * t)).sum() + 0.5 * (q * t).sum() ** 2
+        return f
+
+    answers = []
+    for x, r, q, a, h in problems:
+        calls: list = []
+        with refusing(_BACKWARD_ADVICE, references=course_references("backward")), \
+                _NoAutograd("compute the gradient from values of f alone: autograd is what you "
+                            "will compare it with."):
+            got = call_student(numerical_gradient, make_f(r, q, a, calls), x, h,
+                               name="numerical_gradient")
+        answers.append((got, len(calls)))
+    for (shape, _, _), (x, r, q, a, h), (got, n_calls) in zip(cases, problems, answers):
+        call = f"numerical_gradient(f, <tensor of shape {tuple(shape)}>, h={h:g})"
+        if type(got) is not torch.Tensor:
+            _fail("type", f"{call}: expected a torch.Tensor shaped like x, got "
+                          f"{type(got).__name__}.")
+        if tuple(got.shape) != tuple(x.shape):
+            _fail("shape", f"{call}: shape {tuple(got.shape)}, expected x's shape "
+                           f"{tuple(x.shape)} (one partial derivative per element).")
+        # The exact gradient, independent of any difference quotient; a central difference is
+        # within h^2/6 times the largest third derivative of it (the square's is zero).
+        exact = r * a * torch.cos(a * x) + q * (q * x).sum()
+        slack = 2 * h * h / 6 * a ** 3 * r.abs().max().item() + 1e-9
+        f = make_f(r, q, a, [])
+        one_sided = torch.stack([(f(x + h * e.view(x.shape)) - f(x)) / h
+                                 for e in torch.eye(x.numel(), dtype=x.dtype)]).view(x.shape)
+        candidates = {
+            "one_sided_difference": (one_sided, "yours matches the one-sided difference "
+                                                "(f(x + h) - f(x)) / h, whose error is O(h); the "
+                                                "central difference (f(x + h) - f(x - h)) / (2h) "
+                                                "is O(h^2)."),
+            "central_difference_spans_2h": (2 * exact, "the central difference spans 2h, from "
+                                                       "x - h to x + h: divide by 2h."),
+            "input_changed": (_not_restored(f, x, h), "each element is left moved after its "
+                                                      "difference, so the next ones are taken at "
+                                                      "the wrong point: put it back (or perturb "
+                                                      "a copy)."),
+        }
+        got = got.detach().to(torch.float64)
+        if (got - exact).abs().max().item() <= slack:
+            if n_calls > 2 * x.numel() + 2:
+                _fail("too_many_calls", f"{call}: right, but f was called {n_calls} times; a "
+                                        f"central difference needs two calls per element.")
+            continue
+        for kind, (candidate, hint) in candidates.items():
+            if (got - candidate).abs().max().item() <= slack:
+                _fail(kind, f"{call}: wrong values. Hint: {hint}")
+        worst = tuple(int(i) for i in torch.unravel_index((got - exact).abs().argmax(), x.shape))
+        _fail("wrong_values", f"{call}: wrong values, largest error at index {worst}. Perturb "
+                              f"ONE element at a time by +h and -h and divide the change of f "
+                              f"by 2h.")
+    passed(f"numerical_gradient is a central difference on {len(cases)} cases.")
