@@ -217,3 +217,15 @@ def test_reads_on_photo_mark_the_sampled_pixels():
     with pytest.raises(ValueError, match="move the centre inwards"):
         viz.show_reads_on_photo(photo, {"(1, 2, 5)": (1, 2, 5)}, centre=(3, 15))
     plt.close("all")
+
+
+def test_accuracy_curves_one_line_per_seed_one_legend_entry_per_network():
+    curves = {"a": [[0.1, 0.5, 0.9], [0.2, 0.6, 0.8]], "b": [[0.3, 0.4, 0.5]]}
+    ax = viz.plot_accuracy_curves(curves)
+    assert len(ax.lines) == 3
+    assert list(ax.lines[1].get_ydata()) == pytest.approx([20, 60, 80])
+    assert ax.lines[0].get_color() == ax.lines[1].get_color() != ax.lines[2].get_color()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b"]
+    with pytest.raises(ValueError, match="per-seed"):
+        viz.plot_accuracy_curves({"a": []})
+    plt.close("all")
