@@ -17,15 +17,15 @@ from conftest import REPO
 # Figures per chapter. A new figure means a new entry here (and a caption and alt text).
 FIGURES = {
     "ch01_standard": ["fig-ch01-sliding-window", "fig-ch01-conv-volumes", "fig-ch01-photo-maps",
-                      "fig-ch01-im2col"],
+                      "fig-ch01-edges-camera", "fig-ch01-im2col"],
     "ch02_pointwise": ["fig-ch02-colour-transform", "fig-ch02-pixels-read"],
-    "ch03_depthwise": ["fig-ch03-filters", "fig-ch03-per-channel-maps"],
+    "ch03_depthwise": ["fig-ch03-filters", "fig-ch03-per-channel-maps", "fig-ch03-channel-edges"],
     "ch04_separable": ["fig-ch04-separable-shapes", "fig-ch04-saving-factor",
                        "fig-ch04-separable-fit"],
     "ch05_xception": ["fig-ch05-groups-spectrum", "fig-ch05-inception-family",
                       "fig-ch05-mid-activation"],
     "ch06_atrous": ["fig-ch06-zero-inserted", "fig-ch06-field-growth", "fig-ch06-gridding",
-                    "fig-ch06-taps-on-map", "fig-ch06-aspp"],
+                    "fig-ch06-gridding-photo", "fig-ch06-taps-on-map", "fig-ch06-aspp"],
     "ch07_mobilenet": ["fig-ch07-block", "fig-ch07-stages", "fig-ch07-digits-training",
                        "fig-ch07-roofline"],
     "ch08_autoencoder": ["fig-ch08-checkerboard", "fig-ch08-training", "fig-ch08-reconstructions",

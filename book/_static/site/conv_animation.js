@@ -113,13 +113,16 @@
   if (typeof module !== "undefined" && module.exports) {
     module.exports = api; // node: tests/test_calculator.py
   }
+  if (typeof window !== "undefined") {
+    window.ConvAnimation = api; // tests/test_browser.py reads the presets from the page
+  }
   if (typeof document === "undefined") {
     return;
   }
 
   // --- the widget -------------------------------------------------------------------------------
 
-  const SPEEDS = [["slow", 900], ["normal", 350], ["fast", 60]];
+  const SPEEDS = [["slow", 900], ["normal", 350], ["fast", 40]];
   const fmt = (n) => n.toLocaleString("en-US");
 
   function el(tag, className, text) {
