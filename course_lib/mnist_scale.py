@@ -241,6 +241,47 @@ def table(results: dict[str, Any], caption: str = "") -> Table:
                   "ms / batch of 64"), rows, caption)
 
 
+def provenance(results: dict[str, Any]) -> str:
+    """Where, when, how and with what the run was made, from the file itself."""
+    meta, setting = results["meta"], results["meta"]["setting"]
+    load = " and ".join(f"{a[0]:.1f}" for a in (meta["load_average"], meta["load_average_after"])
+                        if a)
+    busy = (f"; BUSY machine (1-minute load {load} at the start and end on "
+            f"{meta['available_cores']} cores): times are inflated, only the interleaved ratios "
+            "are worth reading" if meta["busy"] else f"; load {load}")
+    return (f"{meta['command']} on {meta['date'][:10]}, {meta['device_name']} CPU, "
+            f"{meta['torch_threads']} thread(s), torch {meta['torch_version']}{busy}. "
+            f"{setting['train']:,} training / {setting['test']:,} test digits, "
+            f"{setting['epochs']} epochs, seeds {tuple(setting['seeds'])}, "
+            f"{meta['total_seconds'] / 60:.0f} min in all.")
+
+
+def quoted(results: dict[str, Any]) -> dict[str, str]:
+    """The numbers the book's text quotes, formatted: the first network is the separable one, the
+    second its full-convolution twin, the third the thinner separable one."""
+    separable, full, thin = results["models"][:3]
+    mean = lambda m: 100 * statistics.mean(final_accuracies(m))  # noqa: E731
+    spread = max(100 * (max(final_accuracies(m)) - min(final_accuracies(m)))
+                 for m in (separable, full))
+    from course_lib.mobilenet import PAPER
+
+    (conv_acc, conv_macs, conv_params), (mob_acc, mob_macs, mob_params) = (
+        PAPER["table4"][n] for n in ("Conv MobileNet", "MobileNet"))
+    setting = results["meta"]["setting"]
+    return {
+        "param_ratio": f"{full['params'] / separable['params']:.1f}",
+        "mac_ratio": f"{full['macs_per_image'] / separable['macs_per_image']:.1f}",
+        "epochs": str(setting["epochs"]), "train": f"{setting['train']:,}",
+        "mob_acc": f"{mean(separable):.1f}", "conv_acc": f"{mean(full):.1f}",
+        "gap": f"{mean(full) - mean(separable):.1f}", "spread": f"{spread:.1f}",
+        "thin_gap": f"{mean(separable) - mean(thin):.1f}",
+        "paper_gap": f"{conv_acc - mob_acc:.1f}",
+        "paper_param_ratio": f"{conv_params / mob_params:.0f}",
+        "paper_mac_ratio": f"{conv_macs / mob_macs:.1f}",
+        "epoch_ratio": f"{epoch_time_ratio(results, separable['name'], full['name']):.2f}",
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m course_lib.mnist_scale",
                                      description=__doc__.split("\n\n")[0])

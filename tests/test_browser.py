@@ -263,10 +263,11 @@ def _expected_macs(preset: dict) -> tuple[int, int]:
 
 
 def _grid(form, attribute: str, value: str, padding: int = 0) -> list[list[int]]:
-    from selenium.webdriver.common.by import By
-
-    rows = form.find_elements(By.CSS_SELECTOR, f'figure[data-{attribute}="{value}"] tr')
-    cells = [[td.text for td in row.find_elements(By.TAG_NAME, "td")] for row in rows]
+    """The numbers of one grid of the animation (one script call, not one per cell)."""
+    cells = form.parent.execute_script(
+        "return Array.from(arguments[0].querySelectorAll(arguments[1] + ' tr'))"
+        ".map(tr => Array.from(tr.cells).map(td => td.textContent))",
+        form, f'figure[data-{attribute}="{value}"]')
     inner = cells[padding:len(cells) - padding]
     return [[int(v) for v in row[padding:len(row) - padding]] for row in inner]
 
@@ -293,9 +294,12 @@ def test_animation_plays_every_kind_to_course_libs_count(server, browser):
 
     form = _animation(browser, server, "book/ch01_standard")
     presets = browser.execute_script("return ConvAnimation.PRESETS")
-    assert list(presets) == ["standard", "depthwise", "pointwise", "strided", "dilated"]
+    modes = [o.get_attribute("value") for o in Select(form.find_element(By.NAME, "mode")).options]
+    assert modes == ["standard", "depthwise", "pointwise", "strided", "dilated"]
+    assert set(presets) == set(modes)
     Select(form.find_element(By.NAME, "speed")).select_by_visible_text("fast")
-    for mode, p in presets.items():
+    for mode in modes:
+        p = presets[mode]
         Select(form.find_element(By.NAME, "mode")).select_by_value(mode)
         outputs, total = _expected_macs(p)
         assert form.get_attribute("data-macs") == "0" and form.get_attribute("data-state") == "paused"

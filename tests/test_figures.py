@@ -27,7 +27,7 @@ FIGURES = {
     "ch06_atrous": ["fig-ch06-zero-inserted", "fig-ch06-field-growth", "fig-ch06-gridding",
                     "fig-ch06-gridding-photo", "fig-ch06-taps-on-map", "fig-ch06-aspp"],
     "ch07_mobilenet": ["fig-ch07-block", "fig-ch07-stages", "fig-ch07-digits-training",
-                       "fig-ch07-roofline"],
+                       "fig-ch07-roofline", "fig-ch07-mnist-scale"],
     "ch08_autoencoder": ["fig-ch08-checkerboard", "fig-ch08-training", "fig-ch08-reconstructions",
                          "fig-ch08-latent-2d", "fig-ch08-interpolation", "fig-ch08-denoising"],
 }

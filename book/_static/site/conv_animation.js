@@ -234,7 +234,8 @@
         stage.appendChild(r);
         return r;
       };
-      const inputs = row(`input: C = ${p.c} channels, zero padding ${p.padding} (grey)`);
+      const inputs = row(`input: C = ${p.c} channel${p.c > 1 ? "s" : ""}, ` +
+        `zero padding ${p.padding} (grey)`);
       const inputGrids = input.map((ch, c) => {
         const g = gridTable(p.size, p.padding, `channel ${c}`, (y, x) => ch[y][x]);
         g.box.dataset.input = String(c);
@@ -249,7 +250,8 @@
         filters.appendChild(g.box);
         return g;
       }));
-      const outputs = row(`output: M = ${p.m} channels, ${pl.outHeight}×${pl.outWidth}`);
+      const outputs = row(`output: M = ${p.m} channel${p.m > 1 ? "s" : ""}, ` +
+        `${pl.outHeight}×${pl.outWidth}`);
       const outputGrids = weights.map((_, m) => {
         const g = gridTable(pl.outHeight, 0, `channel ${m}`, () => "");
         g.box.dataset.output = String(m);
