@@ -226,19 +226,22 @@ def epoch_time_ratio(results: dict[str, Any], slow: str, fast: str) -> float:
 
 
 def table(results: dict[str, Any], caption: str = "") -> Table:
-    """One row per network: parameters, mult-adds, test accuracy per seed and mean, median
-    training seconds per epoch and inference milliseconds per batch of 64."""
-    seeds = results["meta"]["setting"]["seeds"]
+    """One row per network: parameters, mult-adds, test accuracy per seed and their mean,
+    median training seconds per epoch and inference milliseconds per batch of 64."""
     rows = []
     for m in results["models"]:
         acc = final_accuracies(m)
         seconds = statistics.median(s for r in m["runs"] for s in r["epoch_seconds"])
-        rows.append((m["name"], f"{m['params']:,}", f"{m['macs_per_image'] / 1e6:.2f} M",
-                     *(f"{100 * a:.1f} %" for a in acc), f"{100 * statistics.mean(acc):.1f} %",
-                     f"{seconds:.1f}", f"{m['inference_batch64']['median_ms']:.1f}"))
-    return Table(("network", "parameters", "mult-adds / image",
-                  *(f"accuracy seed {s}" for s in seeds), "mean accuracy", "s / epoch",
-                  "ms / batch of 64"), rows, caption)
+        rows.append((f"{m['network']} {m['alpha']:g}", f"{m['params']:,}",
+                     f"{m['macs_per_image'] / 1e6:.2f} M",
+                     " / ".join(f"{100 * a:.1f}" for a in acc), f"{100 * statistics.mean(acc):.1f}",
+                     f"{seconds:.1f}", f"{m['inference_batch64']['median_ms']:.0f}"))
+    seeds = ", ".join(str(s) for s in results["meta"]["setting"]["seeds"])
+    caption = caption or ("MNIST-5k: test accuracy after the last epoch; s/epoch: median seconds "
+                          "of a training epoch; ms/batch: median inference time for 64 digits "
+                          f"({results['meta']['torch_threads']} CPU thread(s), interleaved)")
+    return Table(("network, width", "params", "mult-adds", f"accuracy %, seeds {seeds}", "mean %",
+                  "s/epoch", "ms/batch"), rows, caption)
 
 
 def provenance(results: dict[str, Any]) -> str:

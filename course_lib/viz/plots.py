@@ -13,6 +13,7 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 import torch
 from matplotlib.patches import Polygon, Rectangle
+from matplotlib.ticker import MaxNLocator
 
 
 def _to_numpy_image(t: torch.Tensor):
@@ -184,6 +185,7 @@ def plot_accuracy_curves(curves: dict[str, Sequence[Sequence[float]]], ax=None,
             ax.plot(range(1, len(run) + 1), [100 * a for a in run], color=colour,
                     linestyle=styles[j % len(styles)], label=name if j == 0 else None)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(f"{ylabel} (%)")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
