@@ -146,9 +146,10 @@ def train_seed(setting: Setting, seed: int, data, log=print) -> dict[str, dict[s
             for name, r in runs.items()}
 
 
-def inference_times(setting: Setting, batch: int = 64) -> dict[str, dict[str, Any]]:
+def inference_times(setting: Setting, batch: int = 64, quick: bool = False
+                    ) -> dict[str, dict[str, Any]]:
     """Forward-pass time of each model on a batch (eval mode, no_grad), timed interleaved."""
-    cfg = bench.default_config("cpu", quick=setting == TINY)
+    cfg = bench.default_config("cpu", quick=quick)
     x = torch.zeros(batch, 1, RESOLUTION, RESOLUTION)
     fns = {}
     for network, alpha in setting.models:
@@ -161,8 +162,9 @@ def inference_times(setting: Setting, batch: int = 64) -> dict[str, dict[str, An
     return bench.time_interleaved(fns, cfg)
 
 
-def run(setting: Setting, command: str, log=print) -> dict[str, Any]:
-    """The whole experiment as one JSON-ready dict (see the module docstring)."""
+def run(setting: Setting, command: str, log=print, tiny: bool = False) -> dict[str, Any]:
+    """The whole experiment as one JSON-ready dict (see the module docstring). ``tiny``: a smoke
+    test (few timing repeats), recorded as such."""
     torch.set_num_threads(setting.threads)
     load_before = bench.machine_load()
     started = time.perf_counter()
@@ -178,7 +180,7 @@ def run(setting: Setting, command: str, log=print) -> dict[str, Any]:
     for seed in setting.seeds:
         for name, record in train_seed(setting, seed, data, log).items():
             runs[name].append({"seed": seed, **record})
-    timing = inference_times(setting)
+    timing = inference_times(setting, quick=tiny)
     for m in models:
         m["runs"] = runs[m["name"]]
         m["inference_batch64"] = {k: timing[m["name"]][k]
@@ -195,7 +197,7 @@ def run(setting: Setting, command: str, log=print) -> dict[str, Any]:
         "load_average": load_before.averages, "load_average_after": load_after.averages,
         "busy": load_before.busy or load_after.busy, "interleaved": True,
         "total_seconds": time.perf_counter() - started, "resolution": RESOLUTION,
-        "setting": asdict(setting), "tiny": setting == TINY,
+        "setting": asdict(setting), "tiny": tiny,
         "recipe": "Adam (lr in setting), batch_size, cross-entropy, no augmentation, no weight "
                   "decay; the same initialisation seed and data order for every network of a "
                   "seed; test accuracy in eval mode after every epoch",
@@ -304,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
                              "models": setting.models})
     command = "python -m course_lib.mnist_scale " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    results = run(setting, command, log=lambda s: print(s, flush=True))
+    results = run(setting, command, log=lambda s: print(s, flush=True), tiny=args.tiny)
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
     print(table(results))
     print(f"wrote {args.out} in {results['meta']['total_seconds']:.0f} s")
