@@ -89,8 +89,9 @@ def _upsample(in_channels: int, out_channels: int, decoder: str, last: bool) -> 
 class ConvAutoencoder(nn.Module):
     """Undercomplete convolutional autoencoder for (N, in_channels, S, S) images in [0, 1].
 
-    Encoder (MobileNet-style): a full 3x3 stride-2 stem conv (in_channels -> channels[0]; a
-    separable conv gains nothing on one input channel), then one stride-2 depthwise-separable block
+    Encoder (MobileNet-style): a full 3x3 stride-2 stem conv (in_channels -> channels[0]; on one
+    input channel a separable stem would make every map a scaled copy of one filtered image), then
+    one stride-2 depthwise-separable block
     per further entry of ``channels``, flatten, linear to ``latent_dim``. Decoder, the mirror image:
     linear back to the last feature map, one x2 upsampling stage per encoder stage (``decoder``
     picks transposed convs or nearest upsampling + separable conv), the last one producing

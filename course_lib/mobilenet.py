@@ -76,11 +76,17 @@ def scaled(channels: int, alpha: float) -> int:
     return int(channels * alpha)
 
 
-def channel_plan(alpha: float = 1.0) -> list[tuple[int, int, int]]:
-    """(in_channels, out_channels, stride) of the 13 blocks under ``alpha``."""
+# The paper's "shallow" MobileNet (its Table 5) drops the five repeated 512 -> 512 blocks on the
+# 14 x 14 map: blocks 7 to 11 (0-based 6..10) of BLOCKS.
+SHALLOW_DROPPED = range(6, 11)
+
+
+def channel_plan(alpha: float = 1.0, shallow: bool = False) -> list[tuple[int, int, int]]:
+    """(in_channels, out_channels, stride) of the 13 blocks under ``alpha`` (8 if ``shallow``)."""
     check_alpha(alpha)
     plan, c_in = [], scaled(STEM_CHANNELS, alpha)
-    for c_out, stride in BLOCKS:
+    blocks = [b for i, b in enumerate(BLOCKS) if not (shallow and i in SHALLOW_DROPPED)]
+    for c_out, stride in blocks:
         plan.append((c_in, scaled(c_out, alpha), stride))
         c_in = scaled(c_out, alpha)
     return plan
@@ -217,15 +223,17 @@ def _out(size: int, stride: int) -> int:
 
 
 def layer_specs(alpha: float = 1.0, resolution: int = 224, num_classes: int = 1000,
-                full_conv: bool = False, in_channels: int = 3) -> list[LayerSpec]:
-    """Every conv and the FC layer of MobileNetV1 (or ConvMobileNet with ``full_conv``)."""
+                full_conv: bool = False, in_channels: int = 3,
+                shallow: bool = False) -> list[LayerSpec]:
+    """Every conv and the FC layer of MobileNetV1 (or ConvMobileNet with ``full_conv``; the
+    paper's shallow MobileNet, without the five repeated 512-channel blocks, with ``shallow``)."""
     check_alpha(alpha)
     check_resolution(resolution)
     v.positive_int(num_classes, "num_classes")
     size = _out(resolution, 2)
     specs = [LayerSpec("Conv 3x3", in_channels, scaled(STEM_CHANNELS, alpha), 3, 2, resolution,
                        size)]
-    for c_in, c_out, stride in channel_plan(alpha):
+    for c_in, c_out, stride in channel_plan(alpha, shallow):
         out = _out(size, stride)
         if full_conv:
             specs.append(LayerSpec("Conv 3x3", c_in, c_out, 3, stride, size, out))
@@ -267,6 +275,18 @@ PAPER_OTHER = {
                 "0.75 MobileNet-224": (81.9, 325, 1.9), "1.0 MobileNet-192": (81.9, 418, 3.3),
                 "0.75 MobileNet-192": (80.5, 239, 1.9)},
 }
+# Table 3: one 512 -> 512 layer on a 14 x 14 map, 3 x 3 kernel, made cheaper step by step:
+# (M mult-adds, M parameters). Table 5: narrow (alpha 0.75) vs shallow (five 14 x 14 x 512 blocks
+# removed) at 224, and Table 9: small MobileNets against SqueezeNet and AlexNet, as (top-1 %,
+# M mult-adds, M parameters).
+PAPER_OTHER["table3"] = {"Convolution": (462, 2.36), "Depthwise separable conv": (52.3, 0.27),
+                         "alpha = 0.75": (29.6, 0.15), "rho = 0.714": (15.1, 0.15)}
+PAPER_OTHER["table5"] = {"0.75 MobileNet-224": (68.4, 325, 2.6),
+                         "Shallow MobileNet-224": (65.3, 307, 2.9)}
+PAPER_OTHER["table9"] = {"0.5 MobileNet-160": (60.2, 76, 1.32), "SqueezeNet": (57.5, 1700, 1.25),
+                         "AlexNet": (57.2, 720, 60)}
+# Table 3's layer: the middle blocks' shape, and the map that rho = 0.714 leaves (10 x 10 of 14).
+TABLE3_LAYER = {"channels": 512, "size": 14, "kernel": 3, "alpha": 0.75, "rho_size": 10}
 STANFORD_DOGS_CLASSES = 120
 # Known misprint (DESIGN.md): Table 2 prints "Conv 3x3: 1.19%" of mult-adds, but the first layer's
 # share counts to 1.91% (digits swapped; the printed column sums to 99.29%). table2() flags it.
@@ -372,6 +392,60 @@ def table7(resolutions: Sequence[int] = (224, 192, 160, 128)) -> list[CostRow]:
     return rows
 
 
+def table3() -> list[CostRow]:
+    """One 14 x 14 x 512 layer (paper Table 3): a full 3 x 3 convolution, then depthwise
+    separable, then alpha = 0.75, then rho = 0.714 (a 10 x 10 map), counted with
+    :mod:`course_lib.costs`. The table has no accuracy column (top-1 is NaN)."""
+    from course_lib import costs
+    layer = TABLE3_LAYER
+    c, k, size = layer["channels"], layer["kernel"], layer["size"]
+    thin = scaled(c, layer["alpha"])
+
+    def separable(ch: int, side: int) -> tuple[int, int]:
+        macs = (costs.conv2d_macs(ch, ch, k, side, groups=ch) + costs.conv2d_macs(ch, ch, 1, side))
+        return macs, costs.conv2d_params(ch, ch, k, groups=ch, bias=False) + \
+            costs.conv2d_params(ch, ch, 1, bias=False)
+
+    computed = {"Convolution": (costs.conv2d_macs(c, c, k, size),
+                                costs.conv2d_params(c, c, k, bias=False)),
+                "Depthwise separable conv": separable(c, size),
+                "alpha = 0.75": separable(thin, size),
+                "rho = 0.714": separable(thin, layer["rho_size"])}
+    return [CostRow(name, macs / 1e6, params / 1e6, *PAPER_OTHER["table3"][name], math.nan)
+            for name, (macs, params) in computed.items()]
+
+
+def table5() -> list[CostRow]:
+    """Narrow vs shallow at about the same cost (paper Table 5): 0.75 MobileNet against the
+    full-width network without its five repeated 14 x 14 x 512 blocks."""
+    rows = []
+    for name, paper in PAPER_OTHER["table5"].items():
+        shallow = name.startswith("Shallow")
+        specs = layer_specs(1.0 if shallow else 0.75, 224, shallow=shallow)
+        rows.append(CostRow(name, sum(s.macs for s in specs) / 1e6,
+                            sum(s.params for s in specs) / 1e6, paper[1], paper[2], paper[0]))
+    return rows
+
+
+def table9() -> list[CostRow]:
+    """A small MobileNet against SqueezeNet and AlexNet (paper Table 9): the MobileNet row is
+    recomputed, the others are published numbers only."""
+    rows = []
+    for name, paper in PAPER_OTHER["table9"].items():
+        parsed = _parse_name(name)
+        if parsed is None:
+            rows.append(CostRow(name, math.nan, math.nan, paper[1], paper[2], paper[0]))
+            continue
+        row = _row(name, *parsed, False, paper)
+        shortcut = rho_scaled_macs_m(parsed[1], parsed[0])
+        if round(row.macs_m) != row.paper_macs_m and round(shortcut) == row.paper_macs_m:
+            row = dataclasses.replace(row, note=(
+                f"printed value = 224's total x (rho={parsed[1]}/224)^2 = {shortcut:.1f} M, as in "
+                f"Table 7; exact count {row.macs_m:.1f} M"))
+        rows.append(row)
+    return rows
+
+
 def _parse_name(name: str) -> tuple[float, int] | None:
     """"0.75 MobileNet-192" -> (0.75, 192); None for another network."""
     alpha, _, rest = name.partition(" MobileNet-")
@@ -420,5 +494,6 @@ def format_rows(rows: Sequence[CostRow | ShareRow], caption: str = "") -> Table:
                   "top-1 (paper)", "note")
         body = [(r.name, "-" if math.isnan(r.macs_m) else f"{r.macs_m:,.1f}",
                  f"{r.paper_macs_m:,g}", "-" if math.isnan(r.params_m) else f"{r.params_m:.2f}",
-                 f"{r.paper_params_m:g}", f"{r.paper_top1:g}%", r.note) for r in rows]
+                 f"{r.paper_params_m:g}", "-" if math.isnan(r.paper_top1) else
+                 f"{r.paper_top1:g}%", r.note) for r in rows]
     return Table(header, body, caption, left=(len(header) - 1,))  # names and notes left

@@ -114,13 +114,13 @@ def graded_course(tmp_path_factory) -> Path:
         grading.submit(course, assignment, student, path)
     # Autograde as the grading pipeline does: sandboxed kernels forked from a warm nursery (one
     # `import torch` for all 35 notebooks instead of one each); stock kernels without bwrap.
-    from course_lib.grading import nursery, sandbox
+    from course_lib.grading.sandbox import broker, policy
 
     command = ["autograde", "ex*", "--create", "--force"]
-    if sandbox.bwrap_path() is None:
+    if policy.bwrap_path() is None:
         grading.run_nbgrader(command, cwd=course, timeout=3000)
         return course
-    with nursery.warm_kernels(tmp_path_factory.mktemp("kernels"), hide=[course, variants, REPO],
+    with broker.warm_kernels(tmp_path_factory.mktemp("kernels"), hide=[course, variants, REPO],
                               modules=[f"course_lib.checks.{a}" for a in ASSIGNMENTS]) as (env, args):
         grading.run_nbgrader(command + args, cwd=course, timeout=3000, env=env)
     return course
@@ -184,9 +184,9 @@ def class_graded_embedded(mixed_class, tmp_path_factory):
     gradebook in the course), 2 workers."""
     from test_grading_pipeline import CELL_TIMEOUT, MEM_MB
 
-    from course_lib.grading import grade_class
+    from course_lib.grading import pipeline
 
     course, submitted, _ = mixed_class
-    return grade_class.grade_class(CLASS_ASSIGNMENT, submitted, course, workers=2,
+    return pipeline.grade_class(CLASS_ASSIGNMENT, submitted, course, workers=2,
                                    out=tmp_path_factory.mktemp("embedded") / "out",
                                    cell_timeout=CELL_TIMEOUT, mem_mb=MEM_MB, quiet=True)

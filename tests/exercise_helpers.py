@@ -76,3 +76,18 @@ def run_all_cases(assignment: str, pairs) -> int:
             check(answer, **kwargs)
             runs += 1
     return runs
+
+
+def autograded_points(assignment: str) -> dict[str, float]:
+    """The test cells of an assignment's source notebook and their points (code grade cells that
+    are not answers), read from the notebook itself, independently of the grading pipeline."""
+    import nbformat
+
+    from course_lib import grading
+
+    nb = nbformat.read(REPO / "solutions" / assignment / grading.notebook_name(assignment), 4)
+    return {c.metadata.nbgrader["grade_id"]: float(c.metadata.nbgrader["points"])
+            for c in nb.cells if c.cell_type == "code"
+            and c.metadata.get("nbgrader", {}).get("grade")
+            and not c.metadata["nbgrader"].get("solution")}
+

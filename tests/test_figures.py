@@ -28,6 +28,7 @@ FIGURES = {
                     "fig-ch06-gridding-photo", "fig-ch06-taps-on-map", "fig-ch06-aspp"],
     "ch07_mobilenet": ["fig-ch07-block", "fig-ch07-stages", "fig-ch07-digits-training",
                        "fig-ch07-roofline", "fig-ch07-mnist-scale"],
+    "ch07_where_time_goes": [],
     "ch08_autoencoder": ["fig-ch08-checkerboard", "fig-ch08-training", "fig-ch08-reconstructions",
                          "fig-ch08-latent-2d", "fig-ch08-interpolation", "fig-ch08-denoising"],
 }
@@ -174,7 +175,7 @@ def test_no_figure_text_below_9_points():
     drawn (chapters, course_lib.viz, the grading report's plot). Figures are at most
     ``MAX_WIDTH_IN`` wide, so the page shrinks none of them below ~80 %."""
     sources = [*REPO.glob("book/ch[0-9][0-9]_*.md"), *REPO.glob("course_lib/viz/*.py"),
-               REPO / "course_lib/grading/grade_class.py"]
+               REPO / "course_lib/grading/outputs.py"]
     small = []
     for path in sources:
         for n, line in enumerate(path.read_text().splitlines(), start=1):
@@ -183,3 +184,19 @@ def test_no_figure_text_below_9_points():
                     small.append(f"{path.relative_to(REPO)}:{n}: {size} pt")
     assert len(sources) > 10
     assert not small, "text too small to read on the page:\n" + "\n".join(small)
+
+
+def test_figures_the_reader_corrected():
+    """Issue 23: Fig. 14's legend sits below the plots, Fig. 18 plots a share on its own axis
+    (no unexplained "9 x share"), Fig. 28's alt text claims no clear 8, and Fig. 11 draws the
+    output errors as hollow markers on top of the kernel errors."""
+    figures = {f["name"]: f for chapter in FIGURES for f in chapter_figures(chapter)}
+    mid = figures["fig-ch05-mid-activation"]["source"]
+    assert "bbox_to_anchor=" in mid and 'loc="upper center"' in mid
+    taps = figures["fig-ch06-taps-on-map"]
+    assert "9 x share" not in taps["source"] and "twinx()" in taps["source"]
+    assert "times 9" not in taps["alt"] and "%" in taps["caption"]
+    walk = figures["fig-ch08-interpolation"]["alt"]
+    assert "reshaped into an 8" not in walk and "rather than a clear 8" in " ".join(walk.split())
+    fit = figures["fig-ch04-separable-fit"]["source"]
+    assert 'markerfacecolor="none"' in fit and "zorder=3" in fit and "alpha=0.6" not in fit

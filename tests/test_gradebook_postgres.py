@@ -21,7 +21,7 @@ import pytest
 
 from conftest import CLASS_ASSIGNMENT
 from course_lib import grading
-from course_lib.grading import grade_class
+from course_lib.grading import gradebook, pipeline
 
 
 def _postgres_bin() -> Path | None:
@@ -104,7 +104,7 @@ def test_class_graded_into_postgres_exports_like_sqlite(postgres_url, mixed_clas
     course, submitted, expected = mixed_class
     from test_grading_pipeline import CELL_TIMEOUT, MEM_MB
 
-    result = grade_class.grade_class(CLASS_ASSIGNMENT, submitted, course, workers=2,
+    result = pipeline.grade_class(CLASS_ASSIGNMENT, submitted, course, workers=2,
                                      db_url=postgres_url, out=tmp_path / "out",
                                      cell_timeout=CELL_TIMEOUT, mem_mb=MEM_MB, quiet=True)
     assert {s.student: s.score for s in result.submissions} == expected
@@ -123,8 +123,8 @@ def test_class_graded_into_postgres_exports_like_sqlite(postgres_url, mixed_clas
 
 def test_an_unreachable_gradebook_fails_at_once_with_what_to_check():
     url = f"postgresql://grader:secret@127.0.0.1:{_free_port()}/gradebook"
-    with pytest.raises(grade_class.GradebookUnavailable) as err:
-        grade_class.check_gradebook(url)
+    with pytest.raises(gradebook.GradebookUnavailable) as err:
+        gradebook.check(url)
     message = str(err.value)
     assert "Connection refused" in message and "createdb" in message
     assert "secret" not in message, "the password must not be printed"

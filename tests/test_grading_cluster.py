@@ -1,4 +1,4 @@
-"""Grading on dask.distributed (course_lib.grading.cluster) with real schedulers and workers.
+"""Grading on dask.distributed (course_lib.grading.dispatch, .worker) with real schedulers and workers.
 
 The cluster is started the way an instructor starts one, with the ``dask scheduler`` and
 ``dask worker`` commands on 127.0.0.1 (one single-threaded worker, and one that declares a GPU
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from course_lib.grading import cluster
+from course_lib.grading import dispatch, environment, model, pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -117,7 +117,7 @@ def dask_cluster(folder: Path, workers: dict[str, tuple[str, ...]]):
 def two_workers(tmp_path_factory):
     """A scheduler, a CPU worker and a worker declaring one GPU, as an instructor starts them."""
     with dask_cluster(tmp_path_factory.mktemp("dask"),
-                      {"cpu0": (), "gpu0": ("--resources", f"{cluster.GPU}=1")}) as c:
+                      {"cpu0": (), "gpu0": ("--resources", f"{dispatch.GPU}=1")}) as c:
         yield c
 
 
@@ -145,15 +145,16 @@ def test_dead_workers_are_retried_and_a_killer_is_failed_alone(tmp_path):
     elsewhere; a chunk holding an item that kills every worker is split, its other items are
     graded, and that item alone fails after killing two workers."""
     items = ["a", "flaky", "b", "poison", "c"]
-    with cluster.Engine(workers=2) as engine:
+    with dispatch.Engine(workers=2) as engine:
         engine.wait_for_workers(2)
         got = engine.map_chunks(die_once_or_always, [items[:2], items[2:]],
                                 str(tmp_path / "marker"), key=str)
     assert (tmp_path / "marker").read_text() == "died once"
     assert {k: v for k, v in got.items() if k != "poison"} == {
         i: f"graded {i}" for i in items if i != "poison"}
-    assert isinstance(got["poison"], cluster.Failure)
+    assert isinstance(got["poison"], model.Failure)
     assert "killed its worker 2 times" in got["poison"].reason
+    assert not got["poison"].grader, "killing its workers is the submission's own doing"
 
 
 def sleep_then_echo(chunk: list, seconds: float) -> list:
@@ -166,34 +167,34 @@ def test_when_every_worker_is_gone_the_rest_fail_with_the_reason(tmp_path):
     """The only worker (a `dask worker` process group) goes down mid-task and none comes back:
     after the engine's patience, every item still waiting is a Failure that says why."""
     with dask_cluster(tmp_path / "dask", {"only": ()}) as c:
-        with cluster.Engine(scheduler=c.address, no_worker_timeout=10) as engine:
+        with dispatch.Engine(scheduler=c.address, no_worker_timeout=10) as engine:
             import threading
 
             threading.Timer(3, stop, (c.workers["only"], signal.SIGKILL)).start()
             got = engine.map_chunks(sleep_then_echo, [[1], [2]], 60, key=str)
     assert set(got) == {"1", "2"}
-    assert all(isinstance(v, cluster.Failure) and "no dask worker" in v.reason
+    assert all(isinstance(v, model.Failure) and "no dask worker" in v.reason and v.grader
                for v in got.values()), got
 
 
 @pytest.mark.slow
 def test_gpu_work_goes_only_to_gpu_workers(two_workers):
-    with cluster.Engine(scheduler=two_workers.address) as engine:
+    with dispatch.Engine(scheduler=two_workers.address) as engine:
         gpus = engine.gpu_workers()
         assert len(gpus) == 1 and len(engine.worker_info()) == 2
-        resources, note = cluster.route(engine, "ex07_mobilenet")
-        assert resources == {cluster.GPU: 1} and gpus[0] in note
-        assert cluster.route(engine, "ex01_standard") == (None, None)
+        resources, note = dispatch.route(engine, "ex07_mobilenet")
+        assert resources == {dispatch.GPU: 1} and gpus[0] in note
+        assert dispatch.route(engine, "ex01_standard") == (None, None)
         placed = engine.map_chunks(where, [[i] for i in range(6)], resources=resources, key=str)
-    assert not [v for v in placed.values() if isinstance(v, cluster.Failure)], placed
+    assert not [v for v in placed.values() if isinstance(v, model.Failure)], placed
     assert set(placed.values()) == set(gpus)
 
 
 @pytest.mark.slow
-def test_without_gpu_workers_gpu_parts_are_graded_on_cpu_and_said_so():
-    with cluster.Engine(workers=1) as engine:
+def test_without_gpu_workers_the_route_says_none_declares_one():
+    with dispatch.Engine(workers=1) as engine:
         engine.wait_for_workers(1)
-        resources, note = cluster.route(engine, "ex07_mobilenet")
+        resources, note = dispatch.route(engine, "ex07_mobilenet")
     assert resources is None
     assert "part6-tests" in note and "no worker declares one" in note
 
@@ -210,8 +211,8 @@ def test_a_worker_with_other_checks_is_refused(tmp_path):
     with dask_cluster(tmp_path / "dask", {}) as c:
         c.add_worker("stale", env=env)
         c.wait(1)
-        with cluster.Engine(scheduler=c.address) as engine:
-            with pytest.raises(cluster.EnvironmentMismatch) as err:
+        with dispatch.Engine(scheduler=c.address) as engine:
+            with pytest.raises(environment.EnvironmentMismatch) as err:
                 engine.check_environment("ex01_standard")
             worker = next(iter(engine.worker_info()))
     message = str(err.value)
@@ -220,44 +221,57 @@ def test_a_worker_with_other_checks_is_refused(tmp_path):
 
 
 def test_unreachable_scheduler_says_how_to_start_one():
-    with pytest.raises(cluster.ClusterError, match="dask scheduler"):
-        with cluster.Engine(scheduler=f"tcp://127.0.0.1:{free_port()}", connect_timeout=2):
+    with pytest.raises(dispatch.ClusterError, match="dask scheduler"):
+        with dispatch.Engine(scheduler=f"tcp://127.0.0.1:{free_port()}", connect_timeout=2):
             pass
 
 
 def test_chunks_cover_every_item_once():
+    """One submission per task by default (a worker's session stays warm between tasks, so no
+    notebook waits behind a slow one); ``chunk_size`` groups them."""
     items = list(range(37))
     for workers in (1, 2, 5, 50):
-        chunks = cluster.chunked(items, workers)
-        assert sorted(i for c in chunks for i in c) == items
-        assert max(map(len, chunks)) <= cluster.MAX_CHUNK
-        # As few tasks as the workers allow: each pays the start-ups once.
-        assert len(chunks) == max(min(workers, len(items)), -(-len(items) // cluster.MAX_CHUNK))
-    assert cluster.chunked(items, 2, chunk_size=1) == [[i] for i in items]
-    assert cluster.chunked([], 3) == []
+        assert dispatch.chunked(items, workers) == [[i] for i in items]
+    chunks = dispatch.chunked(items, 2, chunk_size=5)
+    assert sorted(i for c in chunks for i in c) == items and max(map(len, chunks)) == 5
+    assert len(chunks) == 8
+    assert dispatch.chunked([], 3) == []
+
+
+def test_a_batch_stops_early_when_its_first_results_fail_alike():
+    """The first three results all the same grader error: stop; a student's own failure or a
+    graded row among them: go on."""
+    options = model.GradingOptions()
+    broken = model.Failure("the re-check's server did not start (its log ends: x)")
+    first: list = [broken, broken]
+    stop = pipeline._stop_rule(options, first)
+    assert stop() is None  # two are not enough
+    first.append(model.Failure("the re-check's server did not start (its log ends: y)"))
+    assert "did not start" in stop()
+    first[1] = model.Failure("grading it killed its worker 2 times", grader=False)
+    assert stop() is None
 
 
 def test_benchmark_breakdown_divides_each_phase_by_the_submissions():
-    """Two tasks, three submissions: notebook phases summed over notebooks, task stages over
-    tasks, nbgrader's remaining autograde time is what its notebooks and start-up do not explain."""
+    """Three submissions, two worker sessions: notebook phases summed over notebooks, session
+    start-ups over sessions, each divided by the submissions."""
     from course_lib.grading import bench
 
-    dispatch = cluster.Dispatch(
-        timings={"a": {"kernel start": 0.0, "imports": 2.0, "student cells": 0.5, "checks": 1.0},
-                 "b": {"kernel start": 1.0, "imports": 2.0, "student cells": 0.5, "checks": 1.5},
-                 "c": {"kernel start": 0.0, "imports": 2.0, "student cells": 0.5, "checks": 0.5}},
-        stages=[{"autograde": 12.0, "nbgrader start-up": 3.0, "recheck": 4.0, "feedback": 2.0,
-                 "prepare": 0.5},
-                {"autograde": 6.0, "nbgrader start-up": 2.0, "recheck": 2.0, "feedback": 1.0,
-                 "prepare": 0.1}])
-    phases = bench.breakdown(dispatch, 3)
+    result = pipeline.Dispatch(
+        timings={"a": {"kernel start": 0.0, "imports": 2.0, "student cells": 0.5, "checks": 1.0,
+                       "autograde, other": 0.5, "recheck": 2.0, "feedback": 1.0},
+                 "b": {"kernel start": 1.0, "imports": 2.0, "student cells": 0.5, "checks": 1.5,
+                       "autograde, other": 0.25, "recheck": 2.5, "feedback": 1.0},
+                 "c": {"kernel start": 0.0, "imports": 2.0, "student cells": 0.5, "checks": 0.5,
+                       "autograde, other": 0.75, "recheck": 1.5, "feedback": 1.0}},
+        stages=[{"session start-up": 12.0}, {"session start-up": 6.0}, {"session start-up": 0.0}])
+    phases = bench.breakdown(result, 3)
     assert phases["imports"] == 2.0 and phases["checks"] == 1.0
     assert phases["kernel start"] == round(1 / 3, 3)
     assert phases["recheck"] == 2.0 and phases["feedback"] == 1.0
-    assert phases["nbgrader start-up"] == round(5 / 3, 3) and phases["prepare"] == 0.2
-    # autograde 18 s = start-ups 5 s + notebooks 11.5 s + 1.5 s of nbgrader's own work
     assert phases["autograde, other"] == 0.5
-    assert abs(sum(phases.values()) - (18 + 6 + 3 + 0.6) / 3) < 0.01
+    assert phases["session start-up"] == 6.0
+    assert abs(sum(phases.values()) - (1 + 6 + 1.5 + 3 + 1.5 + 6 + 3 + 18) / 3) < 0.01
 
 
 # ----------------------------------------------------------------------------- the pipeline
@@ -270,6 +284,7 @@ def _rows(csv_path: Path) -> dict[str, dict]:
         rows = {r["student"]: r for r in csv.DictReader(f)}
     for row in rows.values():
         row["problems"] = re.sub(r"\d+(\.\d+)? s\b", "N s", row["problems"])
+        row.pop("from_earlier_run")  # compared on its own
     return rows
 
 
@@ -335,3 +350,8 @@ def test_scheduler_grades_like_the_default_even_when_a_worker_dies(
     assert again.returncode == 0, output
     assert f"{len(expected) - 1} submissions were graded by an earlier run" in output
     assert _rows(out / "grades.csv") == reference
+    import csv
+
+    with open(out / "grades.csv", newline="") as f:
+        reused = {r["student"]: r["from_earlier_run"] for r in csv.DictReader(f)}
+    assert reused == {s: "" if s == "corrupt_json" else "yes" for s in expected}

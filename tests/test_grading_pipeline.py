@@ -1,4 +1,4 @@
-"""The class-grading pipeline (course_lib.grade_class) against broken and hostile submissions.
+"""The class-grading pipeline (course_lib.grading.pipeline) against broken and hostile submissions.
 
 One real run of the pipeline (real ``nbgrader autograde`` + the re-check) grades a batch of
 adversarial notebooks built from exercise 1; each must get exactly the score it deserves, computed
@@ -19,8 +19,9 @@ import nbformat
 import pytest
 
 from course_lib import grading
-from course_lib.grading import grade_class
-from course_lib.grading.recheck import Guard
+from course_lib.grading import ingest, pipeline
+from course_lib.grading.inside.guard import Guard
+from course_lib.grading.model import SourceInfo, Status
 
 REPO = Path(__file__).resolve().parents[1]
 ASSIGNMENT = "ex01_standard"
@@ -329,7 +330,7 @@ def graded(tmp_path_factory):
     (submitted / MISSING / ASSIGNMENT).mkdir(parents=True)
     expected[MISSING] = 0.0
     before = _protected_trees(course, submitted)
-    result = grade_class.grade_class(ASSIGNMENT, submitted, course, workers=2,
+    result = pipeline.grade_class(ASSIGNMENT, submitted, course, workers=2,
                                      cell_timeout=CELL_TIMEOUT, mem_mb=MEM_MB, quiet=True)
     after = _protected_trees(course, submitted)
     return result, expected, course, (before, after)
@@ -486,7 +487,7 @@ def _info():
                                                "locked": c.metadata.nbgrader["locked"],
                                                "source": c.source} for c in nb.cells}
     solutions = {g for g, c in _cells_by_id(nb).items() if c.metadata.nbgrader["solution"]}
-    return grade_class.SourceInfo(ASSIGNMENT, ASSIGNMENT, list(cells), cells, points, solutions,
+    return SourceInfo(ASSIGNMENT, ASSIGNMENT, list(cells), cells, points, solutions,
                                   MANUAL)
 
 
@@ -499,11 +500,11 @@ def test_ingest_lms_zip(tmp_path):
         zf.writestr("course export/bob_99_ex01_standard-1.ipynb", text)
         zf.writestr("course export/carol_5_ex01_standard.ipynb", "not json")
         zf.writestr("__MACOSX/course export/._alice", "junk")
-    subs = {s.student: s for s in grade_class.ingest(archive, _info(), tmp_path / "work")}
+    subs = {s.student: s for s in ingest.ingest(archive, _info(), tmp_path / "work")}
     assert sorted(subs) == ["alice", "bob", "carol"]
     assert subs["alice"].notebook.is_file() and subs["bob"].notebook.is_file()
     assert subs["alice"].problems == [], "LMS file names are not a renamed notebook"
-    assert subs["carol"].status == "corrupt" and subs["carol"].notebook is None
+    assert subs["carol"].unreadable is Status.CORRUPT and subs["carol"].notebook is None
 
 
 def test_ingest_refuses_zip_slip(tmp_path):
@@ -511,7 +512,7 @@ def test_ingest_refuses_zip_slip(tmp_path):
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("../outside.ipynb", "{}")
     with pytest.raises(ValueError, match="outside"):
-        grade_class.ingest(archive, _info(), tmp_path / "work")
+        ingest.ingest(archive, _info(), tmp_path / "work")
     assert not (tmp_path / "outside.ipynb").exists()
 
 
@@ -521,7 +522,7 @@ def test_ingest_restores_edited_metadata(tmp_path):
     folder = tmp_path / "in" / "dave" / ASSIGNMENT
     folder.mkdir(parents=True)
     nbformat.write(nb, folder / grading.notebook_name(ASSIGNMENT))
-    (sub,) = grade_class.ingest(tmp_path / "in", _info(), tmp_path / "work")
+    (sub,) = ingest.ingest(tmp_path / "in", _info(), tmp_path / "work")
     fixed = _cells_by_id(nbformat.read(sub.notebook, as_version=4))
     assert fixed["part1-tests"].metadata.nbgrader["points"] == POINTS["part1-tests"]
     assert any("points 100" in p for p in sub.problems)

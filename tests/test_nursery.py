@@ -1,4 +1,4 @@
-"""Warm kernels (course_lib.grading.nursery): one real bwrap sandbox forks every kernel of a shard.
+"""Warm kernels (course_lib.grading.sandbox.broker and .inside.nursery): one real bwrap sandbox forks every kernel of a shard.
 
 Kernels are started the way nbgrader starts them, with jupyter_client's KernelManager and the
 grading kernelspec; what one student's kernel leaves behind (processes, files in /tmp and in its
@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from course_lib.grading import nursery, sandbox
-from course_lib.grading.kernel import kernel_env
+from course_lib.grading import sandbox
+from course_lib.grading.sandbox.broker import Broker
+from course_lib.grading.sandbox.kernelspec import install_kernelspec, kernel_env
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(sandbox.bwrap_path() is None, reason="needs bubblewrap")]
@@ -28,8 +29,8 @@ def broker(tmp_path):
     (course / "solutions" / "answer.txt").write_text("the answer")
     limits = sandbox.Limits(mem_mb=3072, processes=16, wall_s=120)
     box = sandbox.Sandbox.for_batch(tmp_path / "work", hide=[course], limits=limits).for_shard()
-    with nursery.Broker(box, [], log=tmp_path / "nursery.log") as b:
-        env = kernel_env(sandbox.install_kernelspec(tmp_path / "jupyter", b.box, 3072))
+    with Broker(box, [], log=tmp_path / "nursery.log") as b:
+        env = kernel_env(install_kernelspec(tmp_path / "jupyter", b.box, 3072))
         yield b, env, tmp_path
 
 
@@ -141,8 +142,8 @@ def test_without_a_broker_the_launcher_falls_back(tmp_path):
     """A kernelspec naming a broker that is not there starts a sandbox of its own."""
     limits = sandbox.Limits(mem_mb=3072, processes=16, wall_s=120)
     box = sandbox.Sandbox.for_batch(tmp_path / "work", hide=[], limits=limits).for_shard()
-    b = nursery.Broker(box, [])  # never entered: nobody listens on its socket
-    env = kernel_env(sandbox.install_kernelspec(tmp_path / "jupyter", b.box, 3072))
+    b = Broker(box, [])  # never entered: nobody listens on its socket
+    env = kernel_env(install_kernelspec(tmp_path / "jupyter", b.box, 3072))
     out = _run_in_kernel((b, env, tmp_path), "dave", """
         import json, sys
         print(json.dumps({"torch_loaded": "torch" in sys.modules}))

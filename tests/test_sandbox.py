@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 import course_lib
-from course_lib.grading import grade_class, sandbox
+from course_lib.grading import ingest, pipeline, sandbox
+from course_lib.grading.sandbox.check import check_available, check_inside
+from course_lib.grading.sandbox.policy import NOBODY
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,19 +53,38 @@ def _run(box: sandbox.Sandbox, code: str, env: dict | None = None):
 
 
 def test_this_machine_can_sandbox():
-    sandbox.check_available()
+    check_available()
+
+
+@pytest.mark.slow
+def test_sandbox_check_runs_the_real_interpreter_and_imports_inside():
+    """`python -m course_lib.grading.sandbox check` starts the real box with this interpreter
+    and imports torch, ipykernel, the modules that run inside and an assignment's checks."""
+    proc = subprocess.run([sys.executable, "-m", "course_lib.grading.sandbox", "check",
+                           "--assignment", "ex01_standard"], capture_output=True, text=True,
+                          timeout=300, cwd="/")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("yes:") and sys.executable in proc.stdout
+    assert "torch" in proc.stdout and "course_lib.checks.ex01_standard" in proc.stdout
+
+
+def test_sandbox_check_says_what_is_missing():
+    """An import that fails inside the box is named, with what to do."""
+    with pytest.raises(sandbox.SandboxUnavailable) as err:
+        check_inside(("course_lib.checks.no_such_assignment",))
+    assert "no_such_assignment" in str(err.value) and "pip" in str(err.value)
 
 
 def test_missing_bwrap_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(sandbox.SandboxUnavailable, match="apt-get install bubblewrap"):
-        sandbox.check_available()
+        check_available()
 
 
 def test_grade_class_refuses_without_bwrap_and_says_how(monkeypatch, tmp_path, capsys):
     (tmp_path / "submitted").mkdir()
     monkeypatch.setenv("PATH", "/nonexistent")
-    code = grade_class.main(["ex01_standard", str(tmp_path / "submitted"), "--course", str(REPO),
+    code = pipeline.main(["ex01_standard", str(tmp_path / "submitted"), "--course", str(REPO),
                              "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2
@@ -100,7 +121,7 @@ def test_student_code_sees_no_course_no_repository_no_secrets(box, monkeypatch, 
     assert seen["repo_solutions"] is False and seen["other_copy"] is False
     assert seen["shadow"] == ""
     assert seen["course_lib"].startswith(b.site), "course_lib must come from the snapshot"
-    assert seen["uid"] == sandbox.NOBODY
+    assert seen["uid"] == NOBODY
     assert seen["env_secret"] is None
     assert seen["root_home"] in ([], [".pyenv"]), "only the Python installation is put back"
     assert report.returncode == 0
@@ -112,7 +133,7 @@ def test_student_code_cannot_write_outside_its_folder(box):
     before = target.read_bytes()
     report, seen = _run(b, f"""
         import json, os
-        from course_lib.grading.kernel import install_audit  # as the grading kernel does
+        from course_lib.grading.inside.kernel import install_audit  # as the grading kernel does
         protected = tuple(os.environ["COURSE_AUDIT_PROTECTED"].split(os.pathsep))
         install_audit(int(os.environ["COURSE_AUDIT_FD"]), (os.getcwd(), "/tmp"), protected)()
         results = {{}}
@@ -175,7 +196,7 @@ def test_processes_are_limited_and_end_with_the_sandbox(box):
     assert report.seconds < 25
     report, seen = _run(b, """
         import json, os, subprocess
-        from course_lib.grading.kernel import install_audit
+        from course_lib.grading.inside.kernel import install_audit
         install_audit(int(os.environ["COURSE_AUDIT_FD"]), (os.getcwd(), "/tmp"))()
         p = subprocess.Popen(["sleep", "600"], start_new_session=True)
         print(json.dumps({"pid": p.pid}))
@@ -196,10 +217,10 @@ def test_wall_time_budget(tmp_path):
 
 def test_distinct_ids_for_names_that_clean_alike():
     names = ["Jane Doe", "Jane  Doe", "Jane-Doe", "o'brien", "bob"]
-    ids = grade_class.student_ids(names)
+    ids = ingest.student_ids(names)
     assert len(set(ids.values())) == len(names)
     assert ids["bob"] == "bob" and ids["Jane-Doe"] == "Jane-Doe"
-    assert ids == grade_class.student_ids(list(reversed(names))), "ids must not depend on order"
+    assert ids == ingest.student_ids(list(reversed(names))), "ids must not depend on order"
     assert all(set(i) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
                for i in ids.values())
 
@@ -212,7 +233,7 @@ def test_no_sandbox_is_explicit_loud_and_marked(tmp_path, capsys):
     from course_lib import grading
 
     course = grading.new_course(tmp_path / "course", ["ex01_standard"], root=REPO)
-    code = grade_class.main(["ex01_standard", str(tmp_path / "submitted"), "--course",
+    code = pipeline.main(["ex01_standard", str(tmp_path / "submitted"), "--course",
                              str(course), "--out", str(out), "--no-sandbox"])
     assert code == 0
     assert "WARNING" in capsys.readouterr().err

@@ -53,11 +53,24 @@ _REF = {
 
 
 class CheckFailed(AssertionError):
-    """A check found a wrong answer; the message says what to fix."""
+    """A check found a wrong answer; the message says what to fix, ``kind`` what sort of wrong
+    (``wrong`` by default; ``nan``, ``dtype``, ``device``, ``subclass``, ``shape``, ``type``,
+    ``not-implemented``, ``raised``, ``exited``...): the grader reports by kind, as data."""
+
+    def __init__(self, message: str, kind: str = "wrong") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
-def fail(message: str) -> NoReturn:
-    raise CheckFailed(message)
+def fail(message: str, kind: str = "wrong") -> NoReturn:
+    raise CheckFailed(message, kind)
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether an exception is an allocation that failed: Python's MemoryError, or PyTorch's CPU
+    allocator, which raises a plain RuntimeError (its message is the only sign)."""
+    return isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
 
 
 def passed(message: str) -> None:
@@ -131,7 +144,7 @@ def call_student(fn: Callable[..., Any], *args: Any, name: str | None = None,
     into an actionable message. Call it BEFORE computing the expected value (module docstring)."""
     label = name or getattr(fn, "__name__", "your function")
     if not callable(fn):
-        fail(f"{label} should be a function, but it is a {type(fn).__name__}.")
+        fail(f"{label} should be a function, but it is a {type(fn).__name__}.", "type")
     call = describe_call(label, args, kwargs)
     args = tuple(_fresh(a) for a in args)
     kwargs = {k: _fresh(v) for k, v in kwargs.items()}
@@ -140,13 +153,15 @@ def call_student(fn: Callable[..., Any], *args: Any, name: str | None = None,
             return fn(*args, **kwargs)
     except NotImplementedError:
         fail(f"{label} is not implemented yet: replace `raise NotImplementedError()` with your "
-             f"code (failed on {call}).")
+             f"code (failed on {call}).", "not-implemented")
     except CheckFailed:
         raise
     except (SystemExit, KeyboardInterrupt) as exc:
-        fail(f"{label} raised {type(exc).__name__} on {call}; a function must return its result.")
+        fail(f"{label} raised {type(exc).__name__} on {call}; a function must return its result.",
+             "exited")
     except Exception as exc:  # any student bug: report it with the input that triggered it
-        fail(f"{label} raised {type(exc).__name__} on {call}: {exc}")
+        fail(f"{label} raised {type(exc).__name__} on {call}: {exc}",
+             "memory" if out_of_memory(exc) else "raised")
 
 
 def call_each(fn: Callable[..., Any], calls: Iterable[tuple[tuple, dict]],
@@ -175,23 +190,24 @@ def expect_tensor(actual: Any, expected: torch.Tensor, what: str, atol: float = 
     """Compare a student's tensor to the reference: type, shape, finiteness, then values."""
     if not isinstance(actual, torch.Tensor):
         fail(f"{what}: expected a torch.Tensor of shape {tuple(expected.shape)}, "
-             f"got {type(actual).__name__}.")
+             f"got {type(actual).__name__}.", "type")
     if type(actual) is torch.nn.Parameter:
         actual = actual.data
     if type(actual) is not torch.Tensor:
         # A subclass can override arithmetic and comparisons (__torch_function__) to look right.
         fail(f"{what}: expected a plain torch.Tensor, got the subclass {type(actual).__name__}; "
-             f"return the tensor itself.")
+             f"return the tensor itself.", "subclass")
     if tuple(actual.shape) != tuple(expected.shape):
-        fail(f"{what}: wrong shape {tuple(actual.shape)}, expected {tuple(expected.shape)}.")
+        fail(f"{what}: wrong shape {tuple(actual.shape)}, expected {tuple(expected.shape)}.",
+             "shape")
     if not actual.is_floating_point():
-        fail(f"{what}: expected a floating-point tensor, got dtype {actual.dtype}.")
+        fail(f"{what}: expected a floating-point tensor, got dtype {actual.dtype}.", "dtype")
     if actual.device != expected.device:
-        fail(f"{what}: result is on {actual.device}, expected {expected.device}.")
+        fail(f"{what}: result is on {actual.device}, expected {expected.device}.", "device")
     actual = actual.detach().to(expected.dtype)
     if not torch.isfinite(actual).all():
         bad = (~torch.isfinite(actual)).sum().item()
-        fail(f"{what}: {bad} value(s) are NaN or infinite.")
+        fail(f"{what}: {bad} value(s) are NaN or infinite.", "nan")
     error = (actual - expected).abs()
     tolerance = atol + rtol * expected.abs()
     if (error > tolerance).any():

@@ -32,7 +32,7 @@ with quiet():
     costs.measure_macs(nn.Conv2d(1, 1, 1), (1, 1, 1, 1))
 
 # Test cells graded for real only on a GPU: the class-grading pipeline sends this assignment to
-# workers that declare a GPU resource (course_lib.grading.cluster.gpu_tests).
+# workers that declare a GPU resource (course_lib.grading.dispatch.gpu_tests).
 GPU_TESTS = ("part6-tests",)
 
 # (alpha, num_classes, in_channels) for part 1

@@ -1,16 +1,30 @@
 """The instructor's side of the course: everything that runs nbgrader or student code.
 
 What a student imports (ops, models, costs, timing, data, viz, checks) lives in ``course_lib``;
-this subpackage is the trust boundary, kept apart so that the student-facing package stays small:
+this subpackage is the trust boundary. Module map, in the order a class is graded
+(``python -m course_lib.grade_class``, :mod:`.pipeline`):
 
+* :mod:`.model` — the records that flow between stages (``Status``, ``GradingOptions`` with the
+  one time-budget formula, ``SourceInfo``, ``Submission``, task and result types);
+* :mod:`.ingest` — submissions folder or LMS zip -> one record per submitted name;
+* :mod:`.dispatch` — dask only: where tasks run, retries, stopping early, GPU routing;
+* :mod:`.worker` — the dask task: one worker's warm session grades its submissions;
+* :mod:`.shard` — grading one notebook in that session (autograde, re-check, feedback);
+* :mod:`.nbgrader_runner` — nbgrader kept warm in a process of its own, with deadlines;
+* :mod:`.scoring` — THE place a final score and status are decided;
+* :mod:`.gradebook` — THE door to nbgrader's gradebook;
+* :mod:`.resume` — results stored as they come, so a re-run grades only what is missing;
+* :mod:`.outputs` — grades.csv, report.html, problems.txt, fallback feedback;
+* :mod:`.environment` — is a worker's environment the coordinator's?
+* :mod:`.pipeline` — ``grade_class``: the stages above, top to bottom;
+* :mod:`.sandbox` — the box seen from outside (mount policy, the one supervisor, the broker of
+  warm kernels, the kernelspec, the re-check's client, ``sandbox check``);
+* :mod:`.inside` — everything that runs IN the box (kernel, nursery, guard, re-check server),
+  importing only its wire protocol (:mod:`.inside.wire`) and process hygiene
+  (:mod:`.inside.hygiene`) from the grader;
 * :mod:`.course` — single nbgrader steps in a course directory (generate, validate, autograde);
-* :mod:`.grade_class` — grade a whole class (``python -m course_lib.grade_class``);
-* :mod:`.cluster` — where the grading tasks run: dask workers, embedded or on many hosts;
-* :mod:`.sandbox` — the bubblewrap sandbox every execution of student code goes through;
-* :mod:`.kernel` — the resource-limited kernel nbgrader starts (inside the sandbox);
-* :mod:`.recheck` — the re-check that student code cannot reach;
-* :mod:`.bench`, :mod:`.sandbox_bench` — throughput of the pipeline, and the sandbox's cost;
-* :mod:`.authoring` — writes nbgrader source notebooks.
+* :mod:`.authoring` — writes nbgrader source notebooks, setup cells, chapter twins;
+* :mod:`.bench`, :mod:`.sandbox_bench` — throughput of the pipeline, and the sandbox's cost.
 
 The names of :mod:`.course` are re-exported here (``from course_lib import grading;
 grading.new_course(...)``).

@@ -6,11 +6,11 @@
 
 Generates a class in a temporary course (a seeded mix: complete solutions, blank releases, and
 solutions with one part left undone), grades it with
-:func:`course_lib.grading.grade_class.grade_class`, checks that complete solutions scored full
+:func:`course_lib.grading.pipeline.grade_class`, checks that complete solutions scored full
 marks and blanks 0, and prints seconds per submission, split into the phases of grading one
-notebook (kernel start, imports, student cells, checks: from nbgrader's cell timestamps), the
-re-check and feedback stages, and the per-task fixed costs (nbgrader's start-up, the task's
-course copy). Phases are worker-seconds per submission: with W workers busy in parallel, the wall
+notebook (kernel start, imports, student cells, checks: from nbgrader's cell timestamps; the rest
+of nbgrader's autograde; the re-check; feedback) and the fixed cost of starting each worker's
+grading session (its sandbox, warm kernels, re-check server and nbgrader). Phases are worker-seconds per submission: with W workers busy in parallel, the wall
 time is about their sum / W.
 
 Like every benchmark of the course it refuses to run on a busy machine (1-minute load average
@@ -33,12 +33,12 @@ from course_lib.bench import BusyMachineError, check_load, machine_load
 from course_lib.grading import course as grading
 
 # Phases of one notebook, then stages of a task, in the order the report prints them.
-NOTEBOOK_PHASES = ("kernel start", "imports", "student cells", "checks")
-TASK_STAGES = ("recheck", "feedback")
-FIXED_COSTS = ("nbgrader start-up", "prepare")
+NOTEBOOK_PHASES = ("kernel start", "imports", "student cells", "checks", "autograde, other",
+                   "recheck", "feedback")
+FIXED_COSTS = ("session start-up",)
 
 
-def _machine() -> str:
+def describe_machine() -> str:
     import os
     import platform
 
@@ -55,8 +55,11 @@ def _machine() -> str:
 
 
 def generate_class(course: Path, assignment: str, n: int, folder: Path,
-                   seed: int = 0) -> dict[str, str]:
-    """Write ``n`` submissions in nbgrader's submitted/ layout; returns student -> kind."""
+                   seed: int = 0, sleepers: int = 0, sleep_s: float = 0.0) -> dict[str, str]:
+    """Write ``n`` submissions in nbgrader's submitted/ layout; returns student -> kind.
+
+    ``sleepers`` of them (the first ones: the worst place for a straggler) are complete solutions
+    whose every answer cell first sleeps ``sleep_s`` seconds: slow but legal, full marks."""
     release = nbformat.read(grading.release_path(course, assignment), as_version=4)
     source = nbformat.read(course / "solutions" / assignment / grading.notebook_name(assignment),
                            as_version=4)
@@ -68,6 +71,8 @@ def generate_class(course: Path, assignment: str, n: int, folder: Path,
         student = f"student{i:04d}"
         roll = rng.random()
         kind = "full" if roll < 0.4 else "blank" if roll < 0.6 else "one-part-missing"
+        if i < sleepers:
+            kind = "sleeper"
         skip = rng.choice(sorted(answers)) if kind == "one-part-missing" else None
         nb = nbformat.from_dict(json.loads(json.dumps(release)))
         if kind != "blank":
@@ -75,6 +80,8 @@ def generate_class(course: Path, assignment: str, n: int, folder: Path,
                 gid = cell.metadata.get("nbgrader", {}).get("grade_id")
                 if gid in answers and gid != skip:
                     cell.source = answers[gid]
+                    if kind == "sleeper":
+                        cell.source = f"import time\ntime.sleep({sleep_s:g})\n" + cell.source
         target = folder / student / assignment
         target.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, target / grading.notebook_name(assignment))
@@ -83,29 +90,21 @@ def generate_class(course: Path, assignment: str, n: int, folder: Path,
 
 
 def breakdown(dispatch, n: int) -> dict[str, float]:
-    """Worker-seconds per submission for each phase, from what the grading tasks returned.
-
-    ``autograde, other`` is what nbgrader's autograde stage spent beyond the notebooks' own phases
-    and its start-up (writing the gradebook, saving notebooks)."""
-    per = {name: 0.0 for name in (*NOTEBOOK_PHASES, "autograde, other", *TASK_STAGES,
-                                  *FIXED_COSTS)}
+    """Worker-seconds per submission for each phase, from what the grading tasks returned."""
+    per = {name: 0.0 for name in (*NOTEBOOK_PHASES, *FIXED_COSTS)}
     for phases in dispatch.timings.values():
         for name in NOTEBOOK_PHASES:
             per[name] += phases.get(name, 0.0)
-    notebook_total = sum(per[name] for name in NOTEBOOK_PHASES)
     for stage in dispatch.stages:
-        for name in (*TASK_STAGES, *FIXED_COSTS):
+        for name in FIXED_COSTS:
             per[name] += stage.get(name, 0.0)
-        per["autograde, other"] += stage.get("autograde", 0.0) - stage.get("nbgrader start-up",
-                                                                             0.0)
-    per["autograde, other"] = max(0.0, per["autograde, other"] - notebook_total)
     return {name: round(value / max(n, 1), 3) for name, value in per.items()}
 
 
 def run_once(course: Path, folder: Path, assignment: str, kinds: dict, workers: int,
              scheduler: str | None, cell_timeout: float, chunk_size: int | None,
              out: Path) -> dict:
-    from course_lib.grading.grade_class import grade_class
+    from course_lib.grading.pipeline import grade_class
 
     start = time.perf_counter()
     result = grade_class(assignment, folder, course, workers=workers, out=out,
@@ -115,10 +114,19 @@ def run_once(course: Path, folder: Path, assignment: str, kinds: dict, workers: 
     n = len(result.submissions)
     max_score = result.info.max_score
     wrong = [s.student for s in result.submissions
-             if (kinds[s.student] == "full" and s.score != max_score)
+             if (kinds[s.student] in ("full", "sleeper") and s.score != max_score)
              or (kinds[s.student] == "blank" and s.score != 0)]
     phases = breakdown(result.dispatch, n)
+    # The straggler bound: a class should take about the longest notebook or the work shared
+    # by the workers, whichever is larger (the pipeline's own set-up comes on top).
+    per_notebook = [sum(t.values()) for t in result.dispatch.timings.values()] or [0.0]
+    work = sum(per_notebook) + sum(st.get("session start-up", 0.0)
+                                   for st in result.dispatch.stages)
+    bound = max(max(per_notebook), work / workers)
     return {"workers": workers, "scheduler": scheduler, "total_s": round(total, 1),
+            "slowest_notebook_s": round(max(per_notebook), 1),
+            "work_per_worker_s": round(work / workers, 1), "bound_s": round(bound, 1),
+            "over_bound_s": round(total - bound, 1),
             "s_per_submission": round(total / n, 2), "wrong_scores": len(wrong),
             "worker_s_per_submission": phases,
             "worker_s_per_submission_total": round(sum(phases.values()), 2),
@@ -136,6 +144,9 @@ def _print_run(run: dict, n: int) -> None:
     for name, value in phases.items():
         print(f"    {name:<18} {value:7.3f}{'   <- biggest' if name == biggest else ''}")
     print(f"    {'total':<18} {run['worker_s_per_submission_total']:7.3f}")
+    print(f"  slowest notebook {run['slowest_notebook_s']:.0f} s, work per worker "
+          f"{run['work_per_worker_s']:.0f} s: the class took {run['over_bound_s']:+.0f} s beyond "
+          "the larger of the two")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -148,9 +159,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--scheduler", default=None,
                         help="grade on an existing dask cluster (tcp://HOST:PORT)")
     parser.add_argument("--chunk-size", type=int, default=None,
-                        help="submissions per task (default: one or more tasks per worker, <= 32)")
+                        help="submissions per task (default 1)")
     parser.add_argument("--assignment", default="ex01_standard")
     parser.add_argument("--cell-timeout", type=float, default=60)
+    parser.add_argument("--sleepers", type=int, default=0,
+                        help="this many complete solutions whose every answer cell first sleeps "
+                             "most of the cell timeout (a legal straggler; the first students)")
     parser.add_argument("--allow-busy", action="store_true",
                         help="measure even when the load average exceeds the cores (recorded)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -170,7 +184,8 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="grading_bench_") as tmp:
         tmp = Path(tmp)
         course = grading.new_course(tmp / "course", [args.assignment])
-        kinds = generate_class(course, args.assignment, args.n, tmp / "submitted")
+        kinds = generate_class(course, args.assignment, args.n, tmp / "submitted",
+                               sleepers=args.sleepers, sleep_s=0.8 * args.cell_timeout)
         for r in range(args.repeat):
             for w in workers:  # interleaved: w1, w2, w1, w2, ...
                 run = run_once(course, tmp / "submitted", args.assignment, kinds, w,
@@ -183,13 +198,14 @@ def main(argv: list[str] | None = None) -> dict:
     figures = {
         # The headline (the last run), in the keys book/instructor_guide.md reads.
         "assignment": args.assignment, "submissions": args.n, "workers": last["workers"],
+        "sleepers": args.sleepers, "cell_timeout": args.cell_timeout,
         "total_s": last["total_s"], "s_per_submission": last["s_per_submission"],
         "wrong_scores": sum(r["wrong_scores"] for r in runs),
         "load_avg_start": round(load_before.averages[0], 1) if load_before.averages else None,
         "load_avg_end": round(load_after.averages[0], 1) if load_after.averages else None,
         "worker_s_per_submission": last["worker_s_per_submission"],
         "runs": runs,
-        "machine": _machine(), "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": describe_machine(), "date": time.strftime("%Y-%m-%d %H:%M"),
         "load_before": load_before.describe(), "load_after": load_after.describe(),
         "busy_warning": busy_warning,
     }

@@ -14,8 +14,10 @@ import re
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+from course_lib.grading.gradebook import SubmissionScore, scores  # noqa: F401  (re-exported)
 
 ASSIGNMENT_PATTERN = re.compile(r"^ex\d\d_[a-z0-9_]+$")
 
@@ -47,17 +49,27 @@ def run_nbgrader(args: list[str], cwd: Path, timeout: float = 1800,
                  check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m nbgrader ARGS`` in ``cwd`` (the course directory) and capture its output.
 
-    ``env`` replaces the environment (e.g. :func:`course_lib.grading.kernel.kernel_env`)."""
-    env = dict(os.environ if env is None else env)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    # Headless plotting in the kernels nbgrader starts.
-    env["MPLBACKEND"] = "Agg"
+    ``env`` replaces the environment (e.g. :func:`course_lib.grading.sandbox.kernelspec.kernel_env`)."""
+    env = nbgrader_env(env)
     proc = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise GradingError(f"nbgrader {' '.join(args)} failed with exit code {proc.returncode}:\n"
                            f"{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def nbgrader_env(env: dict | None = None) -> dict:
+    """The environment nbgrader runs in: this interpreter's scripts first on PATH (nbgrader runs
+    ``alembic`` from PATH to set up a gradebook: a venv used without activation has it only in
+    its own bin folder), unbuffered output, headless plotting."""
+    env = dict(os.environ if env is None else env)
+    scripts = os.path.dirname(sys.executable)
+    path = [p for p in env.get("PATH", "").split(os.pathsep) if p and p != scripts]
+    env["PATH"] = os.pathsep.join([scripts, *path])
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env["MPLBACKEND"] = "Agg"
+    return env
 
 
 def new_course(dest: Path, assignment_ids: list[str] | None = None,
@@ -123,34 +135,3 @@ def autograde(course: Path, assignment: str, student: str | None = None,
     if student:
         args.append(f"--student={student}")
     return run_nbgrader(args, cwd=Path(course), timeout=timeout)
-
-
-@dataclass
-class SubmissionScore:
-    student: str
-    score: float
-    max_score: float
-    cells: dict[str, tuple[float, float]] = field(default_factory=dict)  # cell -> (score, max)
-
-
-def scores(course: Path, assignment: str) -> dict[str, SubmissionScore]:
-    """Scores recorded in the course's gradebook, per student and per graded cell."""
-    from nbgrader.api import Gradebook, MissingEntry
-
-    db = Path(course) / "gradebook.db"
-    if not db.is_file():
-        raise FileNotFoundError(f"no gradebook at {db}: run new_course/autograde first")
-    result: dict[str, SubmissionScore] = {}
-    with Gradebook(f"sqlite:///{db}") as gradebook:
-        for student in gradebook.students:
-            try:
-                submission = gradebook.find_submission(assignment, student.id)
-            except MissingEntry:
-                continue
-            cells = {}
-            for nb in submission.notebooks:
-                for grade in nb.grades:
-                    cells[grade.name] = (float(grade.score), float(grade.max_score))
-            result[student.id] = SubmissionScore(student.id, float(submission.score),
-                                                 float(submission.max_score), cells)
-    return result

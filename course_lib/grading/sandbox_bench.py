@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from course_lib.grading import course as grading
-from course_lib.grading.bench import _machine, generate_class
-from course_lib.grading.grade_class import grade_class
+from course_lib.grading.bench import describe_machine, generate_class
+from course_lib.grading.pipeline import grade_class
 
 
 def busy() -> tuple[bool, float]:
@@ -51,7 +51,7 @@ def measure(n: int, rounds: int, assignment: str, workers: int,
             "s_per_submission": {m: [round(x, 3) for x in v] for m, v in timings.items()},
             "median_s_per_submission": {m: round(v, 3) for m, v in med.items()},
             "sandbox_over_no_sandbox": round(med["sandbox"] / med["no_sandbox"], 3),
-            "machine": _machine(), "date": time.strftime("%Y-%m-%d"),
+            "machine": describe_machine(), "date": time.strftime("%Y-%m-%d"),
             "load_avg": [round(x, 1) for x in loads]}
 
 

@@ -19,8 +19,8 @@ from course_lib.viz.mobilenet_shapes import (draw_mobilenet_block, draw_network_
                                              layer_names, stage_shapes, stages)
 from course_lib.viz.photos import (channel_edges, show_channel_edges, show_filter_responses,
                                    show_reads_on_photo)
-from course_lib.viz.plots import (draw_conv_volumes, draw_logo, draw_sampled_pixels,
-                                  draw_sliding_window, plot_accuracy_curves, plot_history,
-                                  plot_roofline, show_feature_maps, show_image, show_masks,
-                                  show_sampled_pixels_to_scale)
+from course_lib.viz.plots import (draw_conv_volumes, draw_logo, draw_roofline_panels,
+                                  draw_sampled_pixels, draw_sliding_window, plot_accuracy_curves,
+                                  plot_history, plot_roofline, show_feature_maps, show_image,
+                                  show_masks, show_sampled_pixels_to_scale)
 from course_lib.viz.separable_shapes import draw_separable_shapes, separable_shapes

@@ -81,6 +81,29 @@ def smallest_font_px(fig, column_px: int = PAGE_COLUMN_PX) -> float:
     return min(sizes) / 72 * shown_px / width_in if sizes else float("inf")
 
 
+def overlapping_texts(fig) -> list[tuple[str, str]]:
+    """Pairs of visible texts (titles, labels, annotations, legends) whose drawn boxes overlap:
+    what a reader sees as a collision. Tick labels are left out (matplotlib spaces them)."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ticks = {id(t) for ax in fig.axes for t in (*ax.get_xticklabels(which="both"),
+                                                 *ax.get_yticklabels(which="both"))}
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in fig.findobj(plt.Text)
+             if t.get_visible() and t.get_text().strip() and id(t) not in ticks]
+    boxes += [(f"legend of {ax.get_title()!r}", ax.get_legend().get_window_extent(renderer))
+              for ax in fig.axes if ax.get_legend() is not None]
+    legend_texts = {t.get_text() for ax in fig.axes if ax.get_legend() is not None
+                    for t in ax.get_legend().get_texts()}
+    found = []
+    for i, (a, box_a) in enumerate(boxes):
+        for b, box_b in boxes[i + 1:]:
+            inside_legend = {a, b} & legend_texts and (a.startswith("legend of ")
+                                                      or b.startswith("legend of "))
+            if box_a.overlaps(box_b) and not inside_legend and a != b:
+                found.append((a, b))
+    return found
+
+
 def slices(ax, x: float, y: float, side: float, colours: list[str], step: float = 0.18,
            grid: int = 0) -> tuple[float, float]:
     """A C x H x W tensor as ``len(colours)`` square channel slices of ``side`` (to scale with H),

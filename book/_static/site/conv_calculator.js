@@ -38,7 +38,7 @@
     return dilation * (k - 1) + 1;
   }
 
-  /** floor((size + 2p - d(K - 1) - 1) / s) + 1, as course_lib.conv.conv_output_size. */
+  /** floor((size + 2p - r(K - 1) - 1) / s) + 1, as course_lib.conv.conv_output_size. */
   function outputSize(size, k, stride, padding, dilation) {
     checkInt("input size", size, 1);
     checkInt("stride", stride, 1);
@@ -158,7 +158,7 @@
     // [key, label, default, minimum]
     ["c", "input channels C", 3, 1], ["m", "output channels M", 16, 1],
     ["k", "kernel size K", 3, 1], ["stride", "stride s", 1, 1], ["padding", "padding p", 1, 0],
-    ["dilation", "dilation d", 1, 1], ["groups", "groups g", 1, 1],
+    ["dilation", "dilation r", 1, 1], ["groups", "groups g", 1, 1],
     ["height", "input height H", 32, 1], ["width", "input width W", 32, 1],
   ];
   const fmt = (n) => n.toLocaleString("en-US");
@@ -245,7 +245,7 @@
       out.innerHTML = [
         row("out_size", "output size H<sub>out</sub> × W<sub>out</sub>",
           `${r.outHeight} × ${r.outWidth}`),
-        row("effective_kernel", "kernel span d(K − 1) + 1", r.effectiveKernel),
+        row("effective_kernel", "kernel span r(K − 1) + 1", r.effectiveKernel),
         row("params", "parameters K²·(C/g)·M" + (read().bias ? " + M" : ""), fmt(r.params)),
         row("macs", "mult-adds K²·(C/g)·M·H<sub>out</sub>·W<sub>out</sub>", fmt(r.macs)),
         row("sep_params", "depthwise-separable parameters K²C + CM" +

@@ -1,7 +1,9 @@
 """The resource-limited Python kernel that runs a submission, inside the sandbox.
 
-nbgrader starts one Jupyter kernel per submission; :mod:`course_lib.grading.sandbox` starts it as
-``python -m course_lib.grading.kernel --mem-mb N --file-mb N -f CONNECTION_FILE`` inside bwrap.
+nbgrader starts one Jupyter kernel per submission; the box's launcher
+(:mod:`course_lib.grading.sandbox.kernelspec`) starts it as ``python -m
+course_lib.grading.inside.kernel --mem-mb N --file-mb N -f CONNECTION_FILE`` inside bwrap, or the
+warm nursery (:mod:`course_lib.grading.inside.nursery`) forks it.
 Before ipykernel starts, this module
 
 * caps the address space (``RLIMIT_AS``), so a runaway allocation fails inside the student's cell
@@ -10,22 +12,22 @@ Before ipykernel starts, this module
 * installs an audit hook (:func:`install_audit`) that reports, to the grader, processes the
   student's code starts and files it tries to change outside its folder. Audit hooks cannot be
   removed once added, so student code cannot switch the report off (it can only add noise to
-  its own report).
-
-:func:`kernel_env` is the environment in which Jupyter finds the grading kernelspec first.
+  its own report). Its first line on that channel says the kernel started (before any student
+  code): a run without it failed to start, which is the grader's failure, not the student's.
 """
 from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
-from pathlib import Path
+
+from course_lib.grading.inside.hygiene import apply_limits
 
 DEFAULT_MEM_MB = 4096
 DEFAULT_FILE_MB = 64
 AUDIT_FD_ENV = "COURSE_AUDIT_FD"
 AUDIT_PROTECTED_ENV = "COURSE_AUDIT_PROTECTED"
+STARTED = "started"  # the audit channel's first event: the kernel is up, no student code ran yet
 # Audit events that mean "started a process" and "changed the file system".
 SPAWN_EVENTS = {"os.fork", "os.forkpty", "os.posix_spawn", "os.spawn", "os.system", "os.exec",
                 "subprocess.Popen", "pty.spawn"}
@@ -34,29 +36,6 @@ FILE_EVENTS = {"os.remove": (0,), "os.rmdir": (0,), "os.rename": (0, 1), "os.mkd
                "os.symlink": (1,), "os.link": (1,), "os.chmod": (0,), "os.chown": (0,),
                "os.truncate": (0,), "os.utime": (0,), "shutil.rmtree": (0,),
                "shutil.move": (0, 1), "shutil.copyfile": (1,)}
-
-
-def apply_limits(mem_mb: int | None, file_mb: int | None = None) -> None:
-    """Cap this process's address space at ``mem_mb`` MiB and written files at ``file_mb`` MiB
-    (inherited by its children).
-
-    The limit is on virtual memory: PyTorch and the interpreter reserve ~1.5 GiB of address space
-    at import, so values below ~2048 make ``import torch`` itself fail."""
-    if mem_mb:
-        if mem_mb < 1024:
-            raise ValueError(f"mem_mb={mem_mb} is too small for a Python + PyTorch kernel "
-                             "(>= 1024)")
-        _lower(resource.RLIMIT_AS, int(mem_mb) * 2**20)
-    if file_mb:
-        _lower(resource.RLIMIT_FSIZE, int(file_mb) * 2**20)
-    _lower(resource.RLIMIT_CORE, 0)
-
-
-def _lower(which: int, limit: int) -> None:
-    soft, hard = resource.getrlimit(which)
-    if hard != resource.RLIM_INFINITY:
-        limit = min(limit, hard)
-    resource.setrlimit(which, (limit, hard))
 
 
 def _within(path: str, folders) -> bool:
@@ -130,17 +109,6 @@ def install_audit(fd: int, allowed: tuple[str, ...], protected: tuple[str, ...] 
     return start
 
 
-def kernel_env(folder: Path, base: dict | None = None) -> dict:
-    """Environment in which Jupyter finds the grading kernelspec before the stock ``python3``."""
-    env = dict(os.environ if base is None else base)
-    paths = [str(folder)] + [p for p in env.get("JUPYTER_PATH", "").split(os.pathsep) if p]
-    env["JUPYTER_PATH"] = os.pathsep.join(paths)
-    env["MPLBACKEND"] = "Agg"
-    # One thread per kernel: parallel grading workers must not oversubscribe the cores.
-    env.setdefault("OMP_NUM_THREADS", "1")
-    return env
-
-
 def _pop_option(argv: list[str], name: str, default: int) -> int:
     if name in argv:
         i = argv.index(name)
@@ -165,11 +133,21 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def audit_channel(fd: int, protected: tuple[str, ...]):
-    """The audit hook on ``fd``, for a kernel whose folder is the current one."""
+    """The audit hook on ``fd``, for a kernel whose folder is the current one. The returned
+    ``start()`` turns the reports on; its ``announce()`` says the kernel is up (see STARTED)."""
     os.set_inheritable(fd, False)  # the student's own processes do not get the channel
     # Writable inside: its folder, its private /tmp, /dev; but not what is bound read-only
     # there (the course_lib snapshot, the course's paths), whose paths may lie under /tmp.
-    return install_audit(fd, (os.getcwd(), "/tmp", "/dev"), protected)
+    start = install_audit(fd, (os.getcwd(), "/tmp", "/dev"), protected)
+
+    def announce() -> None:
+        try:
+            os.write(fd, (json.dumps({"kind": STARTED, "detail": ""}) + "\n").encode())
+        except OSError:
+            pass
+
+    start.announce = announce
+    return start
 
 
 def serve(argv: list[str], start_audit=None) -> None:
@@ -180,6 +158,7 @@ def serve(argv: list[str], start_audit=None) -> None:
     app.initialize(argv)
     if start_audit is not None:  # report what the notebook's cells do, not the kernel's start
         app.shell.events.register("pre_run_cell", start_audit)
+        start_audit.announce()  # up: from here a death is the notebook's doing
     app.start()
 
 

@@ -1,0 +1,87 @@
+"""The kernel nursery, inside the box: imports PyTorch once and forks every kernel of a shard.
+
+Why: starting a kernel from nothing costs more than running an ex01 submission (Python and
+ipykernel ~1.5 s, ``import torch`` ~2.7 s, the first ``FlopCounterMode`` ~1.3 s on 2 cores). The
+nursery (``python -m course_lib.grading.inside.nursery serve FD MODULES...``) pays them once, then
+forks one kernel per request on its channel (a socket pair with the broker outside, which every
+child closes) and reports the kernel's exit. It is undumpable, so no kernel can read or write its
+memory. Before each fork it empties what a kernel could leave for the next (``/tmp``, the
+kernels' HOME, ``/dev/shm``, System V IPC) and refuses to fork when anything stays: the broker
+then starts a fresh sandbox.
+
+The outside half (starting the sandbox, one kernel at a time, sweeping leftover processes,
+process count and wall clock) is :mod:`course_lib.grading.sandbox.broker`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from pathlib import Path
+
+from course_lib.grading.inside import kernel, wire
+from course_lib.grading.inside.hygiene import apply_limits, fresh_sandbox, no_ptrace
+from course_lib.grading.inside.warm import fork_child, preload
+
+
+def _become_kernel(request: dict, audit_fd: int) -> None:
+    """In the forked child: become the student's kernel (never returns)."""
+    os.setsid()
+    os.chdir(request["folder"])
+    sys.path[0] = request["folder"]  # as ``python -m`` started in the notebook's folder
+    connection = "/tmp/connection.json"
+    Path(connection).write_text(request["connection"])
+    apply_limits(request["mem_mb"], request["file_mb"])
+    start_audit = kernel.audit_channel(audit_fd, tuple(request["protected"]))
+    # Until here a failure is the nursery's (its log); from here output is the student's.
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    kernel.serve(["-f", connection, *request["args"]], start_audit)
+
+
+def serve(fd: int, modules: list[str]) -> None:
+    """The nursery's loop: a request in, a forked kernel, its exit status out."""
+    no_ptrace()
+    os.environ["NBGRADER_EXECUTION"] = "autograde"  # as in nbgrader's own kernels
+    import ipykernel.kernelapp  # noqa: F401
+
+    preload(modules)
+    channel = socket.socket(fileno=fd)
+    os.set_inheritable(fd, False)
+    wire.send(channel, {"event": "ready"})
+    reader = wire.LineReader(channel)
+    while True:
+        request = reader.read(None)
+        if request is None:
+            return
+        fds, reader.fds = reader.fds, []
+        if len(fds) != 1:
+            for f in fds:
+                os.close(f)
+            wire.send(channel, {"event": "refused", "why": "one audit pipe per kernel"})
+            continue
+        if not fresh_sandbox():  # something a kernel left cannot be removed: no kernel from here
+            wire.send(channel, {"event": "unclean"})
+            return
+        audit_fd = fds[0]
+        pid = fork_child([audit_fd], lambda: _become_kernel(request, audit_fd))
+        os.close(audit_fd)
+        wire.send(channel, {"event": "started", "pid": pid})
+        _, status = os.waitpid(pid, 0)
+        wire.send(channel, {"event": "exit", "returncode": os.waitstatus_to_exitcode(status)})
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="The kernel nursery (runs inside the sandbox).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve")
+    s.add_argument("fd", type=int)
+    s.add_argument("modules", nargs="*")
+    args = parser.parse_args(argv)
+    serve(args.fd, args.modules)
+
+
+if __name__ == "__main__":
+    main()

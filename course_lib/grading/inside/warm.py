@@ -1,0 +1,51 @@
+"""What the warm servers in the box (the kernel nursery, the re-check server) share: the imports
+paid once before any student code, and the fork of a clean child per student.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+
+def warm_up_flop_counter() -> None:
+    """The first FlopCounterMode use imports ~800 modules (seconds on a busy machine): done once
+    in a process that forks, not in every child against the cell timeout."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False):
+        torch.nn.functional.conv2d(torch.zeros(1, 1, 3, 3, device="meta"),
+                                   torch.zeros(1, 1, 1, 1, device="meta"))
+
+
+def preload(modules: list[str]) -> None:
+    """Everything the children share, imported before any student code (no threads started:
+    they would not survive ``fork``)."""
+    import torch
+
+    torch.set_num_threads(1)
+    import numpy  # noqa: F401
+    for name in modules:
+        importlib.import_module(name)
+    warm_up_flop_counter()
+
+
+def fork_child(keep: list[int], child) -> int:
+    """Fork; in the child, close every descriptor but 0-2 and ``keep`` (the server's own channel
+    above all), then run ``child()`` and exit (it never returns there). Returns the child's PID."""
+    pid = os.fork()
+    if pid:
+        return pid
+    try:
+        low = 3
+        for fd in sorted(keep):
+            os.closerange(low, fd)
+            low = fd + 1
+        os.closerange(low, 4096)
+        child()
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        os._exit(1)
+    os._exit(0)

@@ -1,0 +1,143 @@
+"""nbgrader, kept warm: one process per worker imports nbgrader once and, on request, autogrades
+one student's notebook or writes one student's feedback in the worker's private shard course.
+
+Why a process of its own: starting ``nbgrader`` costs seconds per command, more than grading a
+small notebook, and a task of one notebook must not pay it; but nbgrader's execution of a notebook
+can hang (a kernel that dies at the wrong moment), and a hung thread cannot be stopped. A process
+can: :class:`NbgraderRunner` gives each request a deadline and, past it, kills the process (and
+the kernel launcher with it) and starts a fresh one for the next request.
+
+``python -m course_lib.grading.nbgrader_runner COURSE ASSIGNMENT CONFIG_JSON`` is the process:
+JSON lines in on stdin (``{"op": "autograde" | "feedback", "student": ID}``), JSON lines out on
+stdout (``{"ok": bool, "log": ...}``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from course_lib.grading.course import nbgrader_env
+from course_lib.grading.inside import wire
+
+MAX_LOG_CHARS = 20_000  # of one request's log kept
+
+
+def _serve(course: Path, assignment: str, overrides: dict) -> None:
+    """The runner process's loop."""
+    from nbgrader.apps import NbGraderAPI
+    from nbgrader.coursedir import CourseDirectory
+    from traitlets.config import Config
+    from traitlets.config.loader import PyFileConfigLoader
+
+    os.chdir(course)
+    config = PyFileConfigLoader("nbgrader_config.py", path=str(course)).load_config()
+    config.CourseDirectory.root = str(course)
+    for dotted, value in overrides.items():
+        section, _, name = dotted.rpartition(".")
+        config[section][name] = value
+    feedback = Config(config)
+    feedback.HTMLExporter.template_name = "feedback"
+    out = sys.stdout
+    sys.stdout = sys.stderr  # whatever nbgrader prints goes to the log, not the channel
+    for line in sys.stdin:
+        try:
+            request = json.loads(line)
+        except ValueError:
+            continue
+        student = request.get("student")
+        config_for = feedback if request.get("op") == "feedback" else config
+        api = NbGraderAPI(coursedir=CourseDirectory(config=config_for), config=config_for)
+        if request.get("op") == "feedback":
+            result = api.generate_feedback(assignment, student, force=True)
+        else:
+            result = api.autograde(assignment, student, force=True, create=True)
+        log = (result.get("log") or "") + (result.get("error") or "")
+        out.write(json.dumps({"ok": bool(result.get("success")),
+                              "log": log[-MAX_LOG_CHARS:]}) + "\n")
+        out.flush()
+
+
+class NbgraderRunner:
+    """The worker's side: :meth:`run` one request with a deadline (use as a context manager)."""
+
+    def __init__(self, course: Path, assignment: str, overrides: dict, env: dict,
+                 log: Path | None = None) -> None:
+        self.course, self.assignment = Path(course), assignment
+        self.overrides, self.env, self.log = overrides, nbgrader_env(env), log
+        self.proc = None
+        self.reader = None
+
+    def __enter__(self) -> "NbgraderRunner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _start(self) -> None:
+        err = open(self.log, "a") if self.log else subprocess.DEVNULL
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "course_lib.grading.nbgrader_runner", str(self.course),
+                 self.assignment, json.dumps(self.overrides)],
+                cwd=self.course, env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=err, start_new_session=True)
+        finally:
+            if err is not subprocess.DEVNULL:
+                err.close()
+        self.reader = wire.LineReader(self.proc.stdout.fileno())
+
+    def close(self) -> None:
+        if self.proc is not None:
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                self._kill()
+            self.proc.stdout.close()
+        self.proc = self.reader = None
+
+    def _kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # nbgrader and its kernel launchers
+        except OSError:
+            pass
+        self.proc.wait()
+
+    def run(self, op: str, student: str, deadline_s: float) -> tuple[bool, str]:
+        """(success, log) of one request; (False, why) when the runner died or ran past
+        ``deadline_s`` (it is then stopped; the next request starts a fresh one)."""
+        if self.proc is None or self.proc.poll() is not None:
+            self._start()
+        started = time.monotonic()
+        try:
+            self.proc.stdin.write((json.dumps({"op": op, "student": student}) + "\n").encode())
+            self.proc.stdin.flush()
+            reply = self.reader.read(deadline_s)
+        except TimeoutError:
+            reply, why = None, f"nbgrader {op} ran past {deadline_s:g} s: stopped"
+        except OSError:
+            reply, why = None, f"nbgrader {op}: its process ended"
+        else:
+            why = f"nbgrader {op}: its process ended"
+        if reply is None:
+            self._kill()
+            self.proc.stdout.close()
+            self.proc = self.reader = None
+            if self.log:
+                with open(self.log, "a") as f:
+                    f.write(f"\n[grading] {why} after {time.monotonic() - started:.0f} s\n")
+            return False, why
+        if self.log:
+            with open(self.log, "a") as f:
+                f.write(f"[grading] {op} {student}: {'ok' if reply.get('ok') else 'FAILED'}\n"
+                        f"{reply.get('log', '')}\n")
+        return bool(reply.get("ok")), str(reply.get("log", ""))
+
+
+if __name__ == "__main__":
+    _serve(Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]))

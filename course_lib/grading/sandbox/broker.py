@@ -1,0 +1,288 @@
+"""Warm kernels, seen from outside: the broker serves one shard's kernels from one warm nursery.
+
+The **broker** (:class:`Broker`, a thread of the grading process, outside the sandbox) starts the
+nursery (:mod:`course_lib.grading.inside.nursery`) in bubblewrap, with the same policy and limits
+as a kernel of its own, and listens on a Unix socket in a folder no sandbox sees. The kernelspec's
+launcher (:mod:`.kernelspec`) asks it for a kernel. It serves one kernel at a time: before and
+after each, it kills, from outside, every process in the sandbox but the nursery (the same PID
+namespace holds nothing else), and empties the kernels' folder area; the :class:`.Supervision`
+enforces the process count and the wall-clock budget, and the per-kernel report is the same as a
+kernel of its own gets. A kernel that kills or stops the nursery only ends its own sandbox: the
+broker starts a fresh one for the next notebook. Where the nursery cannot start, the launcher
+falls back to a sandbox per kernel.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from course_lib.grading.inside import wire
+from course_lib.grading.inside.hygiene import children, descendants, empty_folder, state
+from course_lib.grading.sandbox.policy import Limits, Sandbox, copy_plain_files
+from course_lib.grading.sandbox.kernelspec import install_kernelspec, kernel_env
+from course_lib.grading.sandbox.supervisor import Supervision, events_file, program_pid
+
+READY_TIMEOUT_S = 300   # the nursery's imports, on a loaded machine
+POLL_S = 0.05
+
+
+class Broker:
+    """One warm nursery for one shard's kernels. Use as a context manager around the autograde
+    step; ``box.nursery`` is the socket the launchers connect to."""
+
+    def __init__(self, box: Sandbox, modules: list[str], log: Path | None = None) -> None:
+        # The launchers' door: in a folder of the grader's that no sandbox sees.
+        door = Path(tempfile.mkdtemp(prefix="cl-nursery-")) / "socket"
+        self.box, self.modules, self.log = replace(box, nursery=str(door)), list(modules), log
+        self.area = Path(tempfile.mkdtemp(prefix="nursery-", dir=box.scratch_root))
+        os.chmod(self.area, 0o755)
+        self.proc = None            # bwrap
+        self.nursery_pid = None     # the nursery's PID outside
+        self.channel = None
+        self.reader = None
+        self.failed = None          # why the nursery could not start (launchers fall back)
+        self.kernels = 0
+        self._listener = None
+        self._thread = None
+        self._stopping = False
+
+    # -------------------------------------------------------------- life cycle
+    def __enter__(self) -> "Broker":
+        path = self.box.nursery
+        Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(path)
+        self._listener.listen(4)
+        self._thread = threading.Thread(target=self._accept, daemon=True, name="nursery")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stopping = True
+        try:  # shutdown wakes the thread blocked in accept(); close alone would not
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._listener.close()
+        self._stop_nursery()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        shutil.rmtree(Path(self.box.nursery).parent, ignore_errors=True)
+        shutil.rmtree(self.area, ignore_errors=True)
+
+    def _log(self, text: str) -> None:
+        if self.log is not None:
+            with open(self.log, "a") as f:
+                f.write(f"{time.strftime('%H:%M:%S')} {text}\n")
+
+    def _accept(self) -> None:
+        while not self._stopping:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    self._serve_launcher(conn)
+                except Exception as exc:  # one kernel's trouble never stops the next one
+                    import traceback
+
+                    self._log(f"kernel request failed: {exc!r}\n{traceback.format_exc()}")
+                    self._stop_nursery()
+
+    # -------------------------------------------------------------- the nursery's sandbox
+    def _start_nursery(self) -> bool:
+        ours, theirs = socket.socketpair()
+        argv = self.box.bwrap_argv(
+            writable={str(self.area): str(self.area), self.box.ipc_dir: self.box.ipc_dir},
+            cwd="/")
+        command = [sys.executable, "-m", "course_lib.grading.inside.nursery", "serve",
+                   str(theirs.fileno()), *self.modules]
+        err = open(self.log if self.log is not None else os.devnull, "ab")
+        try:
+            self.proc = subprocess.Popen(argv + command, pass_fds=(theirs.fileno(),),
+                                         stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                                         start_new_session=True)
+        finally:
+            theirs.close()
+            err.close()
+        self.channel, self.reader = ours, wire.LineReader(ours)
+        try:
+            ready = self.reader.read(READY_TIMEOUT_S)
+        except TimeoutError:
+            ready = None
+        if not ready or ready.get("event") != "ready":
+            self.failed = "the kernel nursery did not start (see nursery.log)"
+            self._log(self.failed)
+            self._stop_nursery()
+            return False
+        self.nursery_pid = program_pid(self.proc.pid)
+        return self.nursery_pid is not None
+
+    def _alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def _stop_nursery(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()  # bwrap: its PID namespace, and everything in it, ends
+            self.proc.wait()
+        if self.channel is not None:
+            self.channel.close()
+        self.proc = self.channel = self.reader = self.nursery_pid = None
+
+    def _others(self) -> list[int]:
+        """Live processes in the sandbox other than its init and the nursery (the kernel and
+        whatever it started)."""
+        if not self._alive():
+            return []
+        keep = {*children(self.proc.pid), self.nursery_pid}  # bwrap's init, the nursery
+        return [p for p in descendants(self.proc.pid)
+                if p not in keep and state(p) not in (None, "Z")]
+
+    def _sweep(self) -> None:
+        """Kill, from outside, everything in the sandbox but the nursery."""
+        for _ in range(100):
+            others = self._others()
+            if not others:
+                return
+            for pid in others:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(0.01)
+        self._log("processes survived the sweep: the nursery is restarted")
+        self._stop_nursery()
+
+    def _ready_for_kernel(self) -> str | None:
+        """Make sure a clean nursery waits; returns why not, if it cannot."""
+        if self.failed or (not self._alive() and not self._start_nursery()):
+            return self.failed or "no nursery"
+        self._sweep()
+        if not self._alive() and not self._start_nursery():
+            return self.failed or "no nursery"
+        if not empty_folder(self.area):
+            self._stop_nursery()
+            self.failed = f"could not empty {self.area}"
+            return self.failed
+        return None
+
+    # -------------------------------------------------------------- one kernel
+    def _serve_launcher(self, conn: socket.socket) -> None:
+        launcher = wire.LineReader(conn)
+        request = launcher.read(30)
+        if not request:
+            return
+        why = self._ready_for_kernel()
+        if why:
+            wire.send(conn, {"event": "unavailable", "why": why})
+            return
+        self.kernels += 1
+        folder = self.area / f"k{self.kernels}"
+        folder.mkdir()
+        source = Path(request["folder"])
+        if source.is_dir():
+            copy_plain_files(source, folder)
+        os.chmod(folder, 0o777)
+        box, lim = self.box, self.box.limits
+        audit_r, audit_w = os.pipe()
+        wire.send(self.channel, {"folder": str(folder), "connection": request["connection"],
+                                 "args": request.get("args", []), "mem_mb": lim.mem_mb,
+                                 "file_mb": lim.file_mb, "protected": [box.site, *box.masked]},
+                  [audit_w])
+        os.close(audit_w)
+        watch = Supervision("/".join(source.parts[-2:]), lim, audit_r)
+        try:
+            started = self.reader.read(60)
+        except TimeoutError:
+            started = None
+        if not started or started.get("event") != "started":
+            self._stop_nursery()
+            wire.send(conn, {"event": "unavailable", "why": "the nursery did not fork a kernel"})
+            return
+        wire.send(conn, {"event": "started"})
+        self._log(f"kernel {self.kernels} started for {source.parent.name}")
+        returncode = self._watch_kernel(conn, launcher, watch)
+        self._log(f"kernel {self.kernels} ended: {returncode}, {watch.killed}")
+        self._sweep()
+        report = watch.report(returncode, expect_started=True)
+        if box.events_dir:
+            with open(events_file(box, source.parent.name), "a") as f:
+                f.write(json.dumps(asdict(report)) + "\n")
+        empty_folder(self.area)
+        try:
+            wire.send(conn, {"event": "exit", "returncode": returncode})
+        except OSError:
+            pass
+
+    def _watch_kernel(self, conn: socket.socket, launcher: wire.LineReader,
+                      watch: Supervision) -> int:
+        """Relay the launcher's interrupts and stops until the kernel exits; its return code."""
+        kernel_pid = None
+        while True:
+            if not self._alive():
+                return -signal.SIGKILL
+            others = self._others()
+            if kernel_pid is None:
+                kids = children(self.nursery_pid)
+                kernel_pid = kids[0] if kids else None
+            if watch.observe(max(0, len(others) - 1)) or watch.killed:  # what the kernel started
+                self._sweep()
+            for ready in select.select([conn, self.channel], [], [], POLL_S)[0]:
+                if ready is conn:
+                    try:
+                        message = launcher.read(1)
+                    except TimeoutError:  # half a message: wait for the rest
+                        continue
+                    if message is None:  # the launcher is gone (killed): so is its kernel
+                        self._sweep()
+                    elif message.get("event") == "interrupt" and kernel_pid is not None:
+                        try:
+                            os.kill(kernel_pid, signal.SIGINT)
+                        except OSError:
+                            pass
+                    elif message.get("event") == "kill":
+                        self._sweep()
+                else:
+                    event = self.reader.read(5)
+                    if event is None:
+                        self._stop_nursery()
+                        return -signal.SIGKILL
+                    if event.get("event") == "exit":
+                        return event["returncode"]
+            if self.reader is None:  # stopped above
+                return -signal.SIGKILL
+            if kernel_pid is not None and state(kernel_pid) in (None, "Z"):
+                # The kernel ended; a nursery that does not say so in time has been tampered with.
+                try:
+                    event = self.reader.read(5)
+                    return event["returncode"] if event else -signal.SIGKILL
+                except (TimeoutError, KeyError, TypeError):
+                    self._stop_nursery()
+                    return -signal.SIGKILL
+
+
+@contextlib.contextmanager
+def warm_kernels(work: Path, hide: list[Path], modules: list[str], mem_mb: int = 4096):
+    """Sandboxed warm kernels for plain ``nbgrader`` commands run meanwhile: yields
+    ``(env, args)`` to run them with (``env`` for the subprocess, ``args`` added to nbgrader's
+    command line). ``hide``: folders the kernels must not see (the course, its sources)."""
+    box = Sandbox.for_batch(Path(work), hide=list(hide), limits=Limits(mem_mb=mem_mb)).for_shard()
+    with Broker(box, modules, log=Path(work) / "nursery.log") as broker:
+        env = kernel_env(install_kernelspec(Path(work) / "jupyter", broker.box, mem_mb))
+        try:
+            yield env, broker.box.kernel_manager_args("kernel")
+        finally:
+            shutil.rmtree(box.ipc_dir, ignore_errors=True)

@@ -1,0 +1,162 @@
+"""The re-check, seen from outside: one sandboxed server per worker, fed one student at a time.
+
+:class:`RecheckServer` starts ``python -m course_lib.grading.inside.recheck serve`` in the box
+(or, without a sandbox, as a plain subprocess), sends it one job at a time over a pipe and reads
+its events back over another, with a deadline per job. A server that dies during a job blames
+that job (its student's code ran there: a fork bomb, a kill); the next job gets a fresh server. A
+server that cannot even start is the grader's failure (:class:`RecheckUnavailable`), never a
+student's zero.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+from course_lib.grading.inside import wire
+from course_lib.grading.sandbox.policy import Sandbox
+from course_lib.grading.sandbox.supervisor import run_sandboxed
+
+READY_TIMEOUT_S = 600  # the server's imports, on a loaded machine
+
+
+class RecheckUnavailable(RuntimeError):
+    """The re-check's server could not start: the grader's failure; the message says why."""
+
+
+class RecheckServer:
+    """Use as a context manager; :meth:`judge` re-checks one job (``{"student", "cells": [{"id",
+    "kind": "code"|"test", "source", "locked", "points"}]}``) and returns its events."""
+
+    def __init__(self, box: Sandbox | None, cell_timeout: float, mem_mb: int | None,
+                 check_modules: list[str], log: Path | None = None) -> None:
+        self.box, self.cell_timeout, self.mem_mb = box, cell_timeout, mem_mb
+        self.check_modules, self.log = list(check_modules), log
+        self._job_w = self._lines = self._thread = None
+        self._outcome: dict = {}
+        self._scratch = None
+        self.starts = 0
+
+    def __enter__(self) -> "RecheckServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -------------------------------------------------------------- the server
+    def _start(self) -> None:
+        job_r, job_w = os.pipe()
+        res_r, res_w = os.pipe()
+        box = self.box
+        self._scratch = str(box.new_scratch("recheck")) if box is not None else \
+            tempfile.mkdtemp(prefix="recheck-scratch-")
+        command = [sys.executable, "-m", "course_lib.grading.inside.recheck", "serve",
+                   "--fd", str(res_w), *(["--sandboxed"] if box is not None else []),
+                   "--timeout", str(self.cell_timeout), "--scratch", self._scratch,
+                   *(["--mem-mb", str(self.mem_mb)] if self.mem_mb else []),
+                   *[a for m in self.check_modules for a in ("--check", m)]]
+        log_file = open(self.log, "a") if self.log else subprocess.DEVNULL
+        outcome = self._outcome = {}
+        scratch = self._scratch
+
+        def run() -> None:
+            try:
+                if box is None:
+                    proc = subprocess.Popen(command, stdin=job_r, stdout=log_file,
+                                            stderr=subprocess.STDOUT, pass_fds=(res_w,),
+                                            start_new_session=True)
+                    outcome["proc"] = proc
+                    outcome["returncode"] = proc.wait()
+                else:
+                    # The server lives for many students: its wall clock is each job's deadline
+                    # (judge), never its age; the process count still holds.
+                    server_box = replace(box, limits=replace(box.limits, wall_s=None))
+                    outcome["report"] = run_sandboxed(
+                        server_box, command, "recheck", writable={scratch: scratch}, stdin=job_r,
+                        stdout=log_file, stderr=subprocess.STDOUT, pass_fds=(res_w,),
+                        on_start=lambda proc: outcome.__setitem__("proc", proc))
+            finally:
+                os.close(job_r)
+                os.close(res_w)
+                if log_file is not subprocess.DEVNULL:
+                    log_file.close()
+
+        self._thread = threading.Thread(target=run, daemon=True, name="recheck-server")
+        self._thread.start()
+        self._job_w, self._lines = job_w, wire.LineReader(res_r)
+        self.starts += 1
+        try:
+            ready = self._lines.read(READY_TIMEOUT_S)
+        except TimeoutError:
+            ready = None
+        if not ready or ready.get("event") != "ready":
+            self.close()
+            raise RecheckUnavailable(f"the re-check's server did not start{self._log_tail()}")
+
+    def _log_tail(self) -> str:
+        try:
+            lines = Path(self.log).read_text(errors="replace").strip().splitlines()
+            return f" (its log ends: {' | '.join(lines[-3:])[:500]})" if lines else ""
+        except (OSError, TypeError):
+            return ""
+
+    def close(self) -> None:
+        if self._job_w is not None:
+            try:
+                os.close(self._job_w)  # the server's stdin ends: it returns
+            except OSError:
+                pass
+        proc = self._outcome.get("proc")
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            if self._thread.is_alive() and proc is not None:
+                proc.kill()
+                self._thread.join(timeout=10)
+        if self._lines is not None:
+            try:
+                os.close(self._lines.source)
+            except OSError:
+                pass
+        if self._scratch:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+        self._job_w = self._lines = self._thread = self._scratch = None
+
+    # -------------------------------------------------------------- one job
+    def judge(self, job: dict, budget_s: float) -> list[dict]:
+        """The server's events for one job (``start``, ``cell``, ``forged``, ``exit``, ``done``);
+        within ``budget_s`` seconds, else an ``exit`` event that says so."""
+        if self._job_w is None:
+            self._start()
+        events: list[dict] = []
+        deadline = time.monotonic() + budget_s
+        try:
+            wire.write(self._job_w, job)
+        except OSError:
+            self.close()
+            return [{"event": "exit", "reason": "the re-check's server stopped"}]
+        while True:
+            try:
+                event = self._lines.read(max(0.1, deadline - time.monotonic()))
+            except TimeoutError:
+                event = None
+                why = f"its re-check ran past its budget of {budget_s:g} s"
+            else:
+                why = None
+            if event is None:  # the server died or hung during this student's job
+                report = self._outcome.get("report")
+                self.close()
+                report = report or self._outcome.get("report")
+                why = why or getattr(report, "killed", None) or "the re-check's server stopped"
+                events.append({"event": "exit", "reason": why})
+                return events
+            kind = event.get("event")
+            if kind == "end-job":
+                return events
+            if kind != "start-job":
+                events.append(event)

@@ -1,0 +1,142 @@
+"""The one supervisor of every sandboxed run: process count, wall clock, audit channel, report.
+
+A run is either a program bwrap starts for it (:func:`run_sandboxed`: a kernel of its own, the
+re-check's server) or a kernel the warm nursery forked (:mod:`.broker`); both are watched by a
+:class:`Supervision` and end in the same :class:`RunReport`, which the pipeline reads.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from course_lib.grading.inside import wire
+from course_lib.grading.inside.hygiene import children, descendants
+from course_lib.grading.inside.kernel import AUDIT_FD_ENV, AUDIT_PROTECTED_ENV, STARTED
+from course_lib.grading.sandbox.policy import Limits, Sandbox
+
+
+@dataclass
+class RunReport:
+    """What the supervisor saw of one sandboxed run."""
+    name: str
+    seconds: float
+    max_processes: int      # processes the program started, at the busiest moment seen
+    killed: str | None      # which limit it broke, if the supervisor killed it for that
+    returncode: int | None
+    audit: list[dict] = field(default_factory=list)  # spawned processes, writes outside
+    started: bool = True    # the program inside said it started (before any student code)
+
+
+class Supervision:
+    """Watches one run: :meth:`observe` with the number of processes the program started, as
+    often as the caller polls; it says which limit was broken first. The audit channel (a pipe
+    whose write end the program gets) is read on a thread of its own, bounded."""
+
+    def __init__(self, name: str, limits: Limits, audit_read: int | None = None) -> None:
+        self.name, self.limits = name, limits
+        self.start = time.monotonic()
+        self.peak, self.killed = 0, None
+        self.audit: list[dict] = []
+        self._reader = None
+        if audit_read is not None:
+            self._reader = threading.Thread(target=wire.collect_audit,
+                                            args=(audit_read, self.audit), daemon=True)
+            self._reader.start()
+
+    def observe(self, processes: int) -> str | None:
+        """Record a count; returns the reason to kill the run when a limit is broken (once)."""
+        self.peak = max(self.peak, processes)
+        if self.killed is None:
+            if processes > self.limits.processes:
+                self.killed = f"started more than {self.limits.processes} processes"
+                return self.killed
+            if self.limits.wall_s and time.monotonic() - self.start > self.limits.wall_s:
+                self.killed = f"ran past its time budget of {self.limits.wall_s:g} s"
+                return self.killed
+        return None
+
+    def report(self, returncode: int | None, expect_started: bool = False) -> RunReport:
+        if self._reader is not None:
+            self._reader.join(timeout=2)
+        events = [e for e in self.audit if e["kind"] != STARTED]
+        started = not expect_started or any(e["kind"] == STARTED for e in self.audit)
+        return RunReport(self.name, round(time.monotonic() - self.start, 2), self.peak,
+                         self.killed, returncode, events, started)
+
+
+def events_file(box: Sandbox, student: str) -> Path:
+    """Where the reports of a student's kernel runs go (one JSON line per kernel start)."""
+    return Path(box.events_dir) / f"kernel-{student}.json"
+
+
+def program_pid(bwrap_pid: int) -> int | None:
+    """The host PID of the program bwrap runs (bwrap -> the namespace's init -> the program)."""
+    for init in children(bwrap_pid):
+        for program in children(init):
+            return program
+    return None
+
+
+def run_sandboxed(box: Sandbox, command: list[str], name: str, writable: dict[str, str],
+                  readonly: dict[str, str] | None = None, cwd: str | None = None,
+                  env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = (),
+                  stdin=None, stdout=None, stderr=None, poll_s: float = 0.05,
+                  forward_sigint: bool = False, expect_started: bool = False,
+                  on_start=None) -> RunReport:
+    """Run ``command`` in ``box``, killing it (and so everything inside) when it exceeds its
+    process count or wall time, or when this supervisor gets SIGTERM. ``forward_sigint``: pass
+    SIGINT on to the program inside (a kernel's interrupt) instead of stopping it.
+    ``expect_started``: the program says "started" on its audit channel (a kernel does); a run
+    without it never started (bwrap or the interpreter failed: the grader's failure).
+    ``on_start(proc)`` is called with the bwrap process once it runs.
+
+    bwrap runs in a session of its own, so the signals a kernel manager sends to this
+    supervisor's process group reach the sandbox only through here."""
+    audit_read, audit_write = os.pipe()
+    protected = [box.site, *box.masked, *(readonly or {}).values()]
+    argv = box.bwrap_argv(writable, readonly,
+                          env={**(env or {}), AUDIT_FD_ENV: str(audit_write),
+                               AUDIT_PROTECTED_ENV: os.pathsep.join(
+                                   p for p in protected if p not in writable.values())},
+                          cwd=cwd)
+    try:
+        proc = subprocess.Popen(argv + command, pass_fds=(*pass_fds, audit_write), stdin=stdin,
+                                stdout=stdout, stderr=stderr, start_new_session=True)
+    except BaseException:
+        os.close(audit_read)
+        raise
+    finally:
+        os.close(audit_write)
+    watch = Supervision(name, box.limits, audit_read)
+    if on_start is not None:
+        on_start(proc)
+
+    def stop(signum, frame):  # the kernel manager shutting its kernel down: not a problem
+        if signum == signal.SIGINT and forward_sigint:
+            program = program_pid(proc.pid)
+            if program is not None:
+                try:
+                    os.kill(program, signal.SIGINT)
+                except OSError:
+                    pass
+            return
+        proc.kill()
+
+    in_main = threading.current_thread() is threading.main_thread()
+    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)} if in_main else {}
+    try:
+        while proc.poll() is None:
+            # bwrap -> its namespace's init -> the program: count what the program started.
+            if watch.observe(max(0, len(descendants(proc.pid)) - 2)):
+                proc.kill()
+            time.sleep(poll_s)
+        proc.wait()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    return watch.report(proc.returncode, expect_started)
