@@ -206,14 +206,14 @@ def test_reads_on_photo_mark_the_sampled_pixels():
     from course_lib import atrous
 
     photo = torch.full((1, 30, 30), 0.5)
-    fig = viz.show_reads_on_photo(photo, {"(2, 2, 2)": (2, 2, 2), "(1, 2, 5)": (1, 2, 5)},
-                                  centre=(15, 15))
-    for ax, rates in zip([ax for ax in fig.axes if ax.images], [(2, 2, 2), (1, 2, 5)]):
+    stacks = {"rates (2, 2, 2)": (2, 2, 2), "rates (1, 2, 5)": (1, 2, 5)}
+    fig = viz.show_reads_on_photo(photo, stacks, centre=(15, 15))
+    for ax, (name, rates) in zip([ax for ax in fig.axes if ax.images], stacks.items()):
         counts = atrous.sampled_pixels([(3, 1, r) for r in rates])
         shown = torch.as_tensor(ax.images[0].get_array())
         red = (shown[..., 0] == 0.9) & (shown[..., 1] == 0.1)
         assert int(red.sum()) == int((counts == 0).sum())
-        assert ax.get_title().endswith(f"{int((counts > 0).sum())} of {counts.numel()} read")
+        assert ax.get_title() == f"{name}: {int((counts > 0).sum())} of {counts.numel()} read"
     with pytest.raises(ValueError, match="move the centre inwards"):
         viz.show_reads_on_photo(photo, {"(1, 2, 5)": (1, 2, 5)}, centre=(3, 15))
     plt.close("all")

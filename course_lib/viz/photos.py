@@ -83,7 +83,7 @@ def show_reads_on_photo(photo: torch.Tensor, stacks: dict[str, Sequence[int]],
     photo = _image(photo, (1,), "photo")
     if not stacks:
         raise ValueError("stacks must name at least one stack of rates, e.g. "
-                         "{'(2, 2, 2)': (2, 2, 2)}")
+                         "{'rates (2, 2, 2)': (2, 2, 2)}")
     height, width = photo.shape[1:]
     fig, axes = plt.subplots(1, len(stacks), figsize=(size * len(stacks), size + 0.4),
                              squeeze=False)
@@ -92,7 +92,7 @@ def show_reads_on_photo(photo: torch.Tensor, stacks: dict[str, Sequence[int]],
         h, w = counts.shape
         top, left = centre[0] - h // 2, centre[1] - w // 2
         if top < 0 or left < 0 or top + h > height or left + w > width:
-            raise ValueError(f"the {h} x {w} field of rates {name} around {centre} does not fit "
+            raise ValueError(f"the {h} x {w} field of {name} around {centre} does not fit "
                              f"in the {height} x {width} photo: move the centre inwards")
         inside = torch.zeros(height, width, dtype=torch.bool)
         read = torch.zeros(height, width, dtype=torch.bool)
@@ -104,6 +104,6 @@ def show_reads_on_photo(photo: torch.Tensor, stacks: dict[str, Sequence[int]],
         shown[0][hole], shown[1][hole], shown[2][hole] = 0.9, 0.1, 0.1
         ax.imshow(shown.permute(1, 2, 0).numpy(), interpolation="nearest")
         ax.set_axis_off()
-        ax.set_title(f"rates {name}: {int(read.sum())} of {h * w} read", fontsize=9)
+        ax.set_title(f"{name}: {int(read.sum())} of {h * w} read", fontsize=9)
     fig.tight_layout()
     return fig
