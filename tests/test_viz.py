@@ -166,3 +166,66 @@ def test_gridding_panels_are_drawn_to_scale():
     assert max(pixel_widths) / min(pixel_widths) < 1.02, pixel_widths
     assert_readable(fig)
     plt.close(fig)
+
+
+# --- filters on real photographs (course_lib.viz.photos) ----------------------------------------
+
+def test_filter_responses_are_the_convolutions_of_the_photo():
+    image = torch.rand(1, 20, 24)
+    kernels = [viz.photos.SOBEL_X, viz.photos.SOBEL_X.T]
+    fig = viz.show_filter_responses(image, kernels, ["x", "y"])
+    panels = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in panels] == ["input (1 x 20 x 24)", "x", "y"]
+    # Independent truth: scipy's correlation with a nearest (replicated) border.
+    from scipy.ndimage import correlate
+    for ax, k in zip(panels[1:], kernels):
+        expected = abs(correlate(image[0].double().numpy(), k.double().numpy(), mode="nearest"))
+        assert abs(ax.images[0].get_array().filled() - expected).max() < 1e-5
+    with pytest.raises(ValueError, match="one title per kernel"):
+        viz.show_filter_responses(image, kernels, ["x"])
+    with pytest.raises(ValueError, match=r"\(1, H, W\)"):
+        viz.show_filter_responses(torch.rand(3, 8, 8), kernels, ["x", "y"])
+    plt.close("all")
+
+
+def test_channel_edges_see_each_colour_alone():
+    photo = torch.zeros(3, 16, 16)
+    photo[0, :, 8:] = 1.0   # a vertical edge in red only
+    photo[2, 8:, :] = 0.5   # a horizontal edge in blue only
+    edges = viz.channel_edges(photo)
+    assert edges.shape == (3, 16, 16) and edges.max() == 1.0
+    assert edges[1].abs().max() == 0  # green is flat: a depthwise filter sees no edge there
+    assert edges[0, :, 7:9].min() > 0 and edges[0, :, :6].abs().max() == 0
+    assert edges[2, 7:9, :].min() > 0 and edges[2, :6, :].abs().max() == 0
+    fig = viz.show_channel_edges(photo)
+    assert len([ax for ax in fig.axes if ax.images]) == 5
+    plt.close(fig)
+
+
+def test_reads_on_photo_mark_the_sampled_pixels():
+    from course_lib import atrous
+
+    photo = torch.full((1, 30, 30), 0.5)
+    stacks = {"rates (2, 2, 2)": (2, 2, 2), "rates (1, 2, 5)": (1, 2, 5)}
+    fig = viz.show_reads_on_photo(photo, stacks, centre=(15, 15))
+    for ax, (name, rates) in zip([ax for ax in fig.axes if ax.images], stacks.items()):
+        counts = atrous.sampled_pixels([(3, 1, r) for r in rates])
+        shown = torch.as_tensor(ax.images[0].get_array())
+        red = (shown[..., 0] == 0.9) & (shown[..., 1] == 0.1)
+        assert int(red.sum()) == int((counts == 0).sum())
+        assert ax.get_title() == f"{name}: {int((counts > 0).sum())} of {counts.numel()} read"
+    with pytest.raises(ValueError, match="move the centre inwards"):
+        viz.show_reads_on_photo(photo, {"(1, 2, 5)": (1, 2, 5)}, centre=(3, 15))
+    plt.close("all")
+
+
+def test_accuracy_curves_one_line_per_seed_one_legend_entry_per_network():
+    curves = {"a": [[0.1, 0.5, 0.9], [0.2, 0.6, 0.8]], "b": [[0.3, 0.4, 0.5]]}
+    ax = viz.plot_accuracy_curves(curves)
+    assert len(ax.lines) == 3
+    assert list(ax.lines[1].get_ydata()) == pytest.approx([20, 60, 80])
+    assert ax.lines[0].get_color() == ax.lines[1].get_color() != ax.lines[2].get_color()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b"]
+    with pytest.raises(ValueError, match="per-seed"):
+        viz.plot_accuracy_curves({"a": []})
+    plt.close("all")

@@ -3,6 +3,7 @@
 * :func:`show_image` / :func:`show_feature_maps` - tensors as pictures.
 * :func:`draw_conv_volumes` - the classic diagram: input volume, one kernel, output volume.
 * :func:`draw_sliding_window` - a small grid with the receptive field of one output pixel.
+* :func:`plot_accuracy_curves` - accuracy per epoch of several networks, one line per seed.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 import torch
 from matplotlib.patches import Polygon, Rectangle
+from matplotlib.ticker import MaxNLocator
 
 
 def _to_numpy_image(t: torch.Tensor):
@@ -163,6 +165,30 @@ def plot_history(history, metric_name: str = "accuracy", ax=None):
         h2, l2 = twin.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
     ax.legend(handles, labels, loc="center right", fontsize=9.5)
+    return ax
+
+
+def plot_accuracy_curves(curves: dict[str, Sequence[Sequence[float]]], ax=None,
+                         ylabel: str = "test accuracy"):
+    """Accuracy after each epoch for several networks: ``curves`` maps a network's name to one
+    list of accuracies (in [0, 1]) per seed. One colour per network, one line per seed; the
+    legend, outside the plot area, names each network once."""
+    if not curves or not all(runs and all(len(r) for r in runs) for runs in curves.values()):
+        raise ValueError("curves must map each network's name to a non-empty list of per-seed "
+                         "accuracy lists")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7.5, 3.6))
+    styles = ["-", "--", ":", "-."]
+    for i, (name, runs) in enumerate(curves.items()):
+        colour = f"C{i}"
+        for j, run in enumerate(runs):
+            ax.plot(range(1, len(run) + 1), [100 * a for a in run], color=colour,
+                    linestyle=styles[j % len(styles)], label=name if j == 0 else None)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(f"{ylabel} (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
     return ax
 
 

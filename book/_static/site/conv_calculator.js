@@ -145,6 +145,9 @@
   if (typeof module !== "undefined" && module.exports) {
     module.exports = api; // node: tests/test_calculator.py
   }
+  if (typeof window !== "undefined") {
+    window.ConvCalculator = api; // the animated convolution (conv_animation.js) uses the formulas
+  }
   if (typeof document === "undefined") {
     return;
   }
