@@ -111,9 +111,11 @@ class NbgraderRunner:
             pass
         self.proc.wait()
 
-    def run(self, op: str, student: str, deadline_s: float) -> tuple[bool, str]:
-        """(success, log) of one request; (False, why) when the runner died or ran past
-        ``deadline_s`` (it is then stopped; the next request starts a fresh one)."""
+    def run(self, op: str, student: str, deadline_s: float) -> tuple[bool | None, str]:
+        """(success, log) of one request; (None, why) when the runner died or ran past
+        ``deadline_s`` (it is then stopped; the next request starts a fresh one). A stopped
+        autograde has written its copy of the notebook and zeros in the gradebook BEFORE the
+        notebook ran: they are no grade."""
         if self.proc is None or self.proc.poll() is not None:
             self._start()
         started = time.monotonic()
@@ -134,7 +136,7 @@ class NbgraderRunner:
             if self.log:
                 with open(self.log, "a") as f:
                     f.write(f"\n[grading] {why} after {time.monotonic() - started:.0f} s\n")
-            return False, why
+            return None, why
         if self.log:
             with open(self.log, "a") as f:
                 f.write(f"[grading] {op} {student}: {'ok' if reply.get('ok') else 'FAILED'}\n"

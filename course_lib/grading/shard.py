@@ -248,8 +248,9 @@ class GradingSession:
                                   self.budget + self.options.NBGRADER_MARGIN_S)
         t1 = time.time()
         autograded = self.shard / "autograded" / student / a / nbname
+        # Stopped (hung): what it wrote before the notebook ran is no grade; the re-check decides.
         nbgrader = (gradebook.nbgrader_scores(self.db, a, student, info.points)
-                    if autograded.is_file() else None)
+                    if ok is not None and autograded.is_file() else None)
         if nbgrader is not None:
             problems += slow_cells(autograded, self.options.cell_timeout)
             phases = notebook_phases(autograded, info)
