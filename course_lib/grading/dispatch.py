@@ -189,7 +189,8 @@ class Engine:
         this thread as soon as each item's result arrives (to store it: resume).
         :class:`EnvironmentMismatch` raised on a worker stops everything. ``should_stop()``,
         asked after each result, returns a reason to end the batch: the items not yet graded fail
-        with it. ``args`` are sent to every worker once (scattered), not with every task."""
+        with it. ``args`` travel with every task (not scattered once: scattered data dies with
+        the workers that hold it, and a killer can take every worker down)."""
         from distributed import wait
         from distributed.scheduler import KilledWorker
 
@@ -216,7 +217,6 @@ class Engine:
             if on_done:
                 on_done(item, results[key(item)])
 
-        args = tuple(self.client.scatter(a, broadcast=True) for a in args)
 
         while backlog or pending:
             fill()  # also when workers joined since the last round
