@@ -248,9 +248,10 @@ class GradingSession:
                                   self.budget + self.options.NBGRADER_MARGIN_S)
         t1 = time.time()
         autograded = self.shard / "autograded" / student / a / nbname
-        # Stopped (hung): what it wrote before the notebook ran is no grade; the re-check decides.
+        # Only a run nbgrader finished is its verdict: a stopped (hung) or failed one leaves the
+        # zeros it wrote before the notebook ran; the re-check decides those.
         nbgrader = (gradebook.nbgrader_scores(self.db, a, student, info.points)
-                    if ok is not None and autograded.is_file() else None)
+                    if ok and autograded.is_file() else None)
         if nbgrader is not None:
             problems += slow_cells(autograded, self.options.cell_timeout)
             phases = notebook_phases(autograded, info)
