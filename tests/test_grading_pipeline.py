@@ -442,15 +442,15 @@ def test_guard_detects_and_restores_replacements():
     try:
         checks.fail = lambda message: None
         torch.Tensor.any = lambda self: False
-        checks._REF["conv2d"] = None
+        checks.REFERENCE["conv2d"] = None
         changed = guard.changes()
         assert "course_lib.checks.fail" in changed
         assert any(c.startswith("torch.Tensor.any") for c in changed)
-        assert "course_lib.checks._REF (contents)" in changed
+        assert "course_lib.checks.REFERENCE (contents)" in changed
     finally:
         guard.restore()
     assert checks.fail is original_fail and torch.Tensor.any is original_any
-    assert checks._REF["conv2d"] is torch.nn.functional.conv2d
+    assert checks.REFERENCE["conv2d"] is torch.nn.functional.conv2d
     assert guard.changes() == []
 
 
