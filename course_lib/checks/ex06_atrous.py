@@ -189,8 +189,8 @@ def check_gridding(equal_field: Any, equal_read: Any, hybrid_read: Any) -> None:
     read = int((equal > 0).sum())
     expect_int(answers[1], read, "equal_read", named_mistakes([
         (field * field, f"not every pixel in the field is read: every tap offset is a multiple "
-                        f"of {rate}, so their sums are too - only every {rate}th row and column "
-                        f"is read."),
+                        f"of {rate}, so their sums are too - only the rows and columns at "
+                        f"multiples of {rate} are read."),
         (int(round(read ** 0.5)), "count pixels in 2-D (rows x columns), not along one axis.")]))
     hybrid = atrous.sampled_pixels([(3, 1, r) for r in HYBRID_RATES])
     hybrid_field = hybrid.shape[-1]

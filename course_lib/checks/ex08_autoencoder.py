@@ -17,7 +17,7 @@ from torch import nn
 
 from course_lib.checks import (REFERENCE, as_int, as_number, call_student, course_references,
                                describe_call, expect_close, expect_int, fail, named_mistakes,
-                               passed, quiet, refusing)
+                               passed, quiet, refusing, tensors_match)
 
 VISIBLE_SEED = 808
 # (size, num_blocks) for part 1a: even and odd sizes
@@ -45,10 +45,11 @@ REFERENCE_TEST_MSE = {0: 0.00781, 1: 0.00790, 2: 0.00789}
 # 39,025 at 32): part 4's training, and the check's re-training, must stay a few seconds.
 MAX_PARAMS = 60_000
 # Part 4 is graded on a model re-trained here from the student's builder and recipe, on the
-# training split only (as in exercise 9); the student's own `model` must be what that recipe gives,
-# to within this factor of test MSE (a model that is much better was trained on other data; seeds
-# alone move the reference's test MSE by about 1 %).
-OWN_MODEL_TOLERANCE = 0.93
+# training split only (as in exercise 9). The student's own `model` must be what that recipe gives:
+# the same seeded steps on one thread give the same model, and another seed moves the reference's
+# test MSE by about 1 %, so a `model` more than 2 % better was trained on other data (training on
+# train + test gains 3-8 % here, measured on the reference and on a 200k-parameter design).
+OWN_MODEL_TOLERANCE = 0.98
 
 _CONV_TRANSPOSE = F.conv_transpose2d  # bound at import, before any student cell runs
 
@@ -235,7 +236,7 @@ def check_pca_reconstruct(pca_reconstruct: Callable, ks: Sequence[int] = (8, 2),
                  f"reconstructions, shaped like the input images).")
         got = got.detach().float()
         expected = _sk_pca_reconstruct(data.x_train, x, k)
-        if torch.allclose(got, expected, atol=1e-4):
+        if tensors_match(got, expected, atol=1e-4, rtol=1e-5):
             continue
         for wrong, hint in ((_mean_only_for_fit, "this is still the bug: the training mean is "
                                                  "removed for the SVD but not from x before "
@@ -245,7 +246,7 @@ def check_pca_reconstruct(pca_reconstruct: Callable, ks: Sequence[int] = (8, 2),
                                          "then add it back."),
                             (_mean_not_added, "you centred the data but did not add the mean "
                                               "back after decoding.")):
-            if torch.allclose(got, wrong(data.x_train, x, k), atol=1e-4):
+            if tensors_match(got, wrong(data.x_train, x, k), atol=1e-4, rtol=1e-5):
                 fail(f"{call}: wrong reconstructions; {hint}")
         error = (got - expected).abs().max().item()
         fail(f"{call}: reconstructions differ from scikit-learn's PCA by up to {error:.3g}. "
