@@ -300,3 +300,22 @@ def test_wrong_latent_size_is_named(trained):
     torch.manual_seed(0)
     assert "codes of 8 numbers" in failure(checks.check_trained, student_build, RECIPE,
                                            reference_build(4), history)
+
+
+def test_part5_messages_never_let_the_answers_be_recovered(trained):
+    """Part 5 is by number too: the leak test of tests/test_checks_integrity.py over its inputs."""
+    from test_checks_integrity import recoverable, wrong_inputs
+
+    model, _ = trained
+    mse = checks.model_test_mse(model)
+    right = [checks.reference_pca_mse(checks.LATENT_DIM),
+             next(k for k in range(1, 257) if checks.reference_pca_mse(k) <= mse), 16 * 16 // 8]
+    with contextlib.redirect_stdout(io.StringIO()):
+        checks.check_versus_pca(model, *right)
+    for i, value in enumerate(right):
+        for given in wrong_inputs(value, whole=isinstance(value, int), seed=i):
+            answers = list(right)
+            answers[i] = given
+            msg = failure(checks.check_versus_pca, model, *answers)
+            found = recoverable(msg, value, given)
+            assert found is None, f"answer {i} = {given!r}: {msg!r} shows {found}"
