@@ -157,14 +157,13 @@ def mixed_class(tmp_path_factory):
     submissions, scores computed from the source notebook's points."""
     import nbformat
 
-    from test_grading_pipeline import POINTS, TOTAL, _adversarial, _with
+    from test_grading_pipeline import POINTS, TOTAL, _adversarial, _with_conv_macs
 
     tmp = tmp_path_factory.mktemp("mixed_class")
     course = grading.new_course(tmp / "course", [CLASS_ASSIGNMENT], root=REPO)
     hostile = _adversarial()
     subs = {"honest": hostile["solution"],
-            "wrong": (_with({"part3": "def conv_macs(*args):\n    return 0"}),
-                      TOTAL - POINTS["part3-tests"]),
+            "wrong": (_with_conv_macs("    return 0"), TOTAL - POINTS["part2-tests"]),
             "blank": hostile["blank"],
             "patch_checks": hostile["patch_checks"],
             "kill_kernel": hostile["kill_kernel"],

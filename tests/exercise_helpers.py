@@ -69,11 +69,13 @@ def _copy_function(function, module_globals):
 
 def run_all_cases(assignment: str, pairs) -> int:
     """Run each (check, answer) pair on the visible defaults and on every hidden call of the
-    solution notebook; returns how many check calls ran."""
+    solution notebook; returns how many check calls ran. ``answer`` is one function, or a tuple of
+    the functions a check of several takes (``check_conv_costs(conv_params, conv_macs)``)."""
     runs = 0
     for check, answer in pairs:
+        answers = answer if isinstance(answer, tuple) else (answer,)
         for kwargs in case_sets(assignment, check.__name__):
-            check(answer, **kwargs)
+            check(*answers, **kwargs)
             runs += 1
     return runs
 

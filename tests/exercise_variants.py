@@ -35,7 +35,7 @@ def conv2d_unfold(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=
     return out if bias is None else out + bias[None, :, None, None]
 ''',
         },
-        "typical_wrong": {   # off by one, forgotten bias: parts 1, 2 and 5 fail
+        "typical_wrong": {   # off by one, forgotten bias: parts 1, 2 and 4 fail
             "part1": '''
 def conv_output_size(size, kernel_size, stride=1, padding=0, dilation=1):
     return (size + 2 * padding - dilation * (kernel_size - 1)) // stride
@@ -43,6 +43,10 @@ def conv_output_size(size, kernel_size, stride=1, padding=0, dilation=1):
             "part2": '''
 def conv_params(in_channels, out_channels, kernel_size, bias=True):
     return kernel_size * kernel_size * in_channels * out_channels
+
+
+def conv_macs(in_channels, out_channels, kernel_size, out_h, out_w):
+    return kernel_size * kernel_size * in_channels * out_channels * out_h * out_w
 ''',
         },
         "logs_to_stderr": {   # an honest student who logs: full marks
@@ -60,6 +64,11 @@ def conv_output_size(size, kernel_size, stride=1, padding=0, dilation=1):
 def conv_params(in_channels, out_channels, kernel_size, bias=True):
     log.warning("counting a %dx%d conv", kernel_size, kernel_size)
     return kernel_size * kernel_size * in_channels * out_channels + (out_channels if bias else 0)
+
+
+def conv_macs(in_channels, out_channels, kernel_size, out_h, out_w):
+    log.info("%d output positions", out_h * out_w)
+    return kernel_size * kernel_size * in_channels * out_channels * out_h * out_w
 ''',
         },
         "alias_of_conv2d": {   # an alias bound before the check: part 4 is refused
@@ -83,7 +92,7 @@ def pointwise_via_linear(x, linear):
     return linear(x.movedim(1, -1)).movedim(-1, 1)
 ''',
         },
-        "partly_right": {   # the bug left in part 2, ceil forgotten in part 3
+        "partly_right": {   # the bug left in part 2, FLOPs in part 3, floor instead of ceil in 4
             "part2": '''
 def pointwise_via_linear(x, linear):
     n, c, h, w = x.shape
@@ -94,12 +103,35 @@ def pointwise_params(in_channels, out_channels, bias=True):
     return in_channels * out_channels + (out_channels if bias else 0)
 
 
-def pointwise_macs(in_channels, out_channels, height, width, stride=1):
-    return in_channels * out_channels * (height // stride) * (width // stride)
+def pointwise_macs(in_channels, out_channels, out_h, out_w):
+    return 2 * in_channels * out_channels * out_h * out_w
+''',
+            "part4": '''
+read_fraction = (45 // 3) ** 2 / 45 ** 2
+read_positions = (17 // 3) ** 2
+macs_ratio = 29 * 29 / ((29 // 2) * (29 // 2))
+''',
+        },
+        "course_einsum": {   # course_lib's own pointwise_as_matmul (an einsum): refused, named
+            "part1": '''
+from course_lib.pointwise import pointwise_as_matmul
+
+def pointwise_matmul(x, weight, bias=None):
+    return pointwise_as_matmul(x, weight, bias)
 ''',
         },
     },
     "ex03_depthwise": {
+        "block_diagonal": {   # one dense groups=1 conv with a block-diagonal weight: refused
+            "part1": '''
+def depthwise_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1):
+    c, k = x.shape[1], weight.shape[0] // x.shape[1]
+    dense = torch.zeros(weight.shape[0], c, *weight.shape[-2:])
+    for o in range(weight.shape[0]):
+        dense[o, o // k] = weight[o, 0]
+    return F.conv2d(x, dense, bias, stride, padding, dilation)
+''',
+        },
         "typical_wrong": {   # a grouped conv where single-channel convs were asked for
             "part1": '''
 def depthwise_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1):
@@ -128,6 +160,11 @@ def depthwise_macs(channels, kernel_size, out_h, out_w, depth_multiplier=1):
             "part1": '''
 def separable_params(in_channels, out_channels, kernel_size, depth_multiplier=1):
     return kernel_size * kernel_size * in_channels * out_channels
+
+
+def separable_macs(in_channels, out_channels, kernel_size, out_h, out_w, depth_multiplier=1):
+    mid = in_channels * depth_multiplier
+    return (kernel_size * kernel_size * mid + mid * out_channels) * out_h * out_w
 ''',
             "part3": '''
 class SeparableConv2d(nn.Module):
@@ -160,10 +197,10 @@ def grouped_conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1
     return out if bias is None else out + bias.view(1, -1, 1, 1)
 ''',
             "part4": '''
-pointwise_256 = 256 * 256
-first_cheaper_groups = 16
-extreme_params = 256 * 256 + 9 * 256
-order_difference = (128 * 256 + 9 * 256) - (9 * 128 + 128 * 256)
+pointwise_384 = 384 * 384
+first_cheaper_groups = 12
+extreme_params = 384 * 384 + 9 * 384
+order_difference = (96 * 240 + 9 * 240) - (9 * 96 + 96 * 240)
 middle_flow_share = 24 * (9 * 728 + 728 * 728) / 22_855_952
 ''',
         },
@@ -191,7 +228,16 @@ def atrous_conv_same(x, weight, bias=None, dilation=1):
     return F.conv2d(x, weight, bias, padding=(weight.shape[-1] - 1) // 2, dilation=dilation)
 ''',
         },
-        "alternative": {
+        "shortcuts": {   # padding="same" and the weight itself at rate 1: parts 1 and 3 fail
+            "part1": '''
+def dilate_kernel(weight, dilation):
+    if dilation == 1:
+        return weight
+    m, c, kh, kw = weight.shape
+    out = torch.zeros(m, c, dilation * (kh - 1) + 1, dilation * (kw - 1) + 1)
+    out[:, :, ::dilation, ::dilation] = weight
+    return out
+''',
             "part3": '''
 def atrous_conv_same(x, weight, bias=None, dilation=1):
     return F.conv2d(x, weight, bias, padding="same", dilation=dilation)
@@ -239,6 +285,40 @@ print(gpu_ms if gpu_ms is not None else "no GPU here: part 6 is skipped")
         },
     },
     "ex08_autoencoder": {
+        "cheats": {   # far too many parameters (part 2), trained on train + test (part 4)
+            "part2": '''
+class Autoencoder(nn.Module):
+    def __init__(self, encoder, decoder):
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
+
+    def forward(self, x):
+        return self.decoder(self.encoder(x))
+
+
+def build_autoencoder(latent_dim):
+    encoder = nn.Sequential(
+        nn.Conv2d(1, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+        DepthwiseSeparableConv2d(16, 32, stride=2),
+        nn.Flatten(), nn.Linear(512, 200), nn.ReLU(), nn.Linear(200, latent_dim))
+    decoder = nn.Sequential(
+        nn.Linear(latent_dim, 200), nn.ReLU(), nn.Linear(200, 512), nn.ReLU(),
+        nn.Unflatten(1, (32, 4, 4)),
+        nn.ConvTranspose2d(32, 16, 3, stride=2, padding=1, output_padding=1, bias=False),
+        nn.BatchNorm2d(16), nn.ReLU(),
+        nn.ConvTranspose2d(16, 1, 3, stride=2, padding=1, output_padding=1),
+        nn.Sigmoid())
+    return Autoencoder(encoder, decoder)
+''',
+            "part4": '''
+LATENT_DIM = checks.LATENT_DIM   # 8
+RECIPE = dict(epochs=15, batch_size=128, lr=6e-3)
+everything = torch.cat([digits.x_train, digits.x_test])
+seeded(0)
+model = build_autoencoder(LATENT_DIM)
+history = fit(model, everything, everything, loss_fn=F.mse_loss, seed=0, **RECIPE)
+''',
+        },
         "other_names": {   # `hist` instead of `history`: part 4 fails in validate AND autograde
             "part4": '''
 LATENT_DIM = checks.LATENT_DIM   # 8
@@ -249,6 +329,21 @@ hist = fit(model, digits.x_train, digits.x_train, loss_fn=F.mse_loss, epochs=15,
 model.eval()
 with torch.no_grad():
     print("test MSE:", F.mse_loss(model(digits.x_test), digits.x_test).item())
+''',
+        },
+    },
+    "ex09_capstone": {
+        "elu_design": {   # ELU (the activation chapter 5 tests), inside the separable blocks too
+            "part1": '''
+def build_model():
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16), nn.ELU(),
+        DepthwiseSeparableConv2d(16, 32, activation=nn.ELU),
+        DepthwiseSeparableConv2d(32, 64, stride=2, activation=nn.ELU),
+        nn.Flatten(), nn.Linear(64 * 4 * 4, 10))
+
+
+summarize(build_model(), INPUT_SHAPE)
 ''',
         },
     },

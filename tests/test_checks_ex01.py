@@ -33,8 +33,7 @@ def test_reference_answers_pass_without_stderr():
         run_all_cases("ex01_standard", [
             (checks.check_output_size, conv_output_size),
             (checks.check_conv2d_unfold, conv2d_unfold),
-            (checks.check_conv_params, reference_params),
-            (checks.check_conv_macs, reference_macs),
+            (checks.check_conv_costs, (reference_params, reference_macs)),
         ])
     assert stderr.getvalue() == ""
 
@@ -148,7 +147,21 @@ def test_visible_cases_hold_rectangular_kernels():
     assert any(kh != kw for kh, kw in shapes) and any(kh == kw for kh, kw in shapes)
 
 
-def test_vgg_numbers():
-    checks.check_vgg_layer(56, 295_168, 924_844_032)
-    assert "padding 1" in failure(checks.check_vgg_layer, 54, 295_168, 924_844_032)
-    assert "FLOPs" in failure(checks.check_vgg_layer, 56, 295_168, 2 * 924_844_032)
+def test_layer_numbers():
+    """Part 4's layer (5x5, 48 -> 96, stride 2, padding 2, 27x27, bias), from the formulas."""
+    out = (27 + 2 * 2 - 5) // 2 + 1
+    params, macs = 25 * 48 * 96 + 96, 25 * 48 * 96 * out * out
+    with contextlib.redirect_stdout(io.StringIO()):
+        checks.check_layer_answers(out, params, macs)
+    assert "stride" in failure(checks.check_layer_answers, 27, params, macs)
+    assert "FLOPs" in failure(checks.check_layer_answers, out, params, 2 * macs)
+    assert "include the bias" in failure(checks.check_layer_answers, out, params - 96, macs)
+    assert "output positions" in failure(checks.check_layer_answers, out, params,
+                                         25 * 48 * 96 * 27 * 27)
+
+
+def test_merged_cost_check_reports_the_first_wrong_function():
+    assert "conv_params" in failure(checks.check_conv_costs, lambda c, m, k, bias=True: 0,
+                                    reference_macs)
+    assert "conv_macs" in failure(checks.check_conv_costs, reference_params,
+                                  lambda c, m, k, h, w: 2 * k * k * c * m * h * w)

@@ -26,8 +26,8 @@ def reference_params(c, m, bias=True):
     return conv2d_params(c, m, 1, bias=bias)
 
 
-def reference_macs(c, m, h, w, stride=1):
-    return conv2d_macs(c, m, 1, (conv_output_size(h, 1, stride), conv_output_size(w, 1, stride)))
+def reference_macs(c, m, h, w):
+    return conv2d_macs(c, m, 1, (h, w))
 
 
 def reference_via_linear(x, linear):
@@ -47,17 +47,21 @@ def test_reference_answers_pass_without_stderr(capsys):
         runs = run_all_cases("ex02_pointwise", [
             (checks.check_pointwise_matmul, pointwise_as_matmul),
             (checks.check_pointwise_via_linear, reference_via_linear),
-            (checks.check_pointwise_params, reference_params),
-            (checks.check_pointwise_macs, reference_macs),
+            (checks.check_pointwise_costs, (reference_params, reference_macs)),
         ])
     assert stderr.getvalue() == ""
     lines = capsys.readouterr().out.splitlines()
-    assert runs == 8 and len(lines) == runs and all(line.startswith("\u2714") for line in lines)
+    # the cost check passes two functions: two lines per run
+    assert runs == 6 and len(lines) == 8 and all(line.startswith("\u2714") for line in lines)
 
 
 def test_matmul_calling_conv2d_is_refused():
     msg = failure(checks.check_pointwise_matmul, lambda x, w, b=None: F.conv2d(x, w, b))
-    assert "must not call a convolution" in msg
+    assert "may call neither a convolution" in msg
+    # course_lib's own einsum version is refused too, and the message names it
+    msg = failure(checks.check_pointwise_matmul, lambda x, w, b=None: pointwise.pointwise_as_matmul(
+        x, w, b))
+    assert "pointwise_as_matmul" in msg
 
 
 def test_linear_part_must_use_linear_not_a_convolution():
@@ -121,18 +125,21 @@ def test_param_mistakes():
 
 
 def test_mac_mistakes():
-    doubled = lambda c, m, h, w, stride=1: 2 * reference_macs(c, m, h, w, stride)  # noqa: E731
+    doubled = lambda c, m, h, w: 2 * reference_macs(c, m, h, w)  # noqa: E731
     assert "do not double" in failure(checks.check_pointwise_macs, doubled)
-    assert "count output positions" in failure(checks.check_pointwise_macs,
-                                               lambda c, m, h, w, stride=1: c * m * h * w)
-    floor = failure(checks.check_pointwise_macs,
-                    lambda c, m, h, w, stride=1: c * m * (h // stride) * (w // stride))
-    assert "ceil(H/s)" in floor and "pointwise_macs(32, 16, 7, 7, 2)" in floor
+    assert "1 x 1, not 3 x 3" in failure(checks.check_pointwise_macs,
+                                         lambda c, m, h, w: 9 * c * m * h * w)
+    assert "number of weights" in failure(checks.check_pointwise_macs, lambda c, m, h, w: c * m)
 
 
 def test_strided_answers():
-    checks.check_strided_answers(0.25, 16, 4)
-    assert "DISCARDED" in failure(checks.check_strided_answers, 0.75, 16, 4)
-    assert "percentage" in failure(checks.check_strided_answers, 25, 16, 4)
-    assert "ceil(7/2)" in failure(checks.check_strided_answers, 0.25, 9, 4)
-    assert "other way round" in failure(checks.check_strided_answers, 0.25, 16, 0.25)
+    """45x45 at stride 3: 15 x 15 read; 17x17 at stride 3: ceil(17/3) = 6 per axis; 48 -> 96 on
+    29x29: 29^2 positions at stride 1, ceil(29/2)^2 = 15^2 at stride 2."""
+    fraction, read, ratio = 15 ** 2 / 45 ** 2, 6 * 6, 29 ** 2 / 15 ** 2
+    with contextlib.redirect_stdout(io.StringIO()):
+        checks.check_strided_answers(fraction, read, ratio)
+    assert "DISCARDED" in failure(checks.check_strided_answers, 1 - fraction, read, ratio)
+    assert "percentage" in failure(checks.check_strided_answers, 100 * fraction, read, ratio)
+    assert "ceil(17/3)" in failure(checks.check_strided_answers, fraction, 25, ratio)
+    assert "other way round" in failure(checks.check_strided_answers, fraction, read, 1 / ratio)
+    assert "not exactly stride^2" in failure(checks.check_strided_answers, fraction, read, 4)

@@ -34,12 +34,12 @@ def test_reference_answers_pass_without_stderr(capsys):
         runs = run_all_cases("ex03_depthwise", [
             (checks.check_depthwise_conv2d, depthwise_per_channel),
             (checks.check_keras_to_torch, keras_to_torch_depthwise_kernel),
-            (checks.check_depthwise_params, reference_params),
-            (checks.check_depthwise_macs, reference_macs),
+            (checks.check_depthwise_costs, (reference_params, reference_macs)),
         ])
     assert stderr.getvalue() == ""
     lines = capsys.readouterr().out.splitlines()
-    assert runs == 8 and len(lines) == runs and all(line.startswith("\u2714") for line in lines)
+    # the cost check passes two functions: two lines per run
+    assert runs == 6 and len(lines) == 8 and all(line.startswith("\u2714") for line in lines)
 
 
 def test_conv2d_is_restored_after_the_check():
@@ -51,7 +51,32 @@ def test_conv2d_is_restored_after_the_check():
 def test_grouped_conv_is_refused():
     msg = failure(checks.check_depthwise_conv2d,
                   lambda x, w, bias=None, **kw: F.conv2d(x, w, bias, groups=x.shape[1], **kw))
-    assert "must not call a grouped convolution" in msg
+    assert "ONE input channel at a time" in msg
+
+
+def test_dense_conv_with_a_block_diagonal_weight_is_refused():
+    """One groups=1 convolution over all channels, with zeros off the block diagonal, computes the
+    right numbers but is not "one input channel at a time"."""
+    def block_diagonal(x, w, bias=None, **kw):
+        c, k = x.shape[1], w.shape[0] // x.shape[1]
+        dense = torch.zeros(w.shape[0], c, *w.shape[-2:])
+        for o in range(w.shape[0]):
+            dense[o, o // k] = w[o, 0]
+        return F.conv2d(x, dense, bias, **kw)
+
+    assert "ONE input channel at a time" in failure(checks.check_depthwise_conv2d, block_diagonal)
+
+    def batched_channels(x, w, bias=None, stride=1, padding=0, dilation=1):
+        """Channels folded into the batch: every convolution sees one input channel (allowed)."""
+        n, c, h, wd = x.shape
+        k = w.shape[0] // c
+        maps = [F.conv2d(x[:, i:i + 1], w[i * k:(i + 1) * k], None, stride, padding, dilation)
+                for i in range(c)]
+        out = torch.cat(maps, dim=1)
+        return out if bias is None else out + bias.view(1, -1, 1, 1)
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        checks.check_depthwise_conv2d(batched_channels)
 
 
 def test_multiplier_first_output_order_is_named():
@@ -107,8 +132,13 @@ def test_cost_mistakes():
     assert "C * k of them" in bias_per_channel
 
 
-def test_mobilenet_layer():
-    checks.check_mobilenet_layer(288, 3_612_672, 32)
-    assert "no bias" in failure(checks.check_mobilenet_layer, 320, 3_612_672, 32)
-    assert "FLOPs" in failure(checks.check_mobilenet_layer, 288, 2 * 3_612_672, 32)
-    assert "other way round" in failure(checks.check_mobilenet_layer, 288, 3_612_672, 1 / 32)
+def test_depthwise_layer():
+    """Part 4: 3x3 depthwise on 144 channels, 28x28, stride 2, padding 1: a 14x14 output."""
+    out = (28 + 2 - 3) // 2 + 1
+    params, macs = 9 * 144, 9 * 144 * out * out
+    with contextlib.redirect_stdout(io.StringIO()):
+        checks.check_depthwise_layer(params, macs, 144)
+    assert "no bias" in failure(checks.check_depthwise_layer, params + 144, macs, 144)
+    assert "FLOPs" in failure(checks.check_depthwise_layer, params, 2 * macs, 144)
+    assert "stride 2" in failure(checks.check_depthwise_layer, params, 9 * 144 * 28 * 28, 144)
+    assert "other way round" in failure(checks.check_depthwise_layer, params, macs, 1 / 144)

@@ -54,8 +54,7 @@ def test_reference_answers_pass_without_stderr():
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
         run_all_cases("ex04_separable", [
-            (checks.check_separable_params, ref_params),
-            (checks.check_separable_macs, ref_macs),
+            (checks.check_separable_costs, (ref_params, ref_macs)),
             (checks.check_separable_block, make_block()),
             (checks.check_separable_to_full, ref_full),
         ])
@@ -84,8 +83,12 @@ def test_block_with_batchnorm_and_relu_is_told_so():
     assert "BatchNorm2d" in msg and "ReLU" in msg and "remove them" in msg
 
 
+# Part 4's layer: 5x5, 6 -> 24 channels, no bias (independent arithmetic)
+STANDARD, SEPARABLE, SAVING, RANK = 25 * 6 * 24, 25 * 6 + 6 * 24, 1 / (1 / 24 + 1 / 25), 24
+
+
 def test_numbers_pass():
-    checks.check_numbers(432, 75, 1 / (1 / 16 + 1 / 9), 9)
+    checks.check_numbers(STANDARD, SEPARABLE, SAVING, RANK)
 
 
 def failure(check, *args, **kwargs) -> str:
@@ -152,14 +155,17 @@ def test_full_kernel_mistakes():
 
 
 def test_number_mistakes():
-    assert "K^2 is the limit" in failure(checks.check_numbers, 432, 75, 9, 9)
-    assert "separable / standard" in failure(checks.check_numbers, 432, 75,
-                                             1 / 16 + 1 / 9, 9)
-    assert "groups=3" in failure(checks.check_numbers, 432, 27 * 16 + 48, 5.76, 9)
-    assert "smaller of its two sizes" in failure(checks.check_numbers, 432, 75, 1 / (1 / 16 + 1 / 9), 16)
-    assert "no bias" in failure(checks.check_numbers, 448, 75, 1 / (1 / 16 + 1 / 9), 9)
-    assert "expected a whole number" in failure(checks.check_numbers, "432", 75, 5.76, 9)
-    assert "expected a number" in failure(checks.check_numbers, 432, 75, None, 9)
+    assert "K^2 is the limit" in failure(checks.check_numbers, STANDARD, SEPARABLE, 25, RANK)
+    assert "separable / standard" in failure(checks.check_numbers, STANDARD, SEPARABLE,
+                                             1 / 24 + 1 / 25, RANK)
+    assert "groups=6" in failure(checks.check_numbers, STANDARD, 25 * 6 * 6 + 6 * 24, SAVING,
+                                 RANK)
+    assert "smaller of its two sizes" in failure(checks.check_numbers, STANDARD, SEPARABLE,
+                                                 SAVING, 25)
+    assert "no bias" in failure(checks.check_numbers, STANDARD + 24, SEPARABLE, SAVING, RANK)
+    assert "expected a whole number" in failure(checks.check_numbers, "3600", SEPARABLE, SAVING,
+                                                RANK)
+    assert "expected a number" in failure(checks.check_numbers, STANDARD, SEPARABLE, None, RANK)
 
 
 def test_student_overwriting_conv2d_does_not_change_the_reference():

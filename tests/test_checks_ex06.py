@@ -49,16 +49,14 @@ def buggy_same(x, weight, bias=None, dilation=1):
 def test_reference_answers_pass_without_stderr():
     """Visible and hidden cases (the hidden ones read from the solution notebook)."""
     stderr, stdout = io.StringIO(), io.StringIO()
-    same_padding = lambda x, w, bias=None, dilation=1: F.conv2d(  # noqa: E731
-        x, w, bias, padding="same", dilation=dilation)   # padding="same" is a correct fix too
     with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout):
         for check, answers in ((checks.check_dilate_kernel, [good_dilate]),
                                (checks.check_receptive_field, [good_receptive_field]),
-                               (checks.check_atrous_conv_same, [good_same, same_padding])):
+                               (checks.check_atrous_conv_same, [good_same])):
             for answer in answers:
                 for kwargs in case_sets("ex06_atrous", check.__name__):
                     check(answer, **kwargs)
-        checks.check_gridding(13, 49, 289)
+        checks.check_gridding(25, 81, 441)
         checks.check_branch_costs(*checks.branch_macs())
     assert stderr.getvalue() == ""
     assert all(line.startswith("\u2714") for line in stdout.getvalue().splitlines())
@@ -93,6 +91,10 @@ def test_dilate_kernel_mistakes():
     assert "wrong values" in failure(checks.check_dilate_kernel, shifted)
     # Returning the kernel unchanged.
     assert "insert r - 1 zeros" in failure(checks.check_dilate_kernel, lambda w, r: w)
+    # Right for r > 1, but the weight itself (or a view of it) for r = 1: a new tensor is asked.
+    for same in (lambda w, r: w, lambda w, r: w[:, :, :, :]):
+        lazy = lambda w, r, _same=same: good_dilate(w, r) if r > 1 else _same(w, r)  # noqa: E731
+        assert "not a new tensor" in failure(checks.check_dilate_kernel, lazy)
 
     # Changing the input in place cannot change the case the reference is computed from.
     def in_place(weight, r):
@@ -164,20 +166,35 @@ def test_not_implemented_stub_is_explained():
     assert "not implemented yet" in failure(checks.check_atrous_conv_same, stub)
 
 
+def test_padding_by_name_is_refused():
+    """padding="same" makes PyTorch do the arithmetic the part asks for: refused, by any route."""
+    for named in (lambda x, w, bias=None, dilation=1: F.conv2d(x, w, bias, padding="same",
+                                                               dilation=dilation),
+                  lambda x, w, bias=None, dilation=1: F.conv2d(x, w, bias, 1, "same", dilation),
+                  lambda x, w, bias=None, dilation=1: torch.conv2d(x, w, bias, padding="same",
+                                                                   dilation=dilation)):
+        assert "padding='same'" in failure(checks.check_atrous_conv_same, named)
+    x, w = torch.randn(1, 2, 7, 7), torch.randn(3, 2, 3, 3)
+    assert F.conv2d(x, w, padding="same").shape[-2:] == (7, 7)   # works again afterwards
+
+
 # --- parts 4 and 5 -------------------------------------------------------------------------------
 
 def test_gridding_numbers_match_independent_arithmetic():
-    # Offsets of three taps at rate 2 are the even numbers -6..6 (7 of them): 7 x 7 pixels read.
-    equal = {a + b + c for a in (-2, 0, 2) for b in (-2, 0, 2) for c in (-2, 0, 2)}
-    hybrid = {a + b + c for a in (-1, 0, 1) for b in (-2, 0, 2) for c in (-5, 0, 5)}
-    checks.check_gridding(max(equal) - min(equal) + 1, len(equal) ** 2, len(hybrid) ** 2)
+    # Offsets of four taps at rate 3 are the multiples of 3 in -12..12 (9 of them): 9 x 9 read.
+    from itertools import product
+    equal = {sum(t) for t in product(*[(-3, 0, 3)] * 4)}
+    hybrid = {sum(t) for t in product(*[(-r, 0, r) for r in (1, 2, 3, 4)])}
+    with contextlib.redirect_stdout(io.StringIO()):
+        checks.check_gridding(max(equal) - min(equal) + 1, len(equal) ** 2, len(hybrid) ** 2)
 
 
 def test_gridding_mistakes():
-    assert "not every pixel in the field is read" in failure(checks.check_gridding, 13, 169, 289)
-    assert "WIDTH" in failure(checks.check_gridding, 169, 49, 289)
-    assert "rate 1" in failure(checks.check_gridding, 7, 49, 289)
-    assert "in 2-D" in failure(checks.check_gridding, 13, 49, 17)
+    assert "not every pixel in the field is read" in failure(checks.check_gridding, 25, 625, 441)
+    assert "WIDTH" in failure(checks.check_gridding, 625, 81, 441)
+    assert "rate 1" in failure(checks.check_gridding, 9, 81, 441)
+    assert "in 2-D" in failure(checks.check_gridding, 25, 9, 441)
+    assert "in 2-D" in failure(checks.check_gridding, 25, 81, 21)
 
 
 def test_branch_reference_equals_a_flop_counter_measurement():
@@ -195,11 +212,11 @@ def test_branch_reference_equals_a_flop_counter_measurement():
 
 def test_branch_cost_mistakes():
     full, sep = checks.branch_macs()
-    c, m, size = 2048, 256, 33
-    assert "adds none" in failure(checks.check_branch_costs, 25 * 25 * c * m * size * size, sep)
+    c, m, size = 512, 128, 65
+    assert "adds none" in failure(checks.check_branch_costs, 13 * 13 * c * m * size * size, sep)
     assert "FLOPs" in failure(checks.check_branch_costs, 2 * full, sep)
     assert "each channel on its own" in failure(
         checks.check_branch_costs, full, 9 * c * m * size * size + c * m * size * size)
     assert "whatever the rate" in failure(
-        checks.check_branch_costs, full, 25 * 25 * c * size * size + c * m * size * size)
+        checks.check_branch_costs, full, 13 * 13 * c * size * size + c * m * size * size)
     assert "expected a whole number" in failure(checks.check_branch_costs, "5e9", sep)

@@ -61,9 +61,31 @@ def train_reference(seed: int = 0, epochs: int = 15):
     return model, history
 
 
+RECIPE = dict(epochs=15, batch_size=128, lr=6e-3)
+
+
+def _notebook_builder():
+    """The solution notebook's build_autoencoder, as a student's code (nn layers and
+    DepthwiseSeparableConv2d; course_lib's ConvAutoencoder would refuse in the check)."""
+    from course_lib.separable import DepthwiseSeparableConv2d
+    from exercise_variants import solution_sources
+
+    namespace = {"nn": nn, "torch": torch, "DepthwiseSeparableConv2d": DepthwiseSeparableConv2d,
+                 "downsampled_size": reference_downsampled}
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(solution_sources("ex08_autoencoder")["part2"], namespace)
+    return namespace["build_autoencoder"]
+
+
+student_build = _notebook_builder()
+
+
 @pytest.fixture(scope="module")
 def trained():
-    return train_reference()
+    """The student's model trained with RECIPE, as part 4's cell does: the check's own re-training
+    (one 15-epoch training serves the fixture and the checks, which find it in their cache)."""
+    torch.set_num_threads(1)
+    return checks.retrain(student_build, RECIPE, 0)
 
 
 def test_reference_answers_pass_without_stderr():
@@ -114,7 +136,7 @@ def test_trained_model_passes_and_by_number(trained):
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
         for kwargs in case_sets("ex08_autoencoder", "check_trained"):
-            checks.check_trained(model, history, **kwargs)
+            checks.check_trained(student_build, RECIPE, model, history, **kwargs)
         mse = checks.model_test_mse(model)
         pca = checks.reference_pca_mse(checks.LATENT_DIM)
         needed = next(k for k in range(1, 257) if checks.reference_pca_mse(k) <= mse)
@@ -125,33 +147,72 @@ def test_trained_model_passes_and_by_number(trained):
     assert "pca_mse" in failure(checks.check_versus_pca, model, pca * 1.1, needed, 32)
 
 
-def test_untrained_model_fails_with_advice():
+def test_model_trained_on_other_data_fails(trained):
+    """A `model` much better on the test images than RECIPE gives on the training images alone
+    (e.g. trained on train + test) fails, though the re-trained model passes."""
+    model, history = trained
+    data = checks.digits()
+    cheat = student_build(checks.LATENT_DIM)
+    cheat.load_state_dict(model.state_dict())
+    with contextlib.redirect_stderr(io.StringIO()):
+        fit(cheat, data.x_test, data.x_test, loss_fn=F.mse_loss, epochs=15, batch_size=64,
+            lr=3e-3, seed=1, progress=False)
+    assert checks.model_test_mse(cheat) < checks.OWN_MODEL_TOLERANCE * checks.model_test_mse(model)
+    msg = failure(checks.check_trained, student_build, RECIPE, cheat, history)
+    assert "must not train it" in msg
+
+
+def test_recipe_and_history_are_checked(trained):
     from types import SimpleNamespace
 
-    torch.manual_seed(0)
-    history = SimpleNamespace(train_loss=[0.06, 0.009])   # what fit reported for ANOTHER model
-    msg = failure(checks.check_trained, reference_build(checks.LATENT_DIM), history)
-    assert "must be below" in msg and "far from the last training loss" in msg
-    assert "name the result of fit(...) `history`" in failure(checks.check_trained,
-                                                             reference_build(8), None)
+    model, history = trained
+    assert "name the result of fit(...) `history`" in failure(
+        checks.check_trained, student_build, RECIPE, model, None)
+    assert "did not go down" in failure(checks.check_trained, student_build, RECIPE, model,
+                                        SimpleNamespace(train_loss=[0.01, 0.02]))
+    assert "RECIPE['epochs']" in failure(checks.check_trained, student_build,
+                                         dict(RECIPE, epochs=500), model, history)
 
 
-def test_short_training_is_not_told_that_fit_ran_on_the_wrong_data():
-    """fit(...) did run on (x_train, x_train), just not long enough: the advice says so."""
-    model, history = train_reference(epochs=3)
-    msg = failure(checks.check_trained, model, history)
-    assert "Training ran, but not far enough" in msg and "x_train itself" not in msg
+def test_short_recipe_is_told_to_train_longer(trained):
+    """A 2-epoch recipe does not reach the threshold: the advice says so. With the model and
+    history of a longer training, the advice says to train `model` with RECIPE itself."""
+    short = dict(RECIPE, epochs=2)
+    model, history = checks.retrain(student_build, short, 0)
+    msg = failure(checks.check_trained, student_build, short, model, history)
+    assert "must be below" in msg and "train longer" in msg
+    msg = failure(checks.check_trained, student_build, short, *trained)
+    assert "must be below" in msg and "with exactly RECIPE" in msg
     torch.manual_seed(0)
     msg = failure(checks.check_versus_pca, reference_build(checks.LATENT_DIM),
                   checks.reference_pca_mse(8), 8, 32)
     assert "does not beat PCA" in msg
 
 
-def test_wrong_latent_size_is_named():
-    torch.manual_seed(0)
-    from types import SimpleNamespace
-    assert "codes of 8 numbers" in failure(checks.check_trained, reference_build(4),
-                                           SimpleNamespace(train_loss=[0.1, 0.05]))
+def test_too_many_parameters_are_refused():
+    def big(latent):
+        model = student_build(latent)
+        model.decoder[0] = nn.Linear(latent, 32 * 16)
+        model.encoder.append(nn.Linear(latent, 4096))
+        model.encoder.append(nn.Linear(4096, latent))
+        return model
+    assert "a few tens of thousands" in failure(checks.check_autoencoder, big)
+
+
+def test_transposed_hints_are_not_ambiguous():
+    """(4, 3, 2, 1, 1): output_padding added twice and padding subtracted once both give 9, so
+    neither is named there; (6, 3, 3, 2, 1) tells them apart."""
+    right = lambda n, k, s=1, p=0, op=0: (n - 1) * s - 2 * p + k + op  # noqa: E731
+    twice = failure(checks.check_transposed_output_size,
+                    lambda n, k, s=1, p=0, op=0: right(n, k, s, p, op) + op)
+    assert "(4, 3, 2, 1, 1)" in twice and "Hint" not in twice
+    twice = failure(checks.check_transposed_output_size,
+                    lambda n, k, s=1, p=0, op=0: right(n, k, s, p, op) + (op if p != op else 0))
+    assert "added once, not twice" in twice
+    once = failure(checks.check_transposed_output_size,
+                   lambda n, k, s=1, p=0, op=0: right(n, k, s, p, op)
+                   + (p if (n, k, s, p, op) == (6, 3, 3, 2, 1) else 0))
+    assert "BOTH ends" in once
 
 
 def test_downsampled_size_floor_mistake():
@@ -232,3 +293,29 @@ def test_pca_mistakes_are_named():
     assert "mean of x_train (not of x)" in failure(checks.check_pca_reconstruct, own_mean)
     assert "wrong shape" in failure(checks.check_pca_reconstruct,
                                     lambda a, x, k: reference_pca(a, x, k).flatten(1))
+
+
+def test_wrong_latent_size_is_named(trained):
+    _, history = trained
+    torch.manual_seed(0)
+    assert "codes of 8 numbers" in failure(checks.check_trained, student_build, RECIPE,
+                                           reference_build(4), history)
+
+
+def test_part5_messages_never_let_the_answers_be_recovered(trained):
+    """Part 5 is by number too: the leak test of tests/test_checks_integrity.py over its inputs."""
+    from test_checks_integrity import recoverable, wrong_inputs
+
+    model, _ = trained
+    mse = checks.model_test_mse(model)
+    right = [checks.reference_pca_mse(checks.LATENT_DIM),
+             next(k for k in range(1, 257) if checks.reference_pca_mse(k) <= mse), 16 * 16 // 8]
+    with contextlib.redirect_stdout(io.StringIO()):
+        checks.check_versus_pca(model, *right)
+    for i, value in enumerate(right):
+        for given in wrong_inputs(value, whole=isinstance(value, int), seed=i):
+            answers = list(right)
+            answers[i] = given
+            msg = failure(checks.check_versus_pca, model, *answers)
+            found = recoverable(msg, value, given)
+            assert found is None, f"answer {i} = {given!r}: {msg!r} shows {found}"

@@ -136,7 +136,7 @@ def linear_shared():
 @pytest.mark.parametrize("build, words", [
     (full_convs, "mult-adds per image, over the budget of 120,000"),
     (wide_mlp, "parameters, over the budget of 20,000"),
-    (Custom, "is a Custom. Build the design as an nn.Sequential"),
+    (Custom, "is a Custom, which a design may not use"),
     (lambda: nn.Sequential(nn.Conv2d(1, 10, 3)), "Reduce the feature map"),
     (lambda: "a model", "should return an nn.Module"),
     (lambda: nn.Sequential(nn.Sequential(Custom())), "`0.0` is a Custom"),
@@ -193,3 +193,28 @@ def test_not_implemented_says_so():
     def build_model():
         raise NotImplementedError()
     assert "not implemented yet" in failure(checks.check_budget, build_model)
+
+
+def test_every_elementwise_activation_is_allowed_and_the_refusal_lists_them():
+    """Chapter 5 tests ELU; any element-wise activation is allowed, also inside
+    DepthwiseSeparableConv2d(activation=...); a refused layer's message lists what is allowed."""
+    from course_lib.separable import DepthwiseSeparableConv2d
+
+    for activation in (nn.ELU, nn.Sigmoid, nn.PReLU, nn.Mish, nn.SELU):
+        def build(a=activation):
+            return nn.Sequential(
+                nn.Conv2d(1, 8, 3, stride=2, padding=1), a(),
+                DepthwiseSeparableConv2d(8, 16, stride=2, activation=a),
+                nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+        with contextlib.redirect_stdout(io.StringIO()):
+            checks.check_budget(build)
+    msg = failure(checks.check_budget, lambda: nn.Sequential(
+        nn.Flatten(), nn.Linear(256, 10), nn.Softmax(dim=1)))
+    assert "Softmax" in msg and "nn.ELU" in msg and "nn.Conv2d" in msg
+
+
+def test_cost_table_times_interleaved_with_ranges():
+    table = checks.cost_table({"linear": linear_classifier, "mlp": wide_mlp}, batch_size=8,
+                              repeats=4)
+    assert "interleaved" in table and "IQR" in table
+    assert "1.00x (1.00-1.00)" in table    # the first design against itself, round by round

@@ -1,6 +1,9 @@
 """What every exercise check promises, tested across exercises:
 
-* no feedback message on a wrong answer contains the expected scalar value;
+* no feedback message on a wrong answer lets the expected value be recovered: not the value
+  itself, nor its ratio to the student's answer (a "3 times too small" of an answer of 1 IS the
+  answer), over the answers 0, 1, -1, 2, answer +- 1, answer x k and / k (k = 2..12) and random
+  ones; a factor may appear only inside the hint of a NAMED mistake (FLOPs vs MACs, K^2, ...);
 * no frame a student's function can walk (``sys._getframe().f_back``...) holds an expected value
   while it runs, and a number-like object's methods are never called by a check;
 * logging handlers that write to stderr are silenced while student code runs;
@@ -16,6 +19,7 @@ import math
 import re
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -43,7 +47,7 @@ CORRECT = {
     (ex01, "check_conv_params"): lambda c, m, k, bias=True: k * k * c * m + (m if bias else 0),
     (ex01, "check_conv_macs"): lambda c, m, k, h, w: k * k * c * m * h * w,
     (ex02, "check_pointwise_params"): lambda c, m, bias=True: c * m + (m if bias else 0),
-    (ex02, "check_pointwise_macs"): lambda c, m, h, w, s=1: c * m * (-(-h // s)) * (-(-w // s)),
+    (ex02, "check_pointwise_macs"): lambda c, m, h, w: c * m * h * w,
     (ex03, "check_depthwise_params"): lambda c, k, d=1, bias=True: k * k * c * d + (c * d if bias
                                                                                    else 0),
     (ex03, "check_depthwise_macs"): lambda c, k, h, w, d=1: k * k * c * d * h * w,
@@ -63,7 +67,7 @@ SCAN_CASES = {
     (ex01, "check_conv_params"): [(37, 53, 5, True)],
     (ex01, "check_conv_macs"): [(11, 23, 3, 17, 9)],
     (ex02, "check_pointwise_params"): [(91, 37, True)],
-    (ex02, "check_pointwise_macs"): [(29, 71, 23, 17, 3)],
+    (ex02, "check_pointwise_macs"): [(29, 71, 23, 17)],
     (ex03, "check_depthwise_params"): [(48, 5, 3, 17, 23, True)],
     (ex03, "check_depthwise_macs"): [(48, 5, 3, 17, 23, True)],
     (ex04, "check_separable_params"): [(29, 41, 5, 2)],
@@ -95,11 +99,55 @@ def leaks(message: str, expected: float, allowed: set[float] = frozenset()) -> b
     for value in numbers_in(message):
         if value in allowed:
             continue
-        if value == expected or (expected and abs(expected) >= 0.01 and value != 0
-                                 and math.isclose(value, expected, rel_tol=5e-3)
-                                 and len(re.sub(r"\D", "", f"{value:g}").lstrip("0")) >= 3):
+        if _same_number(value, expected):
             return True
     return False
+
+
+def _same_number(value: float, target: float) -> bool:
+    """``value`` as printed is ``target``: equal, or equal to 3+ significant digits."""
+    if value == target:
+        return True
+    return bool(target and abs(target) >= 0.01 and value != 0
+                and math.isclose(value, target, rel_tol=5e-3)
+                and len(re.sub(r"\D", "", f"{value:g}").lstrip("0")) >= 3)
+
+
+_ECHO = re.compile(r"got (-?[\d,]*\.?\d+(?:e[-+]?\d+)?|-?inf|nan)(?=[,.;: ])")
+
+
+def recoverable(message: str, expected: float, given: float) -> str | None:
+    """What in a check's ``message`` about the wrong answer ``given`` lets ``expected`` be
+    recovered, or None. The label (before ": got"), which names the question or the case, and the
+    echo of the student's own value are set aside; the rest must show neither the expected value
+    nor either ratio of expected and given. A hint (after "Hint:") is a named mistake, so it may
+    name a factor, but never the expected value."""
+    text = message.split(": got ", 1)[1] if ": got " in message else message
+    text = _ECHO.sub("got", "got " + text, count=1)
+    main, _, hint = text.partition(" Hint: ")
+    targets = [expected]
+    if given and expected:
+        targets += [expected / given, given / expected]
+    for value in numbers_in(main):
+        for target in targets:
+            if _same_number(value, target) and not (target != expected and abs(target) == 1):
+                return f"{value:g} (from {target:g})"
+    for value in numbers_in(hint):
+        if _same_number(value, expected):
+            return f"{value:g} in the hint"
+    return None
+
+
+def wrong_inputs(expected: float, whole: bool, seed: int = 0) -> list[float]:
+    """The answers every number check is tried with: 0, 1, -1, 2, expected +- 1, expected x k
+    and / k for k = 2..12, and random ones (whole numbers where the answer is one)."""
+    rng = np.random.default_rng(seed)
+    values = [0, 1, -1, 2, expected + 1, expected - 1]
+    for k in range(2, 13):
+        values += [expected * k, expected // k if whole else expected / k]
+    values += list(rng.integers(-10 ** 6, 10 ** 7, 3)) if whole else list(rng.normal(0, 10, 3))
+    values = [int(v) if whole else float(v) for v in values]
+    return [v for v in dict.fromkeys(values) if v != expected]
 
 
 def failure(check, *args, **kwargs) -> str:
@@ -109,71 +157,70 @@ def failure(check, *args, **kwargs) -> str:
     return str(info.value)
 
 
-WRONGS = {"plus one": lambda v: v + 1, "minus one": lambda v: v - 1, "doubled": lambda v: 2 * v,
-          "halved": lambda v: v // 2, "zero": lambda v: 0, "tenfold": lambda v: 10 * v}
-
-
 @pytest.mark.parametrize("key", list(SCAN_CASES), ids=lambda k: f"{k[0].__name__[18:]}.{k[1]}")
-def test_function_checks_never_print_the_expected_value(key):
+def test_function_checks_never_let_the_expected_value_be_recovered(key):
     module, name = key
     cases = SCAN_CASES[key]
     correct = CORRECT[key]
-    expected = [correct(*student_args(module, name, case)) for case in cases]
+    expected = correct(*student_args(module, name, cases[0]))
     with contextlib.redirect_stdout(io.StringIO()):
         getattr(module, name)(correct, cases=cases)   # the correct formula passes
-    for label, wrong in WRONGS.items():
-        if all(wrong(e) == e for e in expected):
-            continue
-        msg = failure(getattr(module, name), lambda *a, _w=wrong: _w(correct(*a)), cases=cases)
-        allowed = {float(a) for case in cases for a in case if not isinstance(a, bool)}
-        allowed |= {float(wrong(e)) for e in expected}    # the student's own answer, echoed
-        for value in expected:
-            assert not leaks(msg, value, allowed), f"{label}: {msg!r} shows {value}"
-        assert re.search(r"too (high|low|large|small)", msg), msg
+    for given in wrong_inputs(expected, whole=True):
+        msg = failure(getattr(module, name), lambda *a, _v=given: _v, cases=cases)
+        found = recoverable(msg, expected, given)
+        assert found is None, f"{name}: answer {given} -> {msg!r} shows {found}"
+        assert re.search(r"too (high|low)", msg), msg
 
 
-# By-number checks: (check, correct answers, expected values to hide).
+# By-number checks: (check, correct answers). The answers are independent arithmetic.
 def _by_number():
     from course_lib import bench, mobilenet
-    from torch.utils.flop_counter import FlopCounterMode  # noqa: F401 (warm)
     import course_lib.checks.ex07_mobilenet as ex07
 
     macs = {a: mobilenet.total_macs(a) / 1e6 for a in (1.0, 0.75, 0.5, 0.25)}
     intensity = (bench.layer_workload("depthwise", 512, 14, 1, 4).intensity,
                  bench.layer_workload("pointwise", 512, 14, 1, 4).intensity)
+    middle = 8 * 3 * (9 * 728 + 728 * 728 + 2 * 728) / 22_855_952
     return [
-        (ex01.check_vgg_layer, [56, 295_168, 924_844_032]),
-        (ex02.check_strided_answers, [0.25, 16, 4.0]),
-        (ex03.check_mobilenet_layer, [288, 3_612_672, 32.0]),
-        (ex04.check_numbers, [432, 75, 1 / (1 / 16 + 1 / 9), 9]),
-        (ex05.check_first_cheaper_groups, [16]),
-        (ex05.check_extreme_params, [67_840]),
-        (ex05.check_order_difference, [1_152]),
-        (ex06.check_gridding, [13, 49, 289]),
-        (ex06.check_branch_costs, list(ex06.branch_macs())),
+        (ex01.check_layer_answers, [14, 25 * 48 * 96 + 96, 25 * 48 * 96 * 14 * 14]),
+        (ex02.check_strided_answers, [15 ** 2 / 45 ** 2, 36, 29 ** 2 / 15 ** 2]),
+        (ex03.check_depthwise_layer, [9 * 144, 9 * 144 * 14 * 14, 144.0]),
+        (ex04.check_numbers, [25 * 6 * 24, 25 * 6 + 6 * 24, 1 / (1 / 24 + 1 / 25), 24]),
+        (ex05.check_first_cheaper_groups, [12]),
+        (ex05.check_extreme_params, [384 * 384 + 9 * 384]),
+        (ex05.check_order_difference, [9 * (240 - 96)]),
+        (ex05.check_middle_flow_share, [middle]),
+        (ex06.check_gridding, [25, 81, 441]),
+        (ex06.check_branch_costs, [9 * 512 * 128 * 65 * 65, (9 * 512 + 512 * 128) * 65 * 65]),
         (ex07.check_intensity, list(intensity)),
         (lambda *v: ex07.check_paper_costs(dict(zip(macs, v[:4])), v[4]),
          list(macs.values()) + [mobilenet.total_macs(full_conv=True) / mobilenet.total_macs()]),
     ]
 
 
-def test_by_number_checks_never_print_the_expected_value():
+def test_by_number_checks_never_let_the_expected_value_be_recovered():
     for check, right in _by_number():
         with contextlib.redirect_stdout(io.StringIO()):
             check(*right)
         for i, value in enumerate(right):
-            for label, wrong in WRONGS.items():
-                bad = wrong(value) if isinstance(value, int) else \
-                    {"plus one": value + 1, "minus one": value - 1, "doubled": 2 * value,
-                     "halved": value / 2, "zero": 0.0, "tenfold": 10 * value}[label]
-                if bad == value:
-                    continue
+            whole = isinstance(value, int)
+            for given in wrong_inputs(value, whole, seed=i):
                 answers = list(right)
-                answers[i] = bad
+                answers[i] = given
                 msg = failure(check, *answers)
-                allowed = {float(f"{bad:.6g}"), float(f"{bad:.4g}"), float(f"{bad:.3g}"),
-                           float(bad)}   # the student's own answer, echoed
-                assert not leaks(msg, value, allowed), f"{check}: {label} of answer {i}: {msg!r}"
+                found = recoverable(msg, value, given)
+                assert found is None, f"{check}: answer {i} = {given!r}: {msg!r} shows {found}"
+
+
+def test_the_leak_detector_catches_ratios_and_values():
+    """The detector itself: the old "N times too small" message is caught, direction is not."""
+    assert recoverable("x: got 1, which is 56 times too small (a missing factor of 56?).", 56, 1)
+    assert recoverable("x: got 8, which is 2 times too small.", 16, 8)
+    assert recoverable("x: got 0.75, which is 3 times too large.", 0.25, 0.75)
+    assert recoverable("x: got 3, which is too low. Hint: the answer is 1,296.", 1296, 3)
+    assert recoverable("x: got 2, which is too low.", 1296, 2) is None
+    assert recoverable("x: got 2,592, which is too high. Hint: that is FLOPs (2 per MAC).",
+                       1296, 2592) is None
 
 
 def test_middle_flow_share_message_hides_the_share():
@@ -232,7 +279,7 @@ def test_a_frame_walking_student_finds_no_expected_tensor():
 
     with contextlib.redirect_stdout(io.StringIO()):
         ex01.check_conv2d_unfold(spy, seed=5, count=4)
-    expected = [ex01._REF["conv2d"](c.x, c.weight, **c.kwargs()) for c in own]
+    expected = [ex01.REFERENCE["conv2d"](c.x, c.weight, **c.kwargs()) for c in own]
     assert seen
     for tensor in seen:
         assert not any(tensor.shape == e.shape and torch.allclose(tensor, e) for e in expected)
@@ -257,8 +304,8 @@ class SneakyInt(int):
 
 def test_number_answers_are_read_without_running_student_methods():
     SneakyInt.calls.clear()
-    msg = failure(ex01.check_vgg_layer, SneakyInt(55), SneakyInt(1), SneakyInt(2))
-    assert "vgg_out_size" in msg and SneakyInt.calls == []
+    msg = failure(ex01.check_layer_answers, SneakyInt(55), SneakyInt(1), SneakyInt(2))
+    assert "layer_out_size" in msg and SneakyInt.calls == []
 
 
 # --- logging --------------------------------------------------------------------------------------

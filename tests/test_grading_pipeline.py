@@ -46,9 +46,10 @@ TOTAL = sum(POINTS.values())
 MANUAL = {c.metadata.nbgrader["grade_id"]: float(c.metadata.nbgrader["points"])
           for c in nbformat.read(SOURCE, as_version=4).cells
           if c.cell_type == "markdown" and c.metadata.get("nbgrader", {}).get("grade")}
-# Part 5 answered without calling the student's functions, so that breaking part k costs only k.
-LITERAL_PART5 = ("vgg_out_size = 56\nvgg_params = 3 * 3 * 128 * 256 + 256\n"
-                 "vgg_macs = 3 * 3 * 128 * 256 * 56 * 56")
+# The by-number part (grade id part5) answered without calling the student's functions, so that
+# breaking part k costs only k.
+LITERAL_PART5 = ("layer_out_size = 14\nlayer_params = 5 * 5 * 48 * 96 + 96\n"
+                 "layer_macs = 5 * 5 * 48 * 96 * 14 * 14")
 
 
 def _cells_by_id(nb) -> dict[str, nbformat.NotebookNode]:
@@ -66,6 +67,12 @@ def _solved_release() -> nbformat.NotebookNode:
             cell.source = source[meta["grade_id"]].source
     _cells_by_id(release)["part5"].source = LITERAL_PART5
     return release
+
+
+def _with_conv_macs(body: str) -> nbformat.NotebookNode:
+    """The solved release whose conv_macs (in the part2 cell, beside conv_params) is ``body``."""
+    part2 = _cells_by_id(_solved_release())["part2"].source
+    return _with({"part2": part2 + "\n\n\ndef conv_macs(*args):\n" + body})
 
 
 def _with(edits: dict[str, str]) -> nbformat.NotebookNode:
@@ -192,8 +199,7 @@ procs = [subprocess.Popen(['sleep', '60']) for _ in range(200)]
         "edit_course_lib": (_with({"part4": edit_course_lib}), TOTAL - p["part4-tests"]),
         "vandal": (_with({"part1": solved["part1"].source + vandal}), TOTAL),
         "vandal_delete": (_with({"part1": solved["part1"].source + vandal}), TOTAL),
-        "forge_recheck": (_with({"part4": forge}), p["part1-tests"] + p["part2-tests"]
-                          + p["part3-tests"]),
+        "forge_recheck": (_with({"part4": forge}), p["part1-tests"] + p["part2-tests"]),
         "input_transformer": (_with({"part4": transformer}), TOTAL - p["part4-tests"]),
         # Its patch outlives its cell in nbgrader's kernel, so part 5's check is misled too.
         "patch_layer": (_with({"part2": patch_layer}), TOTAL - p["part2-tests"]
@@ -201,8 +207,7 @@ procs = [subprocess.Popen(['sleep', '60']) for _ in range(200)]
         "frame_walk": (_with({"part4": frame_walk}), TOTAL - p["part4-tests"]),
         "logging_stderr": (_with({"part1": logged_part1}), TOTAL),
         "spawn_daemon": (_with({"part1": daemon}), TOTAL),
-        "fork_bomb": (_with({"part4": fork_bomb}), p["part1-tests"] + p["part2-tests"]
-                      + p["part3-tests"]),
+        "fork_bomb": (_with({"part4": fork_bomb}), p["part1-tests"] + p["part2-tests"]),
         "slow_cells": (_with({"part2": slow}), TOTAL),
         # Honest students whose names clean to the same id (they differ in spacing): both graded.
         "Jane Doe": (_solved_release(), TOTAL),
@@ -222,20 +227,19 @@ def _adversarial() -> dict[str, tuple[object, float]]:
         "solution": (_solved_release(), TOTAL),
         "blank": (nbformat.read(REPO / "exercises" / ASSIGNMENT /
                                 grading.notebook_name(ASSIGNMENT), as_version=4), 0.0),
-        "infinite_loop": (_with({"part3": "def conv_macs(*args):\n    while True:\n        pass"}),
-                          TOTAL - p["part3-tests"]),
+        "infinite_loop": (_with_conv_macs("    while True:\n        pass"),
+                          TOTAL - p["part2-tests"]),
         "exit_kernel": (_with({"part2": "import os\nos._exit(1)"}), p["part1-tests"]),
         "kill_kernel": (_with({"part4": "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)"}),
-                        p["part1-tests"] + p["part2-tests"] + p["part3-tests"]),
+                        p["part1-tests"] + p["part2-tests"]),
         "runaway_memory": (_with({"part4": WRONG_UNFOLD + "    hog = []\n    while True:\n"
                                   "        hog.append(torch.empty(2**28))"}),
                            TOTAL - p["part4-tests"]),
         "output_flood": (_with({"part1": _cells_by_id(_solved_release())["part1"].source +
                                 "\nfor i in range(300_000):\n    print('spam', i)"}), TOTAL),
         "system_exit": (_with({"part2": "raise SystemExit('bye')"}), TOTAL - p["part2-tests"]),
-        "keyboard_interrupt": (_with({"part3": "def conv_macs(*args):\n"
-                                      "    raise KeyboardInterrupt"}),
-                               TOTAL - p["part3-tests"]),
+        "keyboard_interrupt": (_with_conv_macs("    raise KeyboardInterrupt"),
+                               TOTAL - p["part2-tests"]),
         "nan_result": (_with({"part4": WRONG_UNFOLD + unfold_shape +
                               "    return torch.full((n, m, oh, ow), float('nan'))"}),
                        TOTAL - p["part4-tests"]),
@@ -268,9 +272,9 @@ def _adversarial() -> dict[str, tuple[object, float]]:
                 not in ("part2-tests", "part4-tests")]
     subs["deleted_tests"] = (nb, TOTAL)
     # A test cell emptied and its part answered wrongly: the gradebook's test still runs.
-    nb = _with({"part3": "def conv_macs(*args):\n    return 0"})
-    _cells_by_id(nb)["part3-tests"].source = "pass"
-    subs["edited_tests"] = (nb, TOTAL - p["part3-tests"])
+    nb = _with_conv_macs("    return 0")
+    _cells_by_id(nb)["part2-tests"].source = "pass"
+    subs["edited_tests"] = (nb, TOTAL - p["part2-tests"])
     # Points raised and a test cell turned into a plain cell, its part wrong.
     nb = _with({"part4": WRONG_UNFOLD + "    return x"})
     _cells_by_id(nb)["part1-tests"].metadata.nbgrader["points"] = 100
@@ -443,15 +447,15 @@ def test_guard_detects_and_restores_replacements():
     try:
         checks.fail = lambda message: None
         torch.Tensor.any = lambda self: False
-        checks._REF["conv2d"] = None
+        checks.REFERENCE["conv2d"] = None
         changed = guard.changes()
         assert "course_lib.checks.fail" in changed
         assert any(c.startswith("torch.Tensor.any") for c in changed)
-        assert "course_lib.checks._REF (contents)" in changed
+        assert "course_lib.checks.REFERENCE (contents)" in changed
     finally:
         guard.restore()
     assert checks.fail is original_fail and torch.Tensor.any is original_any
-    assert checks._REF["conv2d"] is torch.nn.functional.conv2d
+    assert checks.REFERENCE["conv2d"] is torch.nn.functional.conv2d
     assert guard.changes() == []
 
 

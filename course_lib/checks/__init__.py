@@ -9,14 +9,17 @@ arguments), and what is wrong (type, shape, value and where). Rules they follow:
   (:func:`quiet`, used by :func:`call_student`).
 * A check's return value is None: a test cell's last expression must not be something student code
   can shape (nbgrader reads a float there as partial credit).
-* Reference values come from PyTorch ops bound when this package is imported (``_REF``), before any
-  student cell runs, so reassigning ``torch.nn.functional.conv2d`` in a notebook does not change them.
+* Reference values come from PyTorch ops bound when this package is imported (:data:`REFERENCE`),
+  before any student cell runs, so reassigning ``torch.nn.functional.conv2d`` in a notebook does not
+  change them.
 * Expected values are computed only AFTER the student's code has returned: while it runs, no frame
   it can walk (``sys._getframe().f_back``...) holds an answer. Student answers are first turned into
   plain numbers or tensors, then compared.
-* Number checks never print the expected value: they say too high / too low / off by a factor and
-  name the likely mistake (:func:`expect_int`, :func:`expect_close`). Tensor checks may show where
-  values differ.
+* Number checks never print the expected value, nor anything it can be recovered from: they say
+  too high / too low (direction only, never a bare ratio: "4 times too small" of an answer of 1
+  is the answer) and, when the value is one a known mistake gives, name that mistake as a concept
+  (FLOPs vs MACs, K^2, stride^2...) (:func:`expect_int`, :func:`expect_close`). Tensor checks may
+  show where values differ.
 * Public checks take their cases as arguments: visible test cells use the defaults, hidden test
   cells in ``solutions/`` pass their own (seeds, shapes, rates), which the released package never
   contains.
@@ -42,14 +45,20 @@ from typing import Any, Callable, Iterable, Iterator, NoReturn
 
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-# PyTorch references captured at import time (see the module docstring).
-_REF = {
+# PyTorch references captured at import time (see the module docstring); every check module uses
+# these, never the names a notebook can reassign.
+REFERENCE = {
     "conv2d": F.conv2d,
     "unfold": F.unfold,
     "allclose": torch.allclose,
 }
+
+# The advice when a counting function calls the course's own counters.
+COUNT_ADVICE = ("write the formula yourself: course_lib's counters are what the check compares "
+                "against, so calling them is not allowed here.")
 
 
 class CheckFailed(AssertionError):
@@ -218,7 +227,21 @@ def expect_tensor(actual: Any, expected: torch.Tensor, what: str, atol: float = 
              f"expected {expected[index].item():.5g}).")
 
 
-def _plain(value: Any) -> Any:
+def tensors_match(actual: Any, other: torch.Tensor, atol: float = 1e-4,
+                  rtol: float = 1e-4) -> bool:
+    """True when ``actual`` is a plain floating-point tensor (an ``nn.Parameter`` counts as its
+    data) of ``other``'s shape and device whose values equal ``other``'s to the tolerance. The one
+    rule every check uses to recognise a result (right, or a known mistake): the type is tested
+    with ``type()``, as in :func:`expect_tensor`, so a subclass cannot look equal."""
+    if type(actual) is torch.nn.Parameter:
+        actual = actual.data
+    return (type(actual) is torch.Tensor and actual.shape == other.shape
+            and actual.is_floating_point() and actual.device == other.device
+            and bool(REFERENCE["allclose"](actual.detach().to(other.dtype), other, atol=atol,
+                                           rtol=rtol)))
+
+
+def plain_number(value: Any) -> Any:
     """A student's number as a plain Python int/float, read without running any method the
     student's class may define: types are tested with ``type()`` (``isinstance`` would consult a
     ``__class__`` property) and ints read with ``int.__int__`` (not an overridden ``__int__``)."""
@@ -240,7 +263,7 @@ def _plain(value: Any) -> Any:
 
 def as_int(value: Any, what: str) -> int:
     """Accept Python/NumPy/0-d tensor integers (and integral floats); reject anything else."""
-    value = _plain(value)
+    value = plain_number(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         fail(f"{what}: expected a whole number, got {type(value).__name__} {value!r}.")
     if isinstance(value, float) and (not math.isfinite(value) or value != int(value)):
@@ -251,7 +274,7 @@ def as_int(value: Any, what: str) -> int:
 def as_number(value: Any, what: str, finite: bool = True) -> float:
     """Accept a real number (Python, NumPy or a one-element tensor) as a float; reject anything
     else, and non-finite values unless ``finite=False``."""
-    value = _plain(value)
+    value = plain_number(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         fail(f"{what}: expected a number, got {type(value).__name__} {value!r}.")
     value = float(value)
@@ -260,24 +283,27 @@ def as_number(value: Any, what: str, finite: bool = True) -> float:
     return value
 
 
-def _whole_factor(ratio: float) -> int | None:
-    """n when ``ratio`` is (to float precision) a whole number n >= 2."""
-    n = round(ratio)
-    return n if n >= 2 and math.isclose(ratio, n, rel_tol=1e-9) else None
-
-
 def how_wrong(value: float, expected: float) -> str:
-    """Direction of a wrong number without its right value: "too high", "too low", and when the
-    ratio is a whole number, "N times too high/low" (a classic sign of a missing or extra factor)."""
-    if expected != 0 and value != 0 and (value > 0) == (expected > 0):
-        up, down = _whole_factor(value / expected), _whole_factor(expected / value)
-        if up:
-            return f"{up} times too large (an extra factor of {up}?)"
-        if down:
-            return f"{down} times too small (a missing factor of {down}?)"
+    """The direction of a wrong number, and nothing else: "too high" or "too low". Never a ratio
+    ("N times too small"): the ratio of a student's answer of 1 IS the expected value, and any
+    other answer times the ratio gives it too. Known mistakes are named through ``hints``
+    (:func:`wrong_number`) as concepts, never as a bare factor."""
     if value > expected:
         return "too high"
     return "too low" if value < expected else "right"
+
+
+def named_mistakes(pairs: Iterable[tuple[float, str]]) -> dict[float, str]:
+    """``hints`` for :func:`expect_int` from (wrong value, advice) pairs, leaving out every value
+    that two different mistakes give: on such a case the check cannot tell which one was made,
+    and naming one would mislead."""
+    found: dict[float, str] = {}
+    ambiguous = set()
+    for value, text in pairs:
+        if value in found and found[value] != text:
+            ambiguous.add(value)
+        found.setdefault(value, text)
+    return {value: text for value, text in found.items() if value not in ambiguous}
 
 
 def wrong_number(what: str, shown: str, value: float, expected: float,
@@ -330,19 +356,49 @@ def _groups_of(op_name: str, args: tuple, kwargs: dict) -> int:
 
 
 class _RefuseConvolutions(TorchDispatchMode):
-    """While active, aten convolution operators raise :class:`CheckFailed` (all of them, or only
-    grouped ones when ``grouped_only``)."""
+    """While active, aten convolution operators raise :class:`CheckFailed`: all of them
+    (``which="all"``), only grouped ones (``"grouped"``), or all but single-channel ones
+    (``"single-channel"``: groups = 1 and a weight with one input channel)."""
 
-    def __init__(self, advice: str, grouped_only: bool):
+    def __init__(self, advice: str, which: str):
         super().__init__()
-        self.advice, self.grouped_only = advice, grouped_only
+        self.advice, self.which = advice, which
+
+    def _refused(self, name: str, args: tuple, kwargs: dict) -> bool:
+        groups = _groups_of(name, args, kwargs)
+        if self.which == "grouped":
+            return groups != 1
+        if self.which == "single-channel":
+            weight = args[1] if len(args) > 1 else kwargs.get("weight")
+            return groups != 1 or not (isinstance(weight, torch.Tensor) and weight.dim() >= 2
+                                       and weight.shape[1] == 1)
+        return True
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (),
                            kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         name = func.overloadpacket.__name__
-        if _CONVOLUTION_OP.search(name):
-            if not self.grouped_only or _groups_of(name, args, kwargs) != 1:
+        if _CONVOLUTION_OP.search(name) and self._refused(name, args, kwargs):
+            fail(self.advice)
+        return func(*args, **kwargs)
+
+
+class _RefuseNamedPadding(TorchFunctionMode):
+    """While active, a convolution called with a padding given by name (``padding="same"``,
+    ``nn.Conv2d(..., padding="same")``) raises :class:`CheckFailed`: PyTorch then computes the
+    padding that the part asks the student to derive. (A TorchFunctionMode: the dispatcher only
+    sees the numbers PyTorch computed.)"""
+
+    def __init__(self, advice: str):
+        super().__init__()
+        self.advice = advice
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (),
+                           kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if "conv" in getattr(func, "__name__", ""):
+            padding = kwargs.get("padding", args[4] if len(args) > 4 else None)
+            if isinstance(padding, str):
                 fail(self.advice)
         return func(*args, **kwargs)
 
@@ -388,7 +444,7 @@ def references_in(*modules: Any) -> list[Any]:
 
 
 @contextlib.contextmanager
-def refusing(advice: str, *, convolutions: bool | str = False,
+def refusing(advice: str, *, convolutions: bool | str = False, named_padding: bool = False,
              references: Iterable[Any] = ()) -> Iterator[None]:
     """While a student's function runs, make the references it must not use refuse with
     ``advice`` (what to do instead).
@@ -396,7 +452,10 @@ def refusing(advice: str, *, convolutions: bool | str = False,
     * ``convolutions=True``: every PyTorch convolution, caught at the dispatcher (a
       TorchDispatchMode), so ``F.conv2d``, ``torch.conv2d``, ``nn.Conv2d``,
       ``torch.ops.aten.convolution`` or an alias bound before the check all refuse;
-      ``convolutions="grouped"`` refuses only convolutions with ``groups > 1``.
+      ``convolutions="grouped"`` refuses only convolutions with ``groups > 1``, and
+      ``convolutions="single-channel"`` all but those with groups = 1 on ONE input channel (a
+      dense convolution with a block-diagonal weight is refused too).
+    * ``named_padding=True``: a convolution with ``padding="same"`` / ``"valid"`` refuses.
     * ``references``: course_lib functions and classes (see :func:`references_in`). Their code
       objects are swapped, so every alias and every wrapper of them refuses too.
 
@@ -410,10 +469,12 @@ def refusing(advice: str, *, convolutions: bool | str = False,
                     continue
                 swapped.append((function, code))
                 function.__code__ = _refuser_code(advice, len(code.co_freevars))
-        if convolutions:
-            with _RefuseConvolutions(advice, grouped_only=convolutions == "grouped"):
-                yield
-        else:
+        with contextlib.ExitStack() as modes:
+            if named_padding:
+                modes.enter_context(_RefuseNamedPadding(advice))
+            if convolutions:
+                modes.enter_context(_RefuseConvolutions(
+                    advice, convolutions if isinstance(convolutions, str) else "all"))
             yield
     finally:
         for function, code in reversed(swapped):

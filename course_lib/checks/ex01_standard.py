@@ -10,8 +10,9 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from course_lib.checks import (_REF, as_int, call_student, course_references, describe_call, expect_int,
-                               expect_tensor, fail, passed, refusing)
+from course_lib.checks import (COUNT_ADVICE, REFERENCE, as_int, call_student, course_references,
+                               describe_call, expect_int, expect_tensor, fail, named_mistakes,
+                               passed, refusing, tensors_match)
 from course_lib.checks.cases import conv_cases
 
 VISIBLE_SEED = 101
@@ -27,8 +28,8 @@ LAYER_CASES = [(3, 16, 3, True), (3, 16, 3, False), (64, 128, 1, True), (7, 5, 5
 MACS_CASES = [(3, 16, 3, 30, 30), (64, 128, 1, 56, 56), (7, 5, 5, 6, 11), (12, 9, 2, 13, 4)]
 
 _COUNTERS = ("conv", "costs")
-_COUNT_ADVICE = ("write the formula yourself: course_lib's counters are what the check compares "
-                 "against, so calling them is not allowed here.")
+# Part 3, by number: a layer the chapter does not show (chapter 1 works through a 3x3 VGG layer).
+LAYER = dict(in_channels=48, out_channels=96, kernel_size=5, stride=2, padding=2, size=27)
 
 
 def _true_output_size(size: int, kernel_size: int, stride: int, padding: int,
@@ -36,33 +37,35 @@ def _true_output_size(size: int, kernel_size: int, stride: int, padding: int,
     """Ask PyTorch itself: run conv2d on an empty-channel input and read the width."""
     x = torch.zeros(1, 1, 1, size, device="meta")
     w = torch.zeros(1, 1, 1, kernel_size, device="meta")
-    return _REF["conv2d"](x, w, stride=(1, stride), padding=(0, padding),
+    return REFERENCE["conv2d"](x, w, stride=(1, stride), padding=(0, padding),
                           dilation=(1, dilation)).shape[-1]
 
 
 def _output_size_hints(size: int, k: int, s: int, p: int, d: int) -> dict[int, str]:
     span = d * (k - 1) + 1
     right = (size + 2 * p - span) // s + 1
-    hints = {(size + 2 * p - k) // s + 1: "you ignored the dilation: a dilated kernel spans "
-                                          "dilation*(kernel_size-1)+1 pixels.",
-             (size - span) // s + 1: "you ignored the padding (it adds 2*padding).",
-             (size + p - span) // s + 1: "padding is added on BOTH sides: 2*padding.",
-             right - 1: "off by one: the kernel already fits at position 0, so add 1 after "
-                        "dividing by the stride.",
-             right + 1: "off by one: the kernel spans dilation*(kernel_size-1)+1 pixels, and "
-                        "(size + 2*padding - span) // stride + 1 positions fit."}
+    pairs = [((size + 2 * p - k) // s + 1, "you ignored the dilation: a dilated kernel spans "
+                                           "dilation*(kernel_size-1)+1 pixels."),
+             ((size - span) // s + 1, "you ignored the padding (it adds 2*padding)."),
+             ((size + p - span) // s + 1, "padding is added on BOTH sides: 2*padding."),
+             (size + 2 * p - span + 1, "you ignored the stride: the kernel moves `stride` "
+                                       "pixels at a time, so divide by it."),
+             (right - 1, "off by one: the kernel already fits at position 0, so add 1 after "
+                         "dividing by the stride."),
+             (right + 1, "off by one: the kernel spans dilation*(kernel_size-1)+1 pixels, and "
+                         "(size + 2*padding - span) // stride + 1 positions fit.")]
     exact = (size + 2 * p - span) / s + 1
     if not exact.is_integer():
-        hints.setdefault(round(exact), "round down (floor), do not round to nearest.")
-        hints.setdefault(-int(-exact // 1), "round down (floor), not up.")
-    return hints
+        pairs += [(round(exact), "round down (floor), do not round to nearest."),
+                  (-int(-exact // 1), "round down (floor), not up.")]
+    return {v: h for v, h in named_mistakes(pairs).items() if v != right}
 
 
 def check_output_size(conv_output_size: Callable,
                       cases: Sequence[tuple[int, int, int, int, int]] = OUTPUT_SIZE_CASES) -> None:
     """``conv_output_size(size, kernel_size, stride, padding, dilation)`` against PyTorch; cases
     are (size, kernel_size, stride, padding, dilation)."""
-    with refusing(_COUNT_ADVICE, references=course_references(*_COUNTERS)):
+    with refusing(COUNT_ADVICE, references=course_references(*_COUNTERS)):
         answers = [call_student(conv_output_size, *case, name="conv_output_size")
                    for case in cases]
     for case, got in zip(cases, answers):
@@ -87,11 +90,11 @@ def check_conv2d_unfold(conv2d_unfold: Callable, seed: int = VISIBLE_SEED, count
                                 **case.kwargs()) for case in cases]
     for case, got in zip(cases, answers):
         call = describe_call("conv2d_unfold", (case.x, case.weight), case.kwargs())
-        expected = _REF["conv2d"](case.x, case.weight, **case.kwargs())
+        expected = REFERENCE["conv2d"](case.x, case.weight, **case.kwargs())
         if case.bias is not None and isinstance(got, torch.Tensor) \
-                and got.shape == expected.shape and not _close(got, expected):
+                and got.shape == expected.shape and not tensors_match(got, expected):
             no_bias = dict(case.kwargs(), bias=None)
-            if _close(got, _REF["conv2d"](case.x, case.weight, **no_bias)):
+            if tensors_match(got, REFERENCE["conv2d"](case.x, case.weight, **no_bias)):
                 fail(f"{call}: the values lack the bias; add bias[m] to every position of output "
                      f"channel m (reshape it to (1, M, 1, 1) to broadcast).")
         if isinstance(got, torch.Tensor) and got.dim() == 4 and got.shape[:2] == expected.shape[:2] \
@@ -104,18 +107,11 @@ def check_conv2d_unfold(conv2d_unfold: Callable, seed: int = VISIBLE_SEED, count
            f"(rectangular kernels, stride, padding, dilation, groups).")
 
 
-def _close(actual: torch.Tensor, other: torch.Tensor) -> bool:
-    return (type(actual) is torch.Tensor and actual.shape == other.shape
-            and actual.is_floating_point() and actual.device == other.device
-            and bool(_REF["allclose"](actual.detach().to(other.dtype), other, atol=1e-4,
-                                      rtol=1e-4)))
-
-
 def check_conv_params(conv_params: Callable,
                       cases: Sequence[tuple[int, int, int, bool]] = LAYER_CASES) -> None:
     """``conv_params(in_channels, out_channels, kernel_size, bias)`` against nn.Conv2d; cases are
     (in_channels, out_channels, kernel_size, bias)."""
-    with refusing(_COUNT_ADVICE, references=course_references(*_COUNTERS)):
+    with refusing(COUNT_ADVICE, references=course_references(*_COUNTERS)):
         answers = [call_student(conv_params, *case, name="conv_params") for case in cases]
     for (c, m, k, bias), got in zip(cases, answers):
         layer = nn.Conv2d(c, m, k, bias=bias, device="meta")  # meta: shapes only, no memory
@@ -138,13 +134,13 @@ def check_conv_macs(conv_macs: Callable,
     FlopCounterMode measurement of a real conv (FLOPs / 2); cases are those arguments."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with refusing(_COUNT_ADVICE, references=course_references(*_COUNTERS)):
+    with refusing(COUNT_ADVICE, references=course_references(*_COUNTERS)):
         answers = [call_student(conv_macs, *case, name="conv_macs") for case in cases]
     for (c, m, k, oh, ow), got in zip(cases, answers):
         x = torch.zeros(1, c, oh + k - 1, ow + k - 1, device="meta")
         w = torch.zeros(m, c, k, k, device="meta")
         with FlopCounterMode(display=False) as counter:
-            _REF["conv2d"](x, w)
+            REFERENCE["conv2d"](x, w)
         expected = counter.get_total_flops() // 2
         hints = {2 * expected: "FLOPs count a multiply and an add separately; a MAC is one "
                                "multiply-add, so do not double.",
@@ -155,26 +151,42 @@ def check_conv_macs(conv_macs: Callable,
     passed(f"conv_macs matches a measured FlopCounterMode count on {len(cases)} layers.")
 
 
-def check_vgg_layer(out_size: object, params: object, macs: object) -> None:
-    """Part 5: a 3x3, 128->256 conv, padding 1, on 56x56, with bias - measured on a real layer."""
+def check_conv_costs(conv_params: Callable, conv_macs: Callable,
+                     param_cases: Sequence[tuple[int, int, int, bool]] = LAYER_CASES,
+                     macs_cases: Sequence[tuple[int, int, int, int, int]] = MACS_CASES) -> None:
+    """Part 2: both counting functions, one test (:func:`check_conv_params` on ``param_cases``,
+    then :func:`check_conv_macs` on ``macs_cases``)."""
+    check_conv_params(conv_params, param_cases)
+    check_conv_macs(conv_macs, macs_cases)
+
+
+def check_layer_answers(out_size: object, params: object, macs: object) -> None:
+    """Part 3, by number: the output size, parameters and mult-adds of :data:`LAYER` (with bias),
+    measured on a real layer."""
     from torch.utils.flop_counter import FlopCounterMode
 
     # The student's answers first, as plain numbers; the expected values only after.
-    answers = (as_int(out_size, "vgg_out_size"), as_int(params, "vgg_params"),
-               as_int(macs, "vgg_macs"))
-    layer = nn.Conv2d(128, 256, 3, padding=1, device="meta")
+    answers = (as_int(out_size, "layer_out_size"), as_int(params, "layer_params"),
+               as_int(macs, "layer_macs"))
+    c, m, k, s, p, size = (LAYER[key] for key in ("in_channels", "out_channels", "kernel_size",
+                                                  "stride", "padding", "size"))
+    layer = nn.Conv2d(c, m, k, stride=s, padding=p, device="meta")
     with FlopCounterMode(display=False) as counter:
-        out = layer(torch.zeros(1, 128, 56, 56, device="meta"))
+        out = layer(torch.zeros(1, c, size, size, device="meta"))
     side = out.shape[-1]
-    expect_int(answers[0], side, "vgg_out_size",
-               {54: "padding 1 keeps a 3x3 conv's output the same size as its input."})
+    expect_int(answers[0], side, "layer_out_size", _output_size_hints(size, k, s, p, 1))
     expected_params = sum(p.numel() for p in layer.parameters())
-    expect_int(answers[1], expected_params, "vgg_params",
-               {expected_params - 256: "include the bias (256 numbers).",
-                expected_params - 256 + 256 * 9: "the bias is one number per output channel."})
+    weights = k * k * c * m
+    expect_int(answers[1], expected_params, "layer_params", named_mistakes([
+        (weights, "include the bias (one number per output channel)."),
+        (weights + m * k * k, "the bias is one number per output channel, not a K x K matrix."),
+        (k * c * m + m, "the kernel is K x K: multiply by K twice.")]))
     expected_macs = counter.get_total_flops() // 2
-    expect_int(answers[2], expected_macs, "vgg_macs",
-               {2 * expected_macs: "that is FLOPs (2 per MAC); count multiply-adds once.",
-                128 * 256 * 9 * 54 * 54: "the output is as large as the input (padding 1).",
-                expected_macs + 256 * side * side: "ignore the bias additions."})
+    expect_int(answers[2], expected_macs, "layer_macs", named_mistakes([
+        (2 * expected_macs, "that is FLOPs (2 per MAC); count multiply-adds once."),
+        (weights * size * size, "the stride shrinks the output: count output positions, not "
+                                "input pixels."),
+        (expected_macs + m * side * side, "ignore the bias additions."),
+        (weights, "that is the number of weights; each one is used at every output "
+                  "position.")]))
     passed(f"{side}x{side} output, {expected_params:,} parameters, {expected_macs:,} MACs.")

@@ -14,27 +14,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.checks import (_REF, as_int, as_number, call_student, course_references,
-                               describe_call, expect_close, expect_int, expect_tensor, fail, passed,
-                               refusing)
+from course_lib.checks import (COUNT_ADVICE, REFERENCE, as_int, as_number, call_student,
+                               course_references, describe_call, expect_close, expect_int,
+                               expect_tensor, fail, named_mistakes, passed, refusing,
+                               tensors_match)
 from course_lib.pointwise import input_positions_used
 
 VISIBLE_SEED = 202
 # (in_channels, out_channels, bias) for part 3a
 PARAM_CASES = [(256, 64, True), (64, 256, False), (3, 5, True), (17, 1, False)]
-# (in_channels, out_channels, height, width, stride) for part 3b: odd sizes and every stride
-MACS_CASES = [(256, 64, 56, 56, 1), (64, 128, 56, 56, 2), (32, 16, 7, 7, 2), (5, 9, 13, 10, 3),
-              (3, 4, 9, 6, 2)]
-_COUNT_ADVICE = ("write the formula yourself: course_lib's counters are what the check compares "
-                 "against, so calling them is not allowed here.")
-
-
-def _same(actual: object, other: torch.Tensor) -> bool:
-    """True when ``actual`` is a tensor equal (to float tolerance) to ``other``."""
-    return (isinstance(actual, torch.Tensor) and actual.shape == other.shape
-            and actual.is_floating_point()
-            and bool(_REF["allclose"](actual.detach().to(other.dtype), other, atol=1e-4,
-                                      rtol=1e-4)))
+# (in_channels, out_channels, out_h, out_w) for part 3b: the OUTPUT size, as in every counting
+# function of the course (conv_macs, depthwise_macs, separable_macs)
+MACS_CASES = [(256, 64, 56, 56), (64, 128, 28, 28), (32, 16, 4, 4), (5, 9, 5, 4), (3, 4, 5, 3)]
+# Part 4's questions (layers the chapter does not show: it works with stride 2 on 7x7 and 56x56)
+READ_FRACTION = dict(size=45, stride=3)          # read_fraction
+READ_POSITIONS = dict(size=17, stride=3)         # read_positions
+MACS_RATIO = dict(in_channels=48, out_channels=96, size=29, stride=2)   # macs_ratio
 
 
 def pointwise_cases(seed: int, count: int) -> list[tuple[torch.Tensor, torch.Tensor,
@@ -62,16 +57,17 @@ def check_pointwise_matmul(pointwise_matmul: Callable, seed: int = VISIBLE_SEED,
     computed without any convolution (refused at the dispatcher while it runs); ``count`` random
     cases from ``seed``."""
     cases = pointwise_cases(seed, count)
-    advice = ("pointwise_matmul must not call a convolution (F.conv2d, torch.conv2d, nn.Conv2d, "
-              "torch.ops.aten.convolution, course_lib's pointwise layers): write it as a matrix "
-              "multiply (@, torch.matmul or torch.einsum) over the channel axis.")
+    advice = ("pointwise_matmul must be your own matrix multiply (@, torch.matmul or "
+              "torch.einsum over the channel axis): it may call neither a convolution (F.conv2d, "
+              "torch.conv2d, nn.Conv2d, torch.ops.aten.convolution) nor course_lib.pointwise's "
+              "functions (pointwise_as_matmul, ...), which the check compares against.")
     with refusing(advice, convolutions=True, references=course_references("pointwise", "conv")):
         answers = [call_student(pointwise_matmul, x, weight, bias, name="pointwise_matmul")
                    for x, weight, bias in cases]
     for (x, weight, bias), got in zip(cases, answers):
         call = describe_call("pointwise_matmul", (x, weight, bias))
-        expected = _REF["conv2d"](x, weight, bias)
-        if bias is not None and not _same(got, expected) and _same(got, _REF["conv2d"](x, weight)):
+        expected = REFERENCE["conv2d"](x, weight, bias)
+        if bias is not None and not tensors_match(got, expected) and tensors_match(got, REFERENCE["conv2d"](x, weight)):
             fail(f"{call}: the values lack the bias; add bias[m] to every pixel of output "
                  f"channel m (reshape it to (1, M, 1, 1) to broadcast).")
         expect_tensor(got, expected, call)
@@ -125,13 +121,13 @@ def check_pointwise_via_linear(pointwise_via_linear: Callable, seed: int = VISIB
                 f"nn.Linear({c}, {m}, bias={bias is not None}))")
         if not used_linear:
             fail(f"{call} never called `linear`: {advice}")
-        expected = _REF["conv2d"](x, weight, bias)
-        right = _same(got, expected)
-        if not right and _same(got, _pixel_rows_by_reshape(x, weight, bias, False)):
+        expected = REFERENCE["conv2d"](x, weight, bias)
+        right = tensors_match(got, expected)
+        if not right and tensors_match(got, _pixel_rows_by_reshape(x, weight, bias, False)):
             fail(f"{call}: this is still the buggy result. x.reshape(N, H*W, C) does not move "
                  f"the channel axis: each row it makes holds C neighbouring numbers of ONE "
                  f"channel. Use x.permute(0, 2, 3, 1) to get one row of C channels per pixel.")
-        if not right and _same(got, _pixel_rows_by_reshape(x, weight, bias, True)):
+        if not right and tensors_match(got, _pixel_rows_by_reshape(x, weight, bias, True)):
             fail(f"{call}: the input side is fixed, but the output (N, H, W, M) is reshaped to "
                  f"(N, M, H, W); move the channel axis back with .permute(0, 3, 1, 2).")
         expect_tensor(got, expected, call)
@@ -142,7 +138,7 @@ def check_pointwise_params(pointwise_params: Callable,
                            cases: Sequence[tuple[int, int, bool]] = PARAM_CASES) -> None:
     """Part 3a: ``pointwise_params(in_channels, out_channels, bias=True)`` against nn.Conv2d;
     cases are (in_channels, out_channels, bias)."""
-    with refusing(_COUNT_ADVICE, references=course_references("costs", "pointwise")):
+    with refusing(COUNT_ADVICE, references=course_references("costs", "pointwise")):
         answers = [call_student(pointwise_params, *case, name="pointwise_params")
                    for case in cases]
     for (c, m, bias), got in zip(cases, answers):
@@ -156,62 +152,81 @@ def check_pointwise_params(pointwise_params: Callable,
 
 
 def check_pointwise_macs(pointwise_macs: Callable,
-                         cases: Sequence[tuple[int, int, int, int, int]] = MACS_CASES) -> None:
-    """Part 3b: ``pointwise_macs(in_channels, out_channels, height, width, stride=1)`` (input
-    size) against a FlopCounterMode measurement of a real strided 1x1 conv (FLOPs / 2)."""
+                         cases: Sequence[tuple[int, int, int, int]] = MACS_CASES) -> None:
+    """Part 3b: ``pointwise_macs(in_channels, out_channels, out_h, out_w)`` (the output size)
+    against a FlopCounterMode measurement of a real 1x1 conv (FLOPs / 2)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with refusing(_COUNT_ADVICE, references=course_references("costs", "pointwise")):
+    with refusing(COUNT_ADVICE, references=course_references("costs", "pointwise")):
         answers = [call_student(pointwise_macs, *case, name="pointwise_macs") for case in cases]
-    for (c, m, h, w, stride), got in zip(cases, answers):
+    for (c, m, h, w), got in zip(cases, answers):
         x = torch.zeros(1, c, h, w, device="meta")
         with FlopCounterMode(display=False) as counter:
-            out = _REF["conv2d"](x, torch.zeros(m, c, 1, 1, device="meta"), stride=stride)
+            REFERENCE["conv2d"](x, torch.zeros(m, c, 1, 1, device="meta"))
         expected = counter.get_total_flops() // 2
-        hints = {2 * expected: "FLOPs count a multiply and an add separately; a MAC is one "
-                               "multiply-add, so do not double.",
-                 c * m * h * w: f"with stride {stride} the output is smaller than the input: "
-                                f"count output positions, not input pixels.",
-                 c * m * (h // stride) * (w // stride): "round the output size up: a 1x1 kernel "
-                                                        "with stride s reads rows 0, s, 2s, ... "
-                                                        "so there are ceil(H/s) of them.",
-                 c * m: "that is the number of weights; each is used at every output position."}
-        args = (c, m, h, w, stride)
-        expect_int(got, expected, describe_call("pointwise_macs", args), hints)
+        hints = named_mistakes([
+            (2 * expected, "FLOPs count a multiply and an add separately; a MAC is one "
+                           "multiply-add, so do not double."),
+            (9 * expected, "a pointwise kernel is 1 x 1, not 3 x 3."),
+            (c * m, "that is the number of weights; each is used at every output position.")])
+        expect_int(got, expected, describe_call("pointwise_macs", (c, m, h, w)), hints)
     passed(f"pointwise_macs matches a measured FlopCounterMode count on {len(cases)} layers.")
 
 
-def check_strided_answers(read_fraction: object, read_positions_7x7: object,
+def check_pointwise_costs(pointwise_params: Callable, pointwise_macs: Callable,
+                          param_cases: Sequence[tuple[int, int, bool]] = PARAM_CASES,
+                          macs_cases: Sequence[tuple[int, int, int, int]] = MACS_CASES) -> None:
+    """Part 3: both counting functions in one test."""
+    check_pointwise_params(pointwise_params, param_cases)
+    check_pointwise_macs(pointwise_macs, macs_cases)
+
+
+def _read_mask(size: int, stride: int) -> torch.Tensor:
+    """Which pixels of a size x size input a 1x1 conv with ``stride`` reads (measured)."""
+    return input_positions_used(nn.Conv2d(2, 2, 1, stride=stride), (1, 2, size, size))
+
+
+def check_strided_answers(read_fraction: object, read_positions: object,
                           macs_ratio: object) -> None:
     """Part 4, by number, each measured on a real layer:
-    ``read_fraction``: share of a 56x56 input read by a 1x1 conv with stride 2;
-    ``read_positions_7x7``: input positions of a 7x7 map read by a 1x1 conv with stride 2;
-    ``macs_ratio``: MACs of a stride-1 1x1 conv (64 -> 128, 56x56) over the same conv with
-    stride 2."""
+    ``read_fraction``: share of the input of :data:`READ_FRACTION` read by a strided 1x1 conv;
+    ``read_positions``: input positions of :data:`READ_POSITIONS` it reads;
+    ``macs_ratio``: MACs of the 1x1 conv of :data:`MACS_RATIO` with stride 1 over the same conv
+    with its stride."""
     from course_lib.costs import measure_macs
 
     # The answers as plain numbers first; the expected values only after.
     fraction = as_number(read_fraction, "read_fraction")
-    read_7x7 = as_int(read_positions_7x7, "read_positions_7x7")
+    read = as_int(read_positions, "read_positions")
     ratio = as_number(macs_ratio, "macs_ratio")
 
-    mask = input_positions_used(nn.Conv2d(2, 2, 1, stride=2), (1, 2, 56, 56))
-    expected_fraction = mask.float().mean().item()
+    size, stride = READ_FRACTION["size"], READ_FRACTION["stride"]
+    expected_fraction = _read_mask(size, stride).float().mean().item()
     expect_close(fraction, expected_fraction, "read_fraction", hints={
         1 - expected_fraction: "that is the share DISCARDED. The question asks for the share of "
                                "input positions that are read.",
         100 * expected_fraction: "give a fraction between 0 and 1, not a percentage."})
 
-    read_7 = int(input_positions_used(nn.Conv2d(2, 2, 1, stride=2), (1, 2, 7, 7)).sum())
-    expect_int(read_7x7, read_7, "read_positions_7x7",
-               {9: "rows 0, 2, 4 AND 6 are read: with stride 2 a 7-pixel row gives ceil(7/2) "
-                   "outputs, not floor(7/2).",
-                12: "count whole pixels (rows read x columns read), not 49 / 4."})
+    size, stride = READ_POSITIONS["size"], READ_POSITIONS["stride"]
+    expected_read = int(_read_mask(size, stride).sum())
+    expect_int(read, expected_read, "read_positions", named_mistakes([
+        ((size // stride) ** 2, f"a {size}-pixel row gives ceil({size}/{stride}) outputs with "
+                                f"stride {stride}, not floor: the last read pixel need not be "
+                                f"followed by a full stride."),
+        (size // stride, "count pixels in 2-D (rows read x columns read)."),
+        (size * size // (stride * stride), f"count whole pixels (rows read x columns read), not "
+                                           f"{size * size} / {stride * stride}.")]))
 
-    dense = measure_macs(nn.Conv2d(64, 128, 1), (1, 64, 56, 56))
-    strided = measure_macs(nn.Conv2d(64, 128, 1, stride=2), (1, 64, 56, 56))
-    expect_close(ratio, dense / strided, "macs_ratio", hints={
+    c, m, size, stride = (MACS_RATIO[k] for k in ("in_channels", "out_channels", "size",
+                                                  "stride"))
+    x = torch.zeros(1, c, size, size, device="meta")   # meta: shapes and counts only
+    dense = measure_macs(nn.Conv2d(c, m, 1, device="meta"), x)
+    strided = measure_macs(nn.Conv2d(c, m, 1, stride=stride, device="meta"), x)
+    expect_close(ratio, dense / strided, "macs_ratio", rel=1e-4, hints={
         strided / dense: "you divided the other way round; the question asks stride-1 MACs "
-                         "divided by stride-2 MACs (a number > 1)."})
-    passed(f"a stride-2 1x1 conv reads {expected_fraction:.0%} of a 56x56 input, {read_7} pixels "
-           f"of a 7x7 one, and costs {dense // strided}x fewer MACs than stride 1.")
+                         "divided by strided MACs (a number > 1).",
+        float(stride * stride): f"the strided output is ceil({size}/{stride}) pixels wide, not "
+                                f"{size}/{stride}: the ratio is not exactly stride^2 here."})
+    passed(f"a strided 1x1 conv reads {expected_fraction:.1%} of the first input, "
+           f"{expected_read} pixels of the second, and costs {dense / strided:.3f}x fewer MACs "
+           f"than stride 1.")

@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.checks import (_REF, as_int, as_number, call_student, course_references,
-                               describe_call, expect_close, expect_int, expect_tensor, fail, passed,
-                               refusing)
+from course_lib.checks import (COUNT_ADVICE, REFERENCE, as_int, as_number, call_student,
+                               course_references, describe_call, expect_close, expect_int,
+                               expect_tensor, fail, named_mistakes, passed, refusing,
+                               tensors_match)
 from course_lib.checks.cases import conv_cases
 
 VISIBLE_SEED = 303
@@ -25,15 +26,9 @@ KERAS_SHAPES = [(3, 5, 3, 2), (3, 3, 4, 1), (1, 3, 2, 3), (5, 2, 3, 4)]
 # (channels, kernel_size, depth_multiplier, out_h, out_w, bias) for part 3
 COST_CASES = [(32, 3, 1, 112, 112, False), (64, 3, 1, 56, 56, True), (16, 5, 2, 28, 20, True),
               (7, 2, 3, 9, 13, False), (5, 7, 2, 4, 6, True)]
-_COUNT_ADVICE = ("write the formula yourself: course_lib's counters are what the check compares "
-                 "against, so calling them is not allowed here.")
-
-
-def _close(actual: object, other: torch.Tensor) -> bool:
-    return (isinstance(actual, torch.Tensor) and actual.shape == other.shape
-            and actual.is_floating_point()
-            and bool(_REF["allclose"](actual.detach().to(other.dtype), other, atol=1e-4,
-                                      rtol=1e-4)))
+# Part 4, by number: an inverted-residual-style depthwise layer (chapter 3 works through
+# MobileNetV1's first one, 32 channels at 112 x 112, stride 1).
+LAYER = dict(channels=144, kernel_size=3, size=28, stride=2, padding=1)
 
 
 def multiplier_first(t: torch.Tensor, channels: int, axis: int) -> torch.Tensor:
@@ -50,26 +45,27 @@ def check_depthwise_conv2d(depthwise_conv2d: Callable, seed: int = VISIBLE_SEED,
     ``weight`` (C * k, 1, K, K) equals ``F.conv2d(..., groups=C)``; while it runs, grouped
     convolutions (any route to them) and course_lib's depthwise layers refuse."""
     cases = conv_cases(seed, count=count, depthwise=True)
-    advice = ("depthwise_conv2d must not call a grouped convolution (groups > 1) or course_lib's "
-              "depthwise layers: loop over the channels and call F.conv2d on one channel at a "
-              "time.")
+    advice = ("depthwise_conv2d must call F.conv2d on ONE input channel at a time (a weight of "
+              "shape (k, 1, K, K) or (1, 1, K, K)): no grouped convolution (groups > 1), no "
+              "dense convolution over all channels (even with a block-diagonal weight), no "
+              "course_lib depthwise layer.")
     kwargs = [dict(bias=case.bias, stride=case.stride, padding=case.padding,
                    dilation=case.dilation) for case in cases]
-    with refusing(advice, convolutions="grouped",
+    with refusing(advice, convolutions="single-channel",
                   references=course_references("depthwise", "separable")):
         answers = [call_student(depthwise_conv2d, case.x, case.weight, name="depthwise_conv2d",
                                 **kw) for case, kw in zip(cases, kwargs)]
     for case, kw, got in zip(cases, kwargs, answers):
         channels = case.x.shape[1]
-        expected = _REF["conv2d"](case.x, case.weight, groups=channels, **kw)
+        expected = REFERENCE["conv2d"](case.x, case.weight, groups=channels, **kw)
         call = describe_call("depthwise_conv2d", (case.x, case.weight), kw)
-        right = _close(got, expected)
-        if not right and _close(got, multiplier_first(expected, channels, 1)):
+        right = tensors_match(got, expected)
+        if not right and tensors_match(got, multiplier_first(expected, channels, 1)):
             fail(f"{call}: right values, wrong channel order. Filter j of input channel c is "
                  f"weight[c * k + j] and must land in output channel c * k + j (all k outputs of "
                  f"channel 0 first, then channel 1, ...); you ordered them j * C + c.")
-        if not right and case.bias is not None and _close(
-                got, _REF["conv2d"](case.x, case.weight, groups=channels, stride=case.stride,
+        if not right and case.bias is not None and tensors_match(
+                got, REFERENCE["conv2d"](case.x, case.weight, groups=channels, stride=case.stride,
                                     padding=case.padding, dilation=case.dilation)):
             fail(f"{call}: the values lack the bias (one number per output channel).")
         expect_tensor(got, expected, call)
@@ -117,7 +113,7 @@ def check_keras_to_torch(keras_to_torch: Callable,
             fail(f"{call}: wrong shape {tuple(got.shape)}; PyTorch's depthwise weight is "
                  f"(C * k, 1, K_h, K_w) = {tuple(expected.shape)}, with a 1 for the single input "
                  f"channel each filter sees.")
-        if not _close(got, expected) and _close(got, multiplier_first(expected, channels, axis=0)):
+        if not tensors_match(got, expected) and tensors_match(got, multiplier_first(expected, channels, axis=0)):
             fail(f"{call}: still the bug - the filters come out multiplier-first (j * C + c). "
                  f"TensorFlow and PyTorch both put filter q of channel c at c * k + q: put the "
                  f"C axis before the k axis when you flatten them.")
@@ -130,7 +126,7 @@ def check_depthwise_params(depthwise_params: Callable,
                            ) -> None:
     """Part 3a: ``depthwise_params(channels, kernel_size, depth_multiplier=1, bias=True)`` against
     ``nn.Conv2d(C, C * k, K, groups=C)``; cases are (C, K, k, H_out, W_out, bias)."""
-    with refusing(_COUNT_ADVICE, references=course_references("costs", "depthwise")):
+    with refusing(COUNT_ADVICE, references=course_references("costs", "depthwise")):
         answers = [call_student(depthwise_params, c, kernel, k, bias, name="depthwise_params")
                    for c, kernel, k, _, _, bias in cases]
     for (c, kernel, k, _, _, bias), got in zip(cases, answers):
@@ -157,7 +153,7 @@ def check_depthwise_macs(depthwise_macs: Callable,
     (C, K, k, H_out, W_out, bias)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with refusing(_COUNT_ADVICE, references=course_references("costs", "depthwise")):
+    with refusing(COUNT_ADVICE, references=course_references("costs", "depthwise")):
         answers = [call_student(depthwise_macs, c, kernel, oh, ow, k, name="depthwise_macs")
                    for c, kernel, k, oh, ow, _ in cases]
     for (c, kernel, k, oh, ow, _), got in zip(cases, answers):
@@ -165,7 +161,7 @@ def check_depthwise_macs(depthwise_macs: Callable,
         x = torch.zeros(1, c, oh + kernel - 1, ow + kernel - 1, device="meta")
         w = torch.zeros(c * k, 1, kernel, kernel, device="meta")
         with FlopCounterMode(display=False) as counter:
-            _REF["conv2d"](x, w, groups=c)
+            REFERENCE["conv2d"](x, w, groups=c)
         expected = counter.get_total_flops() // 2
         hints = {2 * expected: "FLOPs count a multiply and an add separately; a MAC is one "
                                "multiply-add, so do not double.",
@@ -180,29 +176,44 @@ def check_depthwise_macs(depthwise_macs: Callable,
     passed(f"depthwise_macs matches a measured FlopCounterMode count on {len(cases)} layers.")
 
 
-def check_mobilenet_layer(dw_params: object, dw_macs: object,
+def check_depthwise_costs(depthwise_params: Callable, depthwise_macs: Callable,
+                          cases: Sequence[tuple[int, int, int, int, int, bool]] = COST_CASES
+                          ) -> None:
+    """Part 3: both counting functions in one test, on the same (C, K, k, H_out, W_out, bias)
+    cases."""
+    check_depthwise_params(depthwise_params, cases)
+    check_depthwise_macs(depthwise_macs, cases)
+
+
+def check_depthwise_layer(dw_params: object, dw_macs: object,
                           standard_over_depthwise: object) -> None:
-    """Part 4, by number: MobileNetV1's first depthwise layer (3x3, 32 channels, 112x112,
-    stride 1, padding 1, no bias) and how many times more MACs a standard 3x3 conv from 32 to 32
-    channels would cost, all measured on real layers."""
+    """Part 4, by number: the depthwise layer of :data:`LAYER` (no bias) and how many times more
+    MACs a standard conv with the same channels in and out would cost, measured on real
+    layers."""
     from course_lib.costs import count_params, measure_macs
 
     # The answers as plain numbers first; the expected values only after.
     answers = (as_int(dw_params, "dw_params"), as_int(dw_macs, "dw_macs"),
                as_number(standard_over_depthwise, "standard_over_depthwise"))
-    shape = (1, 32, 112, 112)
-    dw = nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False)
-    full = nn.Conv2d(32, 32, 3, padding=1, bias=False)
+    c, k, size, stride, padding = (LAYER[key] for key in ("channels", "kernel_size", "size",
+                                                          "stride", "padding"))
+    shape = torch.zeros(1, c, size, size, device="meta")   # meta: shapes and counts only
+    dw = nn.Conv2d(c, c, k, stride=stride, padding=padding, groups=c, bias=False, device="meta")
+    full = nn.Conv2d(c, c, k, stride=stride, padding=padding, bias=False, device="meta")
     params, macs = count_params(dw), measure_macs(dw, shape)
-    expect_int(answers[0], params, "dw_params",
-               {params + 32: "MobileNet's convolutions have no bias (BatchNorm follows them).",
-                count_params(full): "that is the standard convolution's count; a depthwise "
-                                    "filter is 1 x 3 x 3."})
-    expect_int(answers[1], macs, "dw_macs",
-               {2 * macs: "that is FLOPs (2 per MAC); count multiply-adds once.",
-                3 * 3 * 32 * 110 * 110: "padding 1 keeps the output 112x112."})
+    expect_int(answers[0], params, "dw_params", named_mistakes([
+        (params + c, "depthwise layers in such networks have no bias (BatchNorm follows them)."),
+        (count_params(full), "that is the standard convolution's count; a depthwise filter is "
+                             f"1 x {k} x {k}.")]))
+    expect_int(answers[1], macs, "dw_macs", named_mistakes([
+        (2 * macs, "that is FLOPs (2 per MAC); count multiply-adds once."),
+        (k * k * c * size * size, f"with stride {stride} the output is smaller than the input: "
+                                  f"count output positions."),
+        (k * k * c * (size - k + 1) ** 2, "padding keeps more output positions: apply the "
+                                          "output-size formula with the padding.")]))
     ratio = measure_macs(full, shape) / macs
     expect_close(answers[2], ratio, "standard_over_depthwise", hints={
         1 / ratio: "you divided the other way round; give standard MACs divided by depthwise "
                    "MACs (a number > 1)."})
-    passed(f"{params} parameters, {macs:,} MACs; a standard 3x3 conv costs {ratio:.0f}x more.")
+    passed(f"{params:,} parameters, {macs:,} MACs; a standard {k}x{k} conv costs {ratio:.0f}x "
+           f"more.")

@@ -2,7 +2,7 @@
 
 References are independent of the formulas a student writes: parameter counts come from real
 ``nn.Conv2d`` layers (on the meta device: shapes only), mult-adds from ``FlopCounterMode`` around
-PyTorch's own conv2d, and output values from ``F.conv2d`` bound at import (``_REF``).
+PyTorch's own conv2d, and output values from ``F.conv2d`` bound at import (``REFERENCE``).
 """
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from course_lib.checks import (_REF, as_int, as_number, call_student, course_references,
-                               describe_call, expect_close, expect_int, expect_tensor, fail,
-                               how_wrong, passed, quiet, refusing)
+from course_lib.checks import (COUNT_ADVICE, REFERENCE, as_int, as_number, call_student,
+                               course_references, describe_call, expect_close, expect_int,
+                               expect_tensor, fail, how_wrong, named_mistakes, passed, quiet,
+                               refusing, tensors_match)
 
 VISIBLE_SEED = 404
 # (in_channels, out_channels, kernel_size, depth_multiplier): the worked example first
@@ -25,8 +26,8 @@ MACS_CASES = [(3, 16, 3, 8, 8, 1), (32, 64, 3, 14, 14, 1), (8, 8, 5, 7, 3, 2), (
 BLOCK_CASES = [(4, 8, 3, 1, 9), (6, 5, 3, 2, 11), (3, 7, 5, 3, 13), (8, 2, 1, 2, 6)]
 # (in_channels, out_channels, kernel_size) of separable_to_full's weights
 FULL_SHAPES = [(3, 16, 3), (4, 4, 3), (5, 2, 1), (2, 6, 5)]
-_COUNT_ADVICE = ("write the formula yourself: course_lib's counters are what the check compares "
-                 "against, so calling them is not allowed here.")
+# The by-number part: a 5x5 layer from 6 to 24 channels (chapter 4 works through 3x3, 3 -> 16).
+NUMBERS = dict(in_channels=6, out_channels=24, kernel_size=5)
 
 
 def _reference_params(c: int, m: int, k: int, d: int) -> int:
@@ -39,7 +40,7 @@ def check_separable_params(separable_params: Callable,
                            cases: Sequence[tuple[int, int, int, int]] = LAYER_CASES) -> None:
     """``separable_params(in_channels, out_channels, kernel_size, depth_multiplier)`` (no bias)
     against real depthwise + pointwise layers; cases are those four arguments."""
-    with refusing(_COUNT_ADVICE, references=course_references("costs", "separable")):
+    with refusing(COUNT_ADVICE, references=course_references("costs", "separable")):
         answers = [call_student(separable_params, *case, name="separable_params")
                    for case in cases]
     for (c, m, k, d), got in zip(cases, answers):
@@ -67,7 +68,7 @@ def _measured_macs(c: int, m: int, k: int, out_h: int, out_w: int, d: int) -> in
     w_depthwise = torch.zeros(c * d, 1, k, k, device="meta")
     w_pointwise = torch.zeros(m, c * d, 1, 1, device="meta")
     with FlopCounterMode(display=False) as counter:
-        _REF["conv2d"](_REF["conv2d"](x, w_depthwise, groups=c), w_pointwise)
+        REFERENCE["conv2d"](REFERENCE["conv2d"](x, w_depthwise, groups=c), w_pointwise)
     return counter.get_total_flops() // 2
 
 
@@ -75,7 +76,7 @@ def check_separable_macs(separable_macs: Callable,
                          cases: Sequence[tuple[int, int, int, int, int, int]] = MACS_CASES) -> None:
     """``separable_macs(in_channels, out_channels, kernel_size, out_h, out_w, depth_multiplier)``
     against FlopCounterMode (FLOPs / 2) on PyTorch's conv2d; cases are those six arguments."""
-    with refusing(_COUNT_ADVICE, references=course_references("costs", "separable")):
+    with refusing(COUNT_ADVICE, references=course_references("costs", "separable")):
         answers = [call_student(separable_macs, *case, name="separable_macs") for case in cases]
     for (c, m, k, out_h, out_w, d), got in zip(cases, answers):
         expected = _measured_macs(c, m, k, out_h, out_w, d)
@@ -156,13 +157,13 @@ def check_separable_block(SeparableConv2d: Callable,
         with quiet(), torch.no_grad(), FlopCounterMode(display=False) as counter:
             block(x[:1])
         macs = counter.get_total_flops() // 2
-        expected = _REF["conv2d"](_REF["conv2d"](x, w_dw, stride=s, padding=k // 2, groups=c),
+        expected = REFERENCE["conv2d"](REFERENCE["conv2d"](x, w_dw, stride=s, padding=k // 2, groups=c),
                                   w_pw)
         what = f"{call} on an input of shape {tuple(x.shape)} (padding kernel_size // 2)"
         extras = sorted({type(layer).__name__ for layer in block.modules()
                          if layer is not block and not isinstance(layer, nn.Conv2d)})
         if extras and type(got) is torch.Tensor and got.shape == expected.shape \
-                and not _REF["allclose"](got.float(), expected, atol=1e-4, rtol=1e-4):
+                and not tensors_match(got, expected):
             fail(f"{what}: wrong values, and the block also holds {', '.join(extras)}. The task's "
                  f"block is only the depthwise conv then the pointwise conv (in a network, "
                  f"BatchNorm and ReLU come after each conv, outside this block): remove them.")
@@ -197,56 +198,70 @@ def check_separable_to_full(separable_to_full: Callable,
             fail(f"{call}: got shape {tuple(got.shape)}, expected {(m, c, k, k)}: a standard "
                  f"conv's weight is (out_channels, in_channels, K, K).")
         x = torch.randn(1, c, k + 4, k + 5, generator=g)
-        separable_out = _REF["conv2d"](_REF["conv2d"](x, w_dw, groups=c), w_pw)
+        separable_out = REFERENCE["conv2d"](REFERENCE["conv2d"](x, w_dw, groups=c), w_pw)
         # Independent of any formula: W[m, c] = P[m, c] * D[c], one output channel at a time.
         expected = torch.stack([w_pw[j, :, 0, 0, None, None] * w_dw[:, 0] for j in range(m)])
         expect_tensor(got, expected, call, atol=1e-5, rtol=1e-5)
-        expect_tensor(_REF["conv2d"](x, got), separable_out,
+        expect_tensor(REFERENCE["conv2d"](x, got), separable_out,
                       f"F.conv2d(x, {call}) vs the separable conv", atol=1e-4, rtol=1e-4)
     passed(f"separable_to_full gives the equivalent standard kernel on {len(shapes)} cases.")
 
 
-def check_numbers(example_standard_params: Any, example_separable_params: Any,
-                  mac_saving_m16_k3: Any, exact_depth_multiplier: Any) -> None:
-    """Part 5: the worked example (3 -> 16 channels, 3x3, no bias), the mult-add saving at
-    M = 16, K = 3, and the depth multiplier that makes every 3x3, 3 -> 16 kernel reachable."""
+def check_separable_costs(separable_params: Callable, separable_macs: Callable,
+                          param_cases: Sequence[tuple[int, int, int, int]] = LAYER_CASES,
+                          macs_cases: Sequence[tuple[int, int, int, int, int, int]] = MACS_CASES
+                          ) -> None:
+    """Part 1: both counting functions in one test."""
+    check_separable_params(separable_params, param_cases)
+    check_separable_macs(separable_macs, macs_cases)
+
+
+def check_numbers(standard_weights: Any, separable_weights: Any, mac_saving: Any,
+                  exact_depth_multiplier: Any) -> None:
+    """By number, for the layer of :data:`NUMBERS` (no bias): the weights of the standard and
+    the separable conv, the mult-add saving, and the smallest depth multiplier with which every
+    standard kernel of that shape is reachable."""
     # The answers as plain numbers first; the expected values only after.
-    answers = (as_int(example_standard_params, "example_standard_params"),
-               as_int(example_separable_params, "example_separable_params"),
-               as_number(mac_saving_m16_k3, "mac_saving_m16_k3"),
+    answers = (as_int(standard_weights, "standard_weights"),
+               as_int(separable_weights, "separable_weights"),
+               as_number(mac_saving, "mac_saving"),
                as_int(exact_depth_multiplier, "exact_depth_multiplier"))
-    standard = nn.Conv2d(3, 16, 3, bias=False, device="meta")
+    c, m, k = (NUMBERS[key] for key in ("in_channels", "out_channels", "kernel_size"))
+    standard = nn.Conv2d(c, m, k, bias=False, device="meta")
     std_params = sum(p.numel() for p in standard.parameters())
-    sep_params = _reference_params(3, 16, 3, 1)
-    expect_int(answers[0], std_params, "example_standard_params",
-               {std_params + 16: "no bias here (bias=False).",
-                3 * 3 * 16: "a standard filter sees every input channel: K * K * C per filter."})
-    expect_int(answers[1], sep_params, "example_separable_params",
-               {27 * 16 + 48: "the depthwise part has groups=3: 3x3 weights per channel.",
-                sep_params + 3 + 16: "no bias here (bias=False)."})
-    x = torch.zeros(1, 32, 10, 10, device="meta")
+    sep_params = _reference_params(c, m, k, 1)
+    expect_int(answers[0], std_params, "standard_weights", named_mistakes([
+        (std_params + m, "no bias here (bias=False)."),
+        (k * k * m, "a standard filter sees every input channel: K * K * C per filter.")]))
+    expect_int(answers[1], sep_params, "separable_weights", named_mistakes([
+        (k * k * c * c + c * m, f"the depthwise part has groups={c}: {k}x{k} weights per "
+                                f"channel."),
+        (sep_params + c + m, "no bias here (bias=False)."),
+        (std_params, "that is the standard conv's count.")]))
+    x = torch.zeros(1, 2 * c, 3 * k, 3 * k, device="meta")
     with FlopCounterMode(display=False) as counter:
-        _REF["conv2d"](x, torch.zeros(16, 32, 3, 3, device="meta"))
+        REFERENCE["conv2d"](x, torch.zeros(m, 2 * c, k, k, device="meta"))
     std_macs = counter.get_total_flops()
-    sep_macs = 2 * _measured_macs(32, 16, 3, 8, 8, 1)
+    out = 3 * k - k + 1
+    sep_macs = 2 * _measured_macs(2 * c, m, k, out, out, 1)
     saving = std_macs / sep_macs
-    expect_close(answers[2], saving, "mac_saving_m16_k3", rel=1e-3, hints={
-        9.0: "9 = K^2 is the limit for very many output channels; with M = 16 the saving is "
-             "1 / (1/16 + 1/9).",
-        16.0: "the saving is 1 / (1/M + 1/K^2), not M.",
+    expect_close(answers[2], saving, "mac_saving", rel=1e-3, hints={
+        float(k * k): "K^2 is the limit for very many output channels; with M output channels "
+                      "the saving is 1 / (1/M + 1/K^2).",
+        float(m): "the saving is 1 / (1/M + 1/K^2), not M.",
         1 / saving: "that is separable / standard; the saving is standard / separable (how many "
                     "times fewer)."})
-    # The slices W[:, c] are 16 x 9 matrices: a generic one has rank min(16, 9).
+    # The slices W[:, c] are M x K^2 matrices: a generic one has rank min(M, K^2).
     g = torch.Generator().manual_seed(VISIBLE_SEED)
-    rank = int(torch.linalg.matrix_rank(torch.randn(16, 9, generator=g)))
-    expect_int(answers[3], rank, "exact_depth_multiplier",
-               {16: "each channel's slice W[:, c] is a 16 x 9 matrix: its rank is at most the "
-                    "smaller of its two sizes.",
-                3: "the input channels are independent of each other; what limits the fit is "
-                   "the rank of each channel's M x K^2 slice.",
-                1: "d = 1 gives rank-1 slices, but a generic kernel's slices have higher rank."})
-    passed(f"{std_params} vs {sep_params} parameters; {saving:.2f}x fewer mult-adds at M=16, K=3; "
-           f"exact from depth multiplier {rank}.")
+    rank = int(torch.linalg.matrix_rank(torch.randn(m, k * k, generator=g)))
+    expect_int(answers[3], rank, "exact_depth_multiplier", named_mistakes([
+        (max(m, k * k), f"each channel's slice W[:, c] is an M x K^2 matrix: its rank is at "
+                        f"most the smaller of its two sizes."),
+        (c, "the input channels are independent of each other; what limits the fit is the "
+            "rank of each channel's M x K^2 slice."),
+        (1, "d = 1 gives rank-1 slices, but a generic kernel's slices have higher rank.")]))
+    passed(f"{std_params:,} vs {sep_params:,} weights; {saving:.2f}x fewer mult-adds; exact "
+           f"from depth multiplier {rank}.")
 
 
 # --- The backward pass, derived and gradient-checked ----------------------------------------------

@@ -9,9 +9,10 @@ from torch import nn
 
 from course_lib import xception
 from course_lib.separable import DepthwiseSeparableConv2d
-from course_lib.checks import (_REF, CheckFailed, as_int, as_number, call_student, course_references,
-                               describe_call, expect_close, expect_int, expect_tensor, fail, passed,
-                               refusing)
+from course_lib.checks import (COUNT_ADVICE, REFERENCE, CheckFailed, as_int, as_number,
+                               call_student, course_references, describe_call, expect_close,
+                               expect_int, expect_tensor, fail, named_mistakes, passed, refusing,
+                               tensors_match)
 from course_lib.checks.cases import ConvCase
 
 VISIBLE_SEED = 505
@@ -20,19 +21,18 @@ PARAM_CASES = [(256, 256, 3, 1, False), (256, 256, 3, 32, False), (32, 64, 3, 32
                (12, 18, 5, 3, True), (8, 4, 1, 4, False), (6, 9, 2, 3, True)]
 # (in_channels, towers, segment) for part 3
 INCEPTION_CASES = [(8, 3, 4), (5, 2, 3), (1, 4, 2)]
-_COUNT_ADVICE = ("write the formula yourself: course_lib's counters are what the check compares "
-                 "against, so calling them is not allowed here.")
 
-# Part 4's questions, answered from course_lib (the chapter's numbers), not typed in.
-Q_CHANNELS = 256                 # first_cheaper_groups, extreme_params
-Q_ORDER_IN, Q_ORDER_OUT = 128, 256   # order_difference
+# Part 4's questions, answered from course_lib, not typed in; other widths than the chapter's
+# (256 channels, 128 -> 256), so its printed numbers are not the answers.
+Q_CHANNELS = 384                 # first_cheaper_groups, extreme_params
+Q_ORDER_IN, Q_ORDER_OUT = 96, 240    # order_difference
 
 
 def check_grouped_params(grouped_conv_params: Callable,
                          cases: Sequence[tuple[int, int, int, int, bool]] = PARAM_CASES) -> None:
     """``grouped_conv_params(in_channels, out_channels, kernel_size, groups, bias)`` against the
     parameters of a real ``nn.Conv2d(..., groups=groups)``; cases are those five arguments."""
-    with refusing(_COUNT_ADVICE, references=course_references("costs", "xception")):
+    with refusing(COUNT_ADVICE, references=course_references("costs", "xception")):
         answers = [call_student(grouped_conv_params, *case, name="grouped_conv_params")
                    for case in cases]
     for (c, m, k, groups, bias), got in zip(cases, answers):
@@ -101,12 +101,10 @@ def check_grouped_conv(grouped_conv: Callable, seed: int = VISIBLE_SEED, count: 
                                   f"but owns weight rows (output channels) [i*M/g, (i+1)*M/g); "
                                   f"C/g and M/g differ here.") from None
             raise got
-        expected = _REF["conv2d"](case.x, case.weight, **case.kwargs())
-        if type(got) is torch.Tensor and not (got.shape == expected.shape and _REF["allclose"](
-                got.detach().float(), expected, atol=1e-4, rtol=1e-4)):
+        expected = REFERENCE["conv2d"](case.x, case.weight, **case.kwargs())
+        if type(got) is torch.Tensor and not tensors_match(got, expected):
             for wrong, hint in _likely_mistakes(case):
-                if wrong is not None and got.shape == wrong.shape and _REF["allclose"](
-                        got.detach().float(), wrong, atol=1e-4, rtol=1e-4):
+                if wrong is not None and tensors_match(got, wrong):
                     fail(f"{what}: wrong output; {hint}")
         expect_tensor(got, expected, what)
     passed(f"grouped_conv matches F.conv2d on {len(cases)} grouped cases, including "
@@ -151,7 +149,7 @@ def check_towers_to_grouped(towers_to_grouped: Callable,
                 fail(f"{what}: {name} has shape {tuple(tensor.shape)}, expected {shape}; {hint}")
         x = torch.randn(2, c, 7, 6, generator=g)
         with torch.no_grad():
-            got = F.relu(_REF["conv2d"](F.relu(_REF["conv2d"](x, big.detach().float())),
+            got = F.relu(REFERENCE["conv2d"](F.relu(REFERENCE["conv2d"](x, big.detach().float())),
                                         grouped.detach().float(), padding=1, groups=towers))
             expected = module(x)
         expect_tensor(got, expected, f"{what}: the grouped form's output (1x1 conv, ReLU, 3x3 conv "
@@ -168,11 +166,13 @@ def _spectrum_answer() -> int:
 def check_first_cheaper_groups(first_cheaper_groups: object) -> None:
     answer = as_int(first_cheaper_groups, "first_cheaper_groups")
     expected = _spectrum_answer()
-    expect_int(answer, expected, "first_cheaper_groups", {
-        9: "at groups = 9 the two costs would be equal (and 9 does not divide 256); "
-           "you need strictly fewer, with groups dividing 256.",
-        10: "groups must divide the channel count (256).",
-        8: "at groups = 8 the 3x3 conv still has 9/8 of the 1x1 conv's parameters."})
+    c = Q_CHANNELS
+    hints = [(9, f"at groups = 9 the two costs would be equal; you need strictly fewer "
+                 f"parameters, with groups dividing {c}."),
+             (8, "at groups = 8 the 3x3 conv still has 9/8 of the 1x1 conv's parameters.")]
+    hints += [(g, f"groups must divide the channel count ({c}).") for g in range(10, expected)
+              if c % g]
+    expect_int(answer, expected, "first_cheaper_groups", named_mistakes(hints))
     passed(f"from groups = {expected} on, the grouped 3x3 conv is cheaper than the 1x1 conv.")
 
 
@@ -181,11 +181,11 @@ def check_extreme_params(extreme_params: object) -> None:
     module = xception.GroupedInception(Q_CHANNELS, Q_CHANNELS, 1, bias=False, activation=None)
     expected = sum(p.numel() for p in module.parameters())
     c = Q_CHANNELS
-    expect_int(answer, expected, "extreme_params", {
-        9 * c * c + c * c: "that is a full 3x3 conv plus the 1x1 conv; the extreme version's "
-                           "3x3 conv has one group per channel (depthwise).",
-        9 * c: "that is only the depthwise conv; add the 1x1 conv.",
-        c * c: "that is only the 1x1 conv; add the depthwise 3x3 conv."})
+    expect_int(answer, expected, "extreme_params", named_mistakes([
+        (9 * c * c + c * c, "that is a full 3x3 conv plus the 1x1 conv; the extreme version's "
+                            "3x3 conv has one group per channel (depthwise)."),
+        (9 * c, "that is only the depthwise conv; add the 1x1 conv."),
+        (c * c, "that is only the 1x1 conv; add the depthwise 3x3 conv.")]))
     passed(f"the extreme Inception module ({c} -> {c}) has {expected:,} parameters.")
 
 
@@ -196,10 +196,10 @@ def check_order_difference(order_difference: object) -> None:
     dw_pw = DepthwiseSeparableConv2d(c, m, norm=False, activation=None, bias=False)
     expected = (sum(p.numel() for p in pw_dw.parameters())
                 - sum(p.numel() for p in dw_pw.parameters()))
-    expect_int(answer, expected, "order_difference", {
-        -expected: "subtract the other way round: pointwise-first minus depthwise-first.",
-        0: "the 1x1 convs are the same size, but the depthwise conv works on M channels in one "
-           "order and on C in the other."})
+    expect_int(answer, expected, "order_difference", named_mistakes([
+        (-expected, "subtract the other way round: pointwise-first minus depthwise-first."),
+        (0, "the 1x1 convs are the same size, but the depthwise conv works on M channels in one "
+            "order and on C in the other.")]))
     passed(f"pointwise-first has {expected:,} more parameters ({c} -> {m}, 3x3).")
 
 
@@ -236,7 +236,7 @@ def _likely_mistakes(case: ConvCase) -> list[tuple[torch.Tensor | None, str]]:
 
     def sliced(rows_per_group: int, **overrides: Any) -> torch.Tensor | None:
         args = dict(kwargs, **overrides)
-        parts = [_REF["conv2d"](x[:, i * c_g:(i + 1) * c_g],
+        parts = [REFERENCE["conv2d"](x[:, i * c_g:(i + 1) * c_g],
                                 weight[i * rows_per_group:(i + 1) * rows_per_group], None, **args)
                  for i in range(groups)]
         if any(p.shape[1] == 0 for p in parts):
@@ -260,6 +260,6 @@ def _likely_mistakes(case: ConvCase) -> list[tuple[torch.Tensor | None, str]]:
                              f"the {name} is missing: pass {name} on to every F.conv2d call."))
     if case.bias is not None:
         no_bias = ConvCase(x, weight, None, case.stride, case.padding, case.dilation, groups)
-        mistakes.append((_REF["conv2d"](x, weight, **no_bias.kwargs()),
+        mistakes.append((REFERENCE["conv2d"](x, weight, **no_bias.kwargs()),
                          "the bias is missing: add bias[m] to output channel m."))
     return mistakes

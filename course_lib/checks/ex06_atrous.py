@@ -3,7 +3,7 @@
 References: zero-inserted kernels from :func:`course_lib.atrous.dilate_kernel` (itself tested equal to
 ``F.conv2d(dilation=r)``), receptive fields *measured* with autograd
 (:func:`course_lib.atrous.measured_receptive_field`, independent of the closed-form formula the
-student writes), convolutions from the ``F.conv2d`` captured at import (``_REF``), and mult-adds
+student writes), convolutions from the ``F.conv2d`` captured at import (``REFERENCE``), and mult-adds
 from course_lib.costs (checked against ``FlopCounterMode`` in tests/test_checks_ex06.py).
 """
 from __future__ import annotations
@@ -13,8 +13,9 @@ from typing import Any, Callable, Sequence
 import torch
 
 from course_lib import atrous
-from course_lib.checks import (_REF, CheckFailed, answer, as_int, call_each, call_student, course_references, describe_call,
-                               expect_int, expect_tensor, fail, passed, refusing)
+from course_lib.checks import (REFERENCE, CheckFailed, answer, as_int, call_each, call_student,
+                               course_references, describe_call, expect_int, expect_tensor, fail,
+                               named_mistakes, passed, refusing)
 
 VISIBLE_SEED = 606
 # (out_channels, in_channels, K_h, K_w, rate) for part 1: square AND rectangular kernels
@@ -25,8 +26,12 @@ STACKS = [[(3, 1, 1)], [(3, 1, 1)] * 3, [(3, 1, 2)] * 3, [(3, 2, 1), (3, 1, 1)],
           [(7, 2, 1), (3, 2, 1), (3, 1, 2)], [(1, 3, 1), (5, 1, 3)], [(2, 2, 2), (4, 3, 1)]]
 # (kernel_size, rate) for part 3
 SAME_PAIRS = [(3, 1), (3, 2), (3, 6), (5, 3), (1, 4), (7, 2)]
-# part 5: one ASPP branch of DeepLab at output stride 16
-BRANCH = dict(in_channels=2048, out_channels=256, kernel_size=3, rate=12, size=33)
+# part 4: stacks of 3x3 convs (chapter 6 works through rates (2, 2, 2) and (1, 2, 5))
+EQUAL_RATES = (3, 3, 3, 3)
+HYBRID_RATES = (1, 2, 3, 4)
+# part 5: one atrous branch on a 65 x 65 map (chapter 6 works through DeepLab's rate-12 ASPP branch
+# on 2048 channels at 33 x 33)
+BRANCH = dict(in_channels=512, out_channels=128, kernel_size=3, rate=6, size=65)
 
 
 def check_dilate_kernel(dilate_kernel: Callable,
@@ -38,11 +43,16 @@ def check_dilate_kernel(dilate_kernel: Callable,
     g = torch.Generator().manual_seed(seed)
     weights = [(torch.randn(m, c, kh, kw, generator=g), r) for m, c, kh, kw, r in cases]
     advice = "dilate_kernel must insert the zeros itself, not call course_lib.atrous."
+
+    def with_its_input(w: torch.Tensor, r: int) -> tuple:
+        """The result and the very tensor the student's function received (to spot aliasing)."""
+        return dilate_kernel(w, r), w
+
     with refusing(advice, references=course_references("atrous")):
-        answers = call_each(dilate_kernel, [((weight, r), {}) for weight, r in weights],
+        answers = call_each(with_its_input, [((weight, r), {}) for weight, r in weights],
                             name="dilate_kernel")
-    for (weight, r), got in zip(weights, answers):
-        got = answer(got)
+    for (weight, r), pair in zip(weights, answers):
+        got, received = answer(pair)
         call = describe_call("dilate_kernel", (weight, r))
         expected = atrous.dilate_kernel(weight, r)
         if isinstance(got, torch.Tensor) and got.shape != expected.shape:
@@ -58,11 +68,16 @@ def check_dilate_kernel(dilate_kernel: Callable,
                 hint = (" Hint: the kernel is not square here: dilate K_h and K_w each with its "
                         "own size.")
             fail(f"{call}: wrong shape {tuple(got.shape)}, expected {tuple(expected.shape)}." + hint)
+        if isinstance(got, torch.Tensor) and got.numel() and (
+                got.untyped_storage().data_ptr() == received.untyped_storage().data_ptr()):
+            fail(f"{call} returned the weight itself (or a view of it), not a new tensor: a "
+                 f"caller who then changes one changes the other. Build a new kernel (for rate 1, "
+                 f"a copy: weight.clone()).")
         expect_tensor(got, expected, call, atol=0, rtol=0)
         # The point of the exercise: the zero-inserted kernel *is* the dilated conv.
         x = torch.randn(1, weight.shape[1], expected.shape[-2] + 4, expected.shape[-1] + 3,
                         generator=g)
-        expect_tensor(_REF["conv2d"](x, got), _REF["conv2d"](x, weight, dilation=r),
+        expect_tensor(REFERENCE["conv2d"](x, got), REFERENCE["conv2d"](x, weight, dilation=r),
                       f"F.conv2d(x, {call}) vs F.conv2d(x, weight, dilation={r})")
     passed(f"dilate_kernel builds the zero-inserted kernel, equal to F.conv2d(dilation=r), on "
            f"{len(cases)} cases (square and rectangular kernels).")
@@ -131,9 +146,10 @@ def check_atrous_conv_same(atrous_conv_same: Callable,
     """``atrous_conv_same(x, weight, bias=None, dilation=1)``: stride-1 atrous conv, output the
     same H x W as the input; one random case per (kernel_size, rate) pair."""
     cases = same_cases(pairs, seed)
-    advice = ("atrous_conv_same must compute the padding itself (and call F.conv2d), not call "
-              "course_lib.atrous.")
-    with refusing(advice, references=course_references("atrous")):
+    advice = ("atrous_conv_same must compute the padding itself, as a number from K and the rate, "
+              "and pass it to F.conv2d: padding='same' lets PyTorch work out exactly what this "
+              "part asks, and course_lib.atrous is what the check compares against.")
+    with refusing(advice, named_padding=True, references=course_references("atrous")):
         answers = call_each(atrous_conv_same, [((x, weight), dict(bias=bias, dilation=r))
                                                for x, weight, bias, r in cases],
                             name="atrous_conv_same")
@@ -144,7 +160,7 @@ def check_atrous_conv_same(atrous_conv_same: Callable,
             raise CheckFailed(f"{got} Hint: does the padding take the rate into account? A "
                               f"{k}x{k} kernel at rate {r} spans r * (K - 1) + 1 pixels.") from None
         got = answer(got)
-        expected = _REF["conv2d"](x, weight, bias, padding=r * (k - 1) // 2, dilation=r)
+        expected = REFERENCE["conv2d"](x, weight, bias, padding=r * (k - 1) // 2, dilation=r)
         if isinstance(got, torch.Tensor) and got.shape != expected.shape:
             hint = ""
             if got.dim() == 4 and tuple(got.shape[-2:]) == tuple(
@@ -159,42 +175,44 @@ def check_atrous_conv_same(atrous_conv_same: Callable,
 
 
 def check_gridding(equal_field: Any, equal_read: Any, hybrid_read: Any) -> None:
-    """Three 3x3 convs at rates (2, 2, 2): field width and pixels read; rates (1, 2, 5): pixels
-    read. Measured from the gradient of one output pixel."""
+    """3x3 convs at the rates :data:`EQUAL_RATES`: field width and pixels read; at
+    :data:`HYBRID_RATES`: pixels read. Measured from the gradient of one output pixel."""
     answers = (as_int(equal_field, "equal_field"), as_int(equal_read, "equal_read"),
                as_int(hybrid_read, "hybrid_read"))
-    equal = atrous.sampled_pixels([(3, 1, 2)] * 3)
-    hybrid = atrous.sampled_pixels([(3, 1, 1), (3, 1, 2), (3, 1, 5)])
+    equal = atrous.sampled_pixels([(3, 1, r) for r in EQUAL_RATES])
     field = equal.shape[-1]
-    expect_int(answers[0], field, "equal_field",
-               {7: "that is rate 1: with rate 2 each layer adds 2 * (3 - 1) = 4 pixels.",
-                field * field: "give the WIDTH of the field (one axis), not its area."})
+    rate = EQUAL_RATES[0]
+    expect_int(answers[0], field, "equal_field", named_mistakes([
+        (1 + 2 * len(EQUAL_RATES), f"that is rate 1: with rate {rate} each layer adds "
+                                   f"{rate} * (3 - 1) pixels."),
+        (field * field, "give the WIDTH of the field (one axis), not its area.")]))
     read = int((equal > 0).sum())
-    expect_int(answers[1], read, "equal_read",
-               {field * field: "not every pixel in the field is read: every tap offset is a "
-                               "multiple of 2, so their sums are even too - only even rows and "
-                               "columns are read.",
-                int(read ** 0.5): "count pixels in 2-D (rows x columns), not along one axis."})
+    expect_int(answers[1], read, "equal_read", named_mistakes([
+        (field * field, f"not every pixel in the field is read: every tap offset is a multiple "
+                        f"of {rate}, so their sums are too - only the rows and columns at "
+                        f"multiples of {rate} are read."),
+        (int(round(read ** 0.5)), "count pixels in 2-D (rows x columns), not along one axis.")]))
+    hybrid = atrous.sampled_pixels([(3, 1, r) for r in HYBRID_RATES])
     hybrid_field = hybrid.shape[-1]
     expect_int(answers[2], int((hybrid > 0).sum()), "hybrid_read",
                {hybrid_field: "count pixels in 2-D (rows x columns), not along one axis."})
-    passed(f"rates (2, 2, 2): a {field}-wide field with only {read} of {field * field} pixels read; "
-           f"rates (1, 2, 5): all {hybrid_field * hybrid_field} pixels of a {hybrid_field}-wide "
-           "field.")
+    passed(f"rates {EQUAL_RATES}: a {field}-wide field with only {read} of {field * field} pixels "
+           f"read; rates {HYBRID_RATES}: all {hybrid_field * hybrid_field} pixels of a "
+           f"{hybrid_field}-wide field.")
 
 
 def branch_macs() -> tuple[int, int]:
     """(full, separable) MACs of :data:`BRANCH`, from :func:`course_lib.atrous.compare_atrous_costs`
     (course_lib.costs' formulas; tests/test_checks_ex06.py checks them against FlopCounterMode on
-    real rate-12 layers - measuring here would cost the student ~5 s of FlopCounterMode start-up)."""
+    real layers at the rate - measuring here would cost the student ~5 s of FlopCounterMode start-up)."""
     result = atrous.compare_atrous_costs(BRANCH["in_channels"], BRANCH["out_channels"],
                                          BRANCH["kernel_size"], BRANCH["size"])
     return result.full_macs, result.separable_macs
 
 
 def check_branch_costs(full_macs: Any, separable_macs: Any) -> None:
-    """MACs of ASPP's rate-12 branch (2048 -> 256, 3x3, 33x33 output, no bias): a full atrous conv
-    and an atrous separable one."""
+    """MACs of the atrous branch :data:`BRANCH` (no bias): a full atrous conv and an atrous
+    separable one."""
     full_macs, separable_macs = as_int(full_macs, "full_macs"), as_int(separable_macs,
                                                                        "separable_macs")
     c, m, k, r, size = (BRANCH[key] for key in

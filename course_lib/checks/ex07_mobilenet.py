@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from course_lib import bench, costs
-from course_lib.checks import (CheckFailed, _plain, as_number, call_student, course_references,
-                               describe_call, expect_close, fail, how_wrong, passed, quiet,
-                               refusing)
+from course_lib.checks import (CheckFailed, as_number, call_student, course_references,
+                               describe_call, expect_close, fail, how_wrong, passed, plain_number,
+                               quiet, refusing)
 from course_lib.mobilenet import ConvMobileNet, MobileNetV1, layer_specs, total_macs
 from course_lib.timing import benchmark
 
@@ -327,7 +327,7 @@ class _Recorded:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         result = self.__wrapped__(*args, **kwargs)
         try:
-            self.results.append(float(_plain(result)))
+            self.results.append(float(plain_number(result)))
         except (TypeError, ValueError):
             pass
         return result

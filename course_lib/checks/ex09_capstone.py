@@ -25,8 +25,9 @@ INPUT_SHAPE = (1, 1, IMAGE_SIZE, IMAGE_SIZE)
 NUM_CLASSES = 10
 # The budget, per image. A full 3x3 conv from 16 to 32 channels on an 8 x 8 map alone costs
 # 294,912 mult-adds, so the budget asks for cheaper layers (depthwise-separable, narrower,
-# earlier downsampling); the course's reference design uses about 99 k mult-adds and 13.7 k
-# parameters and reaches 98.2-98.7 % over seeds 0-4 (tests/test_checks_ex09.py re-measures it).
+# earlier downsampling); the course's reference design fits it and passes the threshold below with
+# seeds 0-4 (tests/test_checks_ex09.py re-measures it; its exact cost is not published, so that
+# the budget, not a copy of it, guides the design).
 MAC_BUDGET = 120_000
 PARAM_BUDGET = 20_000
 # Test accuracy a design must reach with every visible seed. A linear classifier on the pixels
@@ -47,10 +48,20 @@ RECIPE_KEYS = ("epochs", "batch_size", "lr", "weight_decay")
 # and linear layers compute; a custom forward could compute with operations the counter does not
 # see (element-wise products, unfold), so containers and layers must be these exact types.
 CONTAINERS = (nn.Sequential, separable.DepthwiseSeparableConv2d)
+# Element-wise activations: what they compute is a handful of operations per value, outside the
+# mult-add count like every activation (PReLU's one weight per channel is counted as a parameter).
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU,
+               nn.SiLU, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh,
+               nn.Softplus, nn.Softsign)
 LAYERS = (nn.Conv2d, depthwise.DepthwiseConv2d, pointwise.PointwiseConv2d, nn.Linear,
-          nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU,
-          nn.Hardswish, nn.Tanh, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-          nn.AdaptiveMaxPool2d, nn.Flatten, nn.Dropout, nn.Dropout2d, nn.Identity)
+          nn.BatchNorm1d, nn.BatchNorm2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
+          nn.AdaptiveMaxPool2d, nn.Flatten, nn.Dropout, nn.Dropout2d, nn.Identity) + ACTIVATIONS
+
+
+def allowed_layers() -> str:
+    """The names of the layers a design may use, for messages and the notebook."""
+    return ", ".join(f"nn.{t.__name__}" if t.__module__.startswith("torch") else t.__name__
+                     for t in CONTAINERS + LAYERS)
 
 
 @functools.lru_cache(maxsize=1)
@@ -71,11 +82,9 @@ def _check_layers(model: nn.Module, name: str) -> None:
         if type(module) in allowed:
             continue
         where = f"`{path}`" if path else "the model itself"
-        fail(f"{name}: {where} is a {type(module).__name__}. Build the design as an "
-             f"nn.Sequential of standard layers (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.ReLU, "
-             f"pooling, nn.Flatten, nn.Dropout) and course_lib's DepthwiseSeparableConv2d: the "
-             f"budget is measured on those, and a custom forward could compute with operations "
-             f"the counter does not see.")
+        fail(f"{name}: {where} is a {type(module).__name__}, which a design may not use: the "
+             f"budget is measured on standard layers, and a custom forward could compute with "
+             f"operations the counter does not see. Allowed: {allowed_layers()}.")
 
 
 def _build(build: Callable, name: str, seed: int = 0) -> nn.Module:
@@ -270,19 +279,53 @@ def check_alternative(build_model: Callable, build_alternative: Callable) -> Non
 
 
 def cost_table(designs: dict[str, Callable], batch_size: int = 256, repeats: int = 20) -> str:
-    """Measured parameters, mult-adds and CPU latency (median of ``repeats``) of each design, as
-    a text table; untrained models in eval mode (latency does not depend on the weights)."""
-    from course_lib.timing import benchmark
+    """Measured parameters, mult-adds and CPU latency of each design, as a text table; untrained
+    models in eval mode (latency does not depend on the weights). The designs are timed
+    INTERLEAVED (round after round of one call each, the order rotating), so a busy spell of the
+    machine hits all of them alike; each time is the median over ``repeats`` rounds with its
+    interquartile range, and each design's time relative to the first is the median of the
+    per-round ratios, with their interquartile range: timings vary between runs (a graded re-run
+    too), the ranges say by how much."""
+    import statistics
+    from dataclasses import replace
 
-    rows = [("design", "params", "mult-adds / image", f"CPU ms / batch of {batch_size}")]
+    from course_lib import bench
+
     x = torch.rand(batch_size, *INPUT_SHAPE[1:], generator=torch.Generator().manual_seed(0))
+    costs, calls = {}, {}
     for name, build in designs.items():
         model = _build(build, name)
-        params, macs = measured_costs(model)
-        with torch.no_grad():
-            timing = benchmark(model, x, warmup=3, repeats=repeats)
-        rows.append((name, f"{params:,}", f"{macs:,}", f"{timing.median_ms:.2f}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                               for i, (c, w) in enumerate(zip(r, widths))) for r in rows)
+        costs[name] = measured_costs(model)
 
+        def forward(model: nn.Module = model) -> None:
+            with torch.no_grad():
+                model(x)
+        calls[name] = forward
+    config = replace(bench.default_config("cpu", quick=True), warmup=3, max_repeats=repeats,
+                     target_s=0.5 * repeats, threads=None)
+    with quiet():
+        timings = bench.time_interleaved(calls, config)
+    first = next(iter(designs))
+
+    def quartiles(values: list[float]) -> tuple[float, float]:
+        if len(values) < 2:
+            return values[0], values[0]
+        q = statistics.quantiles(values, n=4)
+        return q[0], q[2]
+
+    rows = [("design", "params", "mult-adds / image", f"CPU ms / batch of {batch_size} (IQR)",
+             f"time / {first}'s (IQR)")]
+    for name in designs:
+        params, macs = costs[name]
+        times = timings[name]["times_ms"]
+        low, high = quartiles(times)
+        ratios = [t / f for t, f in zip(times, timings[first]["times_ms"])]
+        r_low, r_high = quartiles(ratios)
+        rows.append((name, f"{params:,}", f"{macs:,}",
+                     f"{statistics.median(times):.2f} ({low:.2f}-{high:.2f})",
+                     f"{statistics.median(ratios):.2f}x ({r_low:.2f}-{r_high:.2f})"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    table = "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                                for i, (c, w) in enumerate(zip(r, widths))) for r in rows)
+    return (table + f"\n(timed interleaved, {len(timings[first]['times_ms'])} rounds; these CPU "
+            f"times change from run to run: quote the ranges of YOUR run)")

@@ -86,7 +86,7 @@ class Guard:
                                         if k not in _VOLATILE and _watched(v)})
 
     def _take_course(self, key: str, value: object, module_name: str) -> None:
-        """course_lib: also the code of its functions and the contents of its dicts (``_REF``)."""
+        """course_lib: also the code of its functions and the contents of its dicts (``REFERENCE``)."""
         if isinstance(value, types.FunctionType) and value.__module__ == module_name:
             self.code[key] = (value, (value.__code__, value.__defaults__, value.__kwdefaults__))
         elif isinstance(value, dict):
