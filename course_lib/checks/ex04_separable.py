@@ -270,7 +270,6 @@ def check_numbers(standard_weights: Any, separable_weights: Any, mac_saving: Any
 # far more than the tolerance.
 import torch.nn.functional as _F  # noqa: E402
 
-from course_lib.checks import CheckFailed  # noqa: E402
 
 _CONV2D = _F.conv2d
 _GRAD_TOLERANCE = 1e-6  # relative error (see _relative_error) a float64 gradient must beat
@@ -290,13 +289,6 @@ _BACKWARD_ADVICE = ("derive the gradient yourself with tensor operations (unfold
                     "allowed here.")
 
 
-def _fail(kind: str, message: str):
-    """Fail with a ``kind`` the grader reads as data (which mistake), beside the message."""
-    error = CheckFailed(message)
-    error.kind = kind
-    raise error
-
-
 class _NoAutograd:
     """While active, recording a tensor for autograd (what any backward through autograd needs)
     fails with ``advice``."""
@@ -306,7 +298,7 @@ class _NoAutograd:
         self.advice = advice
 
     def _refuse(self, tensor):
-        _fail("autograd", self.advice)
+        fail(self.advice, "autograd")
 
     def __enter__(self):
         self.hooks.__enter__()
@@ -348,16 +340,16 @@ def _run_backward(fn: Callable, name: str, args: tuple, kwargs: dict, count: boo
 
 def _pair_of_tensors(result: Any, call: str) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(result, (tuple, list)) or len(result) != 2:
-        _fail("type", f"{call} should return a pair (grad_x, grad_weight), got "
+        fail(f"{call} should return a pair (grad_x, grad_weight), got "
                       f"{type(result).__name__}"
                       + (f" of length {len(result)}" if isinstance(result, (tuple, list)) else "")
-                      + ".")
+                      + ".", "type")
     for value, what in zip(result, ("grad_x", "grad_weight")):
         if type(value) is not torch.Tensor:
-            _fail("type", f"{call}: {what} should be a plain torch.Tensor, got "
-                          f"{type(value).__name__}.")
+            fail(f"{call}: {what} should be a plain torch.Tensor, got "
+                          f"{type(value).__name__}.", "type")
         if not value.is_floating_point():
-            _fail("type", f"{call}: {what} should be a floating-point tensor, got {value.dtype}.")
+            fail(f"{call}: {what} should be a floating-point tensor, got {value.dtype}.", "type")
     return result[0].detach(), result[1].detach()
 
 
@@ -368,19 +360,19 @@ def _compare_gradient(got: torch.Tensor, expected: torch.Tensor, what: str,
     lack). Never shows an expected value."""
     if tuple(got.shape) != tuple(expected.shape):
         kind, hint = shape_hints.get(tuple(got.shape), ("shape", None))
-        _fail(kind, f"{what}: shape {tuple(got.shape)}, expected {tuple(expected.shape)}."
-              + (f" Hint: {hint}" if hint else ""))
+        fail(f"{what}: shape {tuple(got.shape)}, expected {tuple(expected.shape)}."
+              + (f" Hint: {hint}" if hint else ""), kind)
     got = got.to(expected.dtype)
     if not torch.isfinite(got).all():
-        _fail("not_finite", f"{what}: {int((~torch.isfinite(got)).sum())} value(s) are NaN or "
-                            f"infinite.")
+        fail(f"{what}: {int((~torch.isfinite(got)).sum())} value(s) are NaN or "
+                            f"infinite.", "not_finite")
     error = _relative_error(got, expected)
     if error <= _GRAD_TOLERANCE:
         return None
     for candidate, kind, hint in candidates:
         if candidate is not None and tuple(candidate.shape) == tuple(got.shape) \
                 and _relative_error(got, candidate) <= _GRAD_TOLERANCE:
-            _fail(kind, f"{what}: wrong values. Hint: {hint}")
+            fail(f"{what}: wrong values. Hint: {hint}", kind)
     worst = tuple(int(i) for i in torch.unravel_index((got - expected).abs().argmax(),
                                                       expected.shape))
     return (f"{what}: wrong values (relative error {error:.2g}, largest at index {worst}; a "
@@ -523,7 +515,7 @@ def check_depthwise_backward(depthwise_backward: Callable,
         if p > 0 and any(c[7] == 0 and c[6] == s for c in passed_cases):
             notes.append(f"it is right without padding and wrong with padding {p}: taps that "
                          f"fall in the padding read zeros, and their gradient is not part of x")
-        _fail("wrong_values", wrong + (" Hint: " + "; ".join(notes) + "." if notes else ""))
+        fail(wrong + (" Hint: " + "; ".join(notes) + "." if notes else ""), "wrong_values")
     # Vectorised: the same layer on a small and a 4x larger image must run about as many torch
     # operations (a loop over output positions runs 16 times as many).
     counts = []
@@ -535,11 +527,10 @@ def check_depthwise_backward(depthwise_backward: Callable,
                                     (grad_out, x, weight), dict(stride=2, padding=1),
                                     count=True)[1])
     if counts[1] > 2 * counts[0] + 20:
-        _fail("not_vectorised",
-              f"depthwise_backward is right but not vectorised: it runs {counts[0]} torch "
+        fail(f"depthwise_backward is right but not vectorised: it runs {counts[0]} torch "
               f"operations for a 6x6 image and {counts[1]} for a 24x24 one (same layer). A Python "
               f"loop over pixels is slow; loop at most over the K_h * K_w kernel taps, or use "
-              f"F.unfold / F.fold.")
+              f"F.unfold / F.fold.", "not_vectorised")
     passed(f"depthwise_backward matches autograd on {len(cases)} cases (stride, padding, "
            f"rectangular kernels) and is vectorised.")
 
@@ -592,7 +583,7 @@ def check_pointwise_backward(pointwise_backward: Callable,
                  (grad_w / n if n > 1 else None, "mean_not_sum",
                   "yours is the batch MEAN: the loss sums over the images, so sum.")])
         if wrong is not None:
-            _fail("wrong_values", wrong)
+            fail(wrong, "wrong_values")
     passed(f"pointwise_backward matches autograd on {len(cases)} cases.")
 
 
@@ -636,11 +627,11 @@ def check_numerical_gradient(numerical_gradient: Callable,
     for (shape, _, _), (x, r, q, a, h), (got, n_calls) in zip(cases, problems, answers):
         call = f"numerical_gradient(f, <tensor of shape {tuple(shape)}>, h={h:g})"
         if type(got) is not torch.Tensor:
-            _fail("type", f"{call}: expected a torch.Tensor shaped like x, got "
-                          f"{type(got).__name__}.")
+            fail(f"{call}: expected a torch.Tensor shaped like x, got "
+                          f"{type(got).__name__}.", "type")
         if tuple(got.shape) != tuple(x.shape):
-            _fail("shape", f"{call}: shape {tuple(got.shape)}, expected x's shape "
-                           f"{tuple(x.shape)} (one partial derivative per element).")
+            fail(f"{call}: shape {tuple(got.shape)}, expected x's shape "
+                           f"{tuple(x.shape)} (one partial derivative per element).", "shape")
         # The exact gradient, independent of any difference quotient; a central difference is
         # within h^2/6 times the largest third derivative of it (the square's is zero).
         exact = r * a * torch.cos(a * x) + q * (q * x).sum()
@@ -663,14 +654,14 @@ def check_numerical_gradient(numerical_gradient: Callable,
         got = got.detach().to(torch.float64)
         if (got - exact).abs().max().item() <= slack:
             if n_calls > 2 * x.numel() + 2:
-                _fail("too_many_calls", f"{call}: right, but f was called {n_calls} times; a "
-                                        f"central difference needs two calls per element.")
+                fail(f"{call}: right, but f was called {n_calls} times; a "
+                                        f"central difference needs two calls per element.", "too_many_calls")
             continue
         for kind, (candidate, hint) in candidates.items():
             if (got - candidate).abs().max().item() <= slack:
-                _fail(kind, f"{call}: wrong values. Hint: {hint}")
+                fail(f"{call}: wrong values. Hint: {hint}", kind)
         worst = tuple(int(i) for i in torch.unravel_index((got - exact).abs().argmax(), x.shape))
-        _fail("wrong_values", f"{call}: wrong values, largest error at index {worst}. Perturb "
+        fail(f"{call}: wrong values, largest error at index {worst}. Perturb "
                               f"ONE element at a time by +h and -h and divide the change of f "
-                              f"by 2h.")
+                              f"by 2h.", "wrong_values")
     passed(f"numerical_gradient is a central difference on {len(cases)} cases.")

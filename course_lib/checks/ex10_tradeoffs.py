@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from course_lib import costs, tradeoffs
-from course_lib.checks import CheckFailed, as_number, call_student, passed, refusing
+from course_lib.checks import as_number, call_student, fail, passed, refusing
 
 KEYS = ("alpha", "resolution", "accuracy", "macs", "ms", "ms_iqr")
 # A retrained design must land within this many accuracy points of the table's (same recipe,
@@ -30,13 +30,6 @@ _BUILD_ADVICE = ("build the network yourself from course_lib's blocks (Depthwise
                  "against.")
 _FRONT_ADVICE = ("write the Pareto front yourself: course_lib.tradeoffs.pareto_front is what the "
                  "check compares against.")
-
-
-def _fail(kind: str, message: str):
-    """Fail with a ``kind`` the grader reads as data (which mistake), beside the message."""
-    error = CheckFailed(message)
-    error.kind = kind
-    raise error
 
 
 @functools.lru_cache(maxsize=64)
@@ -72,17 +65,17 @@ def check_tiny_mobilenet(tiny_mobilenet: Callable, alphas: Sequence[float] = (1.
         with refusing(_BUILD_ADVICE, references=[tradeoffs.TinyMobileNet]):
             model = call_student(tiny_mobilenet, alpha, name="tiny_mobilenet")
         if not isinstance(model, nn.Module):
-            _fail("type", f"{call} should return an nn.Module, got {type(model).__name__}.")
+            fail(f"{call} should return an nn.Module, got {type(model).__name__}.", "type")
         model.eval()
         for resolution in resolutions:
             x = torch.zeros(2, 1, resolution, resolution)
             with torch.no_grad():
                 out = call_student(model, x, name=f"{call} on a {resolution}x{resolution} batch")
             if type(out) is not torch.Tensor or tuple(out.shape) != (2, tradeoffs.NUM_CLASSES):
-                _fail("shape", f"{call} on an input of shape {tuple(x.shape)}: expected logits "
+                fail(f"{call} on an input of shape {tuple(x.shape)}: expected logits "
                                f"of shape (2, 10), got "
                                f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}"
-                               f". End with global average pooling, flatten, then nn.Linear.")
+                               f". End with global average pooling, flatten, then nn.Linear.", "shape")
         got, expected = _params(model), _params(tradeoffs.TinyMobileNet(alpha))
         if got != expected:
             hints = {
@@ -96,18 +89,18 @@ def check_tiny_mobilenet(tiny_mobilenet: Callable, alphas: Sequence[float] = (1.
                     "rounding", "MobileNet truncates: int(channels * alpha), not round()."),
             }
             kind, hint = hints.get(got, ("params", None))
-            _fail(kind, f"{call} has {got:,} parameters, which is too "
+            fail(f"{call} has {got:,} parameters, which is too "
                         f"{'many' if got > expected else 'few'}."
                   + (f" Hint: {hint}" if hint else " Check the channels and the layers of each "
-                                                    "block against the table."))
+                                                    "block against the table."), kind)
         for resolution in resolutions:
             got_macs = costs.measure_macs(model, (1, 1, resolution, resolution))
             want = reference_macs(alpha, resolution)
             if got_macs != want:
-                _fail("strides", f"{call} has the right parameters but computes too "
+                fail(f"{call} has the right parameters but computes too "
                                  f"{'much' if got_macs > want else 'little'} on a "
                                  f"{resolution}x{resolution} image: check the strides (the stem "
-                                 f"and the blocks' strides of the table).")
+                                 f"and the blocks' strides of the table).", "strides")
     passed(f"tiny_mobilenet matches the reference network for alpha in {tuple(alphas)}.")
 
 
@@ -120,27 +113,27 @@ def _table(results: Any) -> dict[tuple[float, int], dict[str, float]]:
     """The student's results as {(alpha, resolution): row of plain numbers}, every design of the
     sweep exactly once."""
     if not isinstance(results, (list, tuple)) or not all(isinstance(r, dict) for r in results):
-        _fail("type", f"results should be a list of dicts (one per design), got "
-                      f"{type(results).__name__}.")
+        fail(f"results should be a list of dicts (one per design), got "
+                      f"{type(results).__name__}.", "type")
     table = {}
     for i, row in enumerate(results):
         missing = [k for k in KEYS if k not in row]
         if missing:
-            _fail("keys", f"results[{i}] lacks {missing}; every row needs {list(KEYS)}.")
+            fail(f"results[{i}] lacks {missing}; every row needs {list(KEYS)}.", "keys")
         where = f"results[{i}]"
         numbers = {k: _number(row, k, where) for k in KEYS}
         design = (numbers["alpha"], int(numbers["resolution"]))
         if design in table:
-            _fail("duplicate", f"{where}: the design alpha={design[0]}, resolution={design[1]} "
-                               f"appears twice.")
+            fail(f"{where}: the design alpha={design[0]}, resolution={design[1]} "
+                               f"appears twice.", "duplicate")
         table[design] = numbers
     grid = {(float(a), r) for a in tradeoffs.ALPHAS for r in tradeoffs.RESOLUTIONS}
     if set(table) != grid:
         missing, extra = sorted(grid - set(table)), sorted(set(table) - grid)
-        _fail("designs", f"results should hold each design of the sweep once (alpha in "
+        fail(f"results should hold each design of the sweep once (alpha in "
                          f"{tradeoffs.ALPHAS} x resolution in {tradeoffs.RESOLUTIONS})"
               + (f"; missing {missing}" if missing else "") + (f"; not in the sweep {extra}"
-                                                                if extra else "") + ".")
+                                                                if extra else "") + ".", "designs")
     return table
 
 
@@ -153,12 +146,11 @@ def _retrain(tiny_mobilenet: Callable, design: tuple[float, int], claimed: float
     split = tradeoffs.mnist_split(seed=split_seed)
     accuracy, _ = tradeoffs.train_and_evaluate(build, design[0], design[1], split)
     if abs(accuracy - claimed) > ACCURACY_NOISE:
-        _fail("accuracy_not_reproduced",
-              f"{what}: training alpha={design[0]}, resolution={design[1]} again with the lab's "
+        fail(f"{what}: training alpha={design[0]}, resolution={design[1]} again with the lab's "
               f"recipe and seeds gives a {'higher' if accuracy > claimed else 'lower'} accuracy "
               f"than your table says (by more than the {ACCURACY_NOISE:.0%} noise allowance). "
               f"Use tradeoffs.train_and_evaluate as given, the test images only for scoring, "
-              f"and put each design's own result in its row.")
+              f"and put each design's own result in its row.", "accuracy_not_reproduced")
 
 
 def check_results(results: Any, tiny_mobilenet: Callable, split_seed: int = 0,
@@ -170,9 +162,8 @@ def check_results(results: Any, tiny_mobilenet: Callable, split_seed: int = 0,
     for (alpha, resolution), row in table.items():
         where = f"the row of alpha={alpha}, resolution={resolution}"
         if not 0.0 <= row["accuracy"] <= 1.0:
-            _fail("percent" if 1.0 < row["accuracy"] <= 100.0 else "accuracy",
-                  f"{where}: accuracy should be a fraction between 0 and 1"
-                  + (" (a percentage divided by 100)." if row["accuracy"] > 1.0 else "."))
+            fail(f"{where}: accuracy should be a fraction between 0 and 1"
+                  + (" (a percentage divided by 100)." if row["accuracy"] > 1.0 else "."), "percent" if 1.0 < row["accuracy"] <= 100.0 else "accuracy")
         macs = reference_macs(alpha, resolution)
         if row["macs"] != macs:
             at_28 = reference_macs(alpha, 28)
@@ -184,11 +175,11 @@ def check_results(results: Any, tiny_mobilenet: Callable, split_seed: int = 0,
                 hints[row["macs"]] = ("batch", "mult-adds are per image: measure with an input "
                                                "of shape (1, 1, resolution, resolution).")
             kind, hint = hints.get(row["macs"], ("macs", None))
-            _fail(kind, f"{where}: macs is too {'high' if row['macs'] > macs else 'low'}."
-                  + (f" Hint: {hint}" if hint else " Use costs.measure_macs on the model."))
+            fail(f"{where}: macs is too {'high' if row['macs'] > macs else 'low'}."
+                  + (f" Hint: {hint}" if hint else " Use costs.measure_macs on the model."), kind)
         if row["ms"] <= 0 or row["ms_iqr"] < 0:
-            _fail("timing", f"{where}: ms must be > 0 and ms_iqr >= 0 (the median and the "
-                            f"interquartile range of your interleaved timing).")
+            fail(f"{where}: ms must be > 0 and ms_iqr >= 0 (the median and the "
+                            f"interquartile range of your interleaved timing).", "timing")
     designs = sorted(table)
     best = max(designs, key=lambda d: table[d]["accuracy"])
     drawn = designs[int(torch.randint(len(designs), (1,),
@@ -241,17 +232,17 @@ def check_pareto_front(pareto_front: Callable, seed: int = VISIBLE_SEED + 1,
         with refusing(_FRONT_ADVICE, references=[tradeoffs.pareto_front]):
             answers.append(call_student(pareto_front, copy, name="pareto_front"))
         if copy != table:
-            _fail("input_changed", "pareto_front changed the rows it was given: return a new "
-                                   "list and leave the table as it was.")
+            fail("pareto_front changed the rows it was given: return a new "
+                                   "list and leave the table as it was.", "input_changed")
     for number, (table, got) in enumerate(zip(tables, answers)):
         call = f"pareto_front(table {number + 1} of {len(table)} rows)"
         if not isinstance(got, (list, tuple)) or not all(isinstance(r, dict) for r in got):
-            _fail("type", f"{call}: expected a list of rows (dicts), got {type(got).__name__}.")
+            fail(f"{call}: expected a list of rows (dicts), got {type(got).__name__}.", "type")
         expected = [table[i] for i in _reference_front(table)]
         got_ids = [table.index(r) if r in table else None for r in got]
         if None in got_ids:
-            _fail("rows", f"{call}: return rows of the table as they are (dicts with their "
-                          f"keys), not new ones.")
+            fail(f"{call}: return rows of the table as they are (dicts with their "
+                          f"keys), not new ones.", "rows")
         dominated = [i for i in got_ids if table[i] not in expected]
         if dominated:
             better = next(o for o in table if o["ms"] <= table[dominated[0]]["ms"]
@@ -260,24 +251,24 @@ def check_pareto_front(pareto_front: Callable, seed: int = VISIBLE_SEED + 1,
             inverted = all(table[i] in [table[j] for j in _reference_front(
                 [{**r, "ms": -r["ms"]} for r in table])] for i in got_ids)
             if inverted:
-                _fail("direction", f"{call}: your front keeps the SLOWEST designs: a design is "
-                                   f"better when its time is lower and its accuracy higher.")
-            _fail("dominated_kept", f"{call}: it keeps the row with ms={table[dominated[0]]['ms']}"
+                fail(f"{call}: your front keeps the SLOWEST designs: a design is "
+                                   f"better when its time is lower and its accuracy higher.", "direction")
+            fail(f"{call}: it keeps the row with ms={table[dominated[0]]['ms']}"
                                     f", accuracy={table[dominated[0]]['accuracy']}, but the row "
                                     f"with ms={better['ms']}, accuracy={better['accuracy']} is as "
-                                    f"fast or faster and as accurate or more.")
+                                    f"fast or faster and as accurate or more.", "dominated_kept")
         missing = [r for r in expected if r not in [table[i] for i in got_ids]]
         if missing:
-            _fail("front_point_missing", f"{call}: it leaves out the row with "
+            fail(f"{call}: it leaves out the row with "
                                          f"ms={missing[0]['ms']}, accuracy="
                                          f"{missing[0]['accuracy']}, which no other row beats "
                                          f"on both (ties beat nothing: a row dominates another "
-                                         f"only when it is better in at least one).")
+                                         f"only when it is better in at least one).", "front_point_missing")
         if len(got_ids) != len(expected):
-            _fail("duplicate", f"{call}: it lists a row more than once.")
+            fail(f"{call}: it lists a row more than once.", "duplicate")
         if [table[i] for i in got_ids] != expected:
-            _fail("order", f"{call}: the right rows, in the wrong order: fastest first (for "
-                           f"equal times, the more accurate first).")
+            fail(f"{call}: the right rows, in the wrong order: fastest first (for "
+                           f"equal times, the more accurate first).", "order")
     passed(f"pareto_front is right on {len(tables)} tables, ties included.")
 
 
@@ -296,21 +287,21 @@ def check_pick(pick: Any, results: Any, tiny_mobilenet: Callable, split_seed: in
     table = _table(results)
     budget = latency_budget(results)
     if not isinstance(pick, (tuple, list)) or len(pick) != 2:
-        _fail("type", f"pick should be a pair (alpha, resolution), got {pick!r}.")
+        fail(f"pick should be a pair (alpha, resolution), got {pick!r}.", "type")
     design = (float(pick[0]), int(pick[1]))
     if design not in table:
-        _fail("not_in_table", f"pick {tuple(pick)} is not a design of your results table.")
+        fail(f"pick {tuple(pick)} is not a design of your results table.", "not_in_table")
     row = table[design]
     if row["ms"] > budget:
-        _fail("over_budget", f"pick {tuple(pick)}: your own measurement of it is over the latency "
+        fail(f"pick {tuple(pick)}: your own measurement of it is over the latency "
                              f"budget (halfway between your fastest design's time and the full "
-                             f"design's).")
+                             f"design's).", "over_budget")
     within = [d for d in table if table[d]["ms"] <= budget]
     best = max(within, key=lambda d: (table[d]["accuracy"], -table[d]["ms"]))
     if table[best]["accuracy"] > row["accuracy"]:
-        _fail("not_best_within_budget", f"pick {tuple(pick)}: in your own table, alpha={best[0]}, "
+        fail(f"pick {tuple(pick)}: in your own table, alpha={best[0]}, "
                                         f"resolution={best[1]} is also within the budget and is "
-                                        f"more accurate.")
+                                        f"more accurate.", "not_best_within_budget")
     _retrain(tiny_mobilenet, design, row["accuracy"], split_seed, f"pick {tuple(pick)}")
     passed(f"pick {tuple(pick)} is the most accurate design within the budget on your own "
            f"measurements, and its accuracy repeats when retrained.")
