@@ -492,7 +492,7 @@ def _grade_shard(shard: Path, subs: list[Submission], info: SourceInfo, settings
     seconds = settings.setdefault("seconds", {})  # per stage, for the benchmark
     started = time.monotonic()
     with settings.get("broker") or contextlib.nullcontext():  # warm kernels, where there are
-        _stream([sys.executable, "-m", "nbgrader", "autograde", a, "--create", "--force",
+        code = _stream([sys.executable, "-m", "nbgrader", "autograde", a, "--create", "--force",
                  f"--Execute.timeout={t}", f"--ExecutePreprocessor.timeout={t}",
                  "--OverwriteCells.add_missing_cells=True",
                  *(box.kernel_manager_args("kernel") if box else [])],
@@ -502,9 +502,10 @@ def _grade_shard(shard: Path, subs: list[Submission], info: SourceInfo, settings
                                   + 2) + 180)
     seconds["autograde"], started = time.monotonic() - started, time.monotonic()
     graded = grading.scores(shard, a)
+    stopped = _autograding_when_stopped(shard / "autograde.log") if code < 0 else None
     for sub in subs:
         autograded = shard / "autograded" / sub.student / a / nbname
-        if autograded.is_file() and sub.student in graded:
+        if autograded.is_file() and sub.student in graded and sub.student != stopped:
             sub.nbgrader = {g: s for g, (s, _) in graded[sub.student].cells.items()
                             if g in info.points}
             sub.problems += _slow_cells(autograded, timeout)
@@ -533,6 +534,15 @@ def _grade_shard(shard: Path, subs: list[Submission], info: SourceInfo, settings
     _stream([sys.executable, "-m", "nbgrader", "generate_feedback", a, "--force"], shard, env,
             shard / "feedback.log", "Converting notebook", bars["feedback"].update)
     seconds["feedback"] = time.monotonic() - started
+
+
+def _autograding_when_stopped(log: Path) -> str | None:
+    """The student nbgrader was autograding when it was killed (hung on a kernel whose channel a
+    submission broke, ...): its autograded copy and its gradebook entry (zeros) were written
+    BEFORE the notebook ran, so they are no grade (that notebook is scored by the re-check)."""
+    found = re.findall(r"Autograding .*?[/\\]autograded[/\\]([^/\\]+)[/\\]",
+                       log.read_text(errors="replace"))
+    return found[-1] if found else None
 
 
 def _slow_cells(autograded: Path, timeout: float) -> list[str]:
