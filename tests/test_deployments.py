@@ -154,6 +154,23 @@ def test_the_interpreters_folder_goes_first_on_path():
     assert shutil.which("alembic", path=env["PATH"]), "nbgrader's alembic is next to python"
 
 
+def test_a_notebook_nbgrader_was_killed_on_has_no_nbgrader_grade(tmp_path):
+    """Seen in a venv (issue 19): forge_recheck's writes to every file descriptor left nbgrader
+    waiting on its kernel until the idle watchdog killed nbgrader; the notebook's gradebook entry
+    and autograded copy, written BEFORE it ran, then read as nbgrader's zeros. The student being
+    autograded when nbgrader was killed is the one with no nbgrader grade (the re-check scores
+    it); those before it finished."""
+    shard = tmp_path / "shard"
+    log = tmp_path / "autograde.log"
+    log.write_text("".join(
+        f"[AutogradeApp | INFO] Autograding {shard}/autograded/{s}/{ASSIGNMENT}/"
+        f"{ASSIGNMENT}.ipynb\n[AutogradeApp | INFO] Writing 20480 bytes to {shard}/autograded/"
+        f"{s}/{ASSIGNMENT}/{ASSIGNMENT}.ipynb\n" for s in ("exit_kernel", "forge_recheck"))
+        + "[AutogradeApp | ERROR] Timeout waiting for execute reply (25s).\n"
+        "[grade_class] no output for 530 s: stopped\n")
+    assert grade_class._autograding_when_stopped(log) == "forge_recheck"
+
+
 # ----------------------------------------------------------------------------- deployments
 def _tree_hash(root: Path) -> str:
     digest = hashlib.sha256()

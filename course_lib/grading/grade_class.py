@@ -493,13 +493,15 @@ def _grade_shard(shard: Path, subs: list[Submission], info: SourceInfo, settings
     started = time.monotonic()
     with settings.get("broker") or contextlib.nullcontext():  # warm kernels, where there are
         code = _stream([sys.executable, "-m", "nbgrader", "autograde", a, "--create", "--force",
-                 f"--Execute.timeout={t}", f"--ExecutePreprocessor.timeout={t}",
-                 "--OverwriteCells.add_missing_cells=True",
-                 *(box.kernel_manager_args("kernel") if box else [])],
-                shard, env, shard / "autograde.log", "Autograding", bars["autograde"].update,
-                # a notebook may run its kernel's whole budget without nbgrader printing a line
-                idle_s=timeout * (sum(c["cell_type"] == "code" for c in info.cells.values())
-                                  + 2) + 180)
+                        f"--Execute.timeout={t}", f"--ExecutePreprocessor.timeout={t}",
+                        "--OverwriteCells.add_missing_cells=True",
+                        *(box.kernel_manager_args("kernel") if box else [])],
+                       shard, env, shard / "autograde.log", "Autograding",
+                       bars["autograde"].update,
+                       # a notebook may run its kernel's whole budget without nbgrader printing
+                       # a line
+                       idle_s=timeout * (sum(c["cell_type"] == "code"
+                                             for c in info.cells.values()) + 2) + 180)
     seconds["autograde"], started = time.monotonic() - started, time.monotonic()
     graded = grading.scores(shard, a)
     stopped = _autograding_when_stopped(shard / "autograde.log") if code < 0 else None
