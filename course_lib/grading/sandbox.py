@@ -6,12 +6,12 @@ and the re-check) goes through :class:`Sandbox`. Inside, student code:
 * sees only the system folders (``/usr``, ``/etc``, ``/lib``..., read-only) and the Python
   installation (the interpreter, its packages: :func:`python_dirs`, not every ``sys.path`` entry,
   mounted after the private ``/tmp`` and the masks so that a venv under ``/tmp`` or inside a hidden
-  checkout stays visible), nothing else of the machine: not the course directory (solutions, gradebook, other
-  students' submissions), not the pipeline's work folders or the submissions, not the repository
-  course_lib was installed from, not any other copy of them elsewhere on the disk, not home folders,
-  ``/run`` (service sockets) or the real ``/tmp``; secret files such as ``/etc/shadow`` read as
-  empty (an allowlist: the issue's ``--ro-bind / /`` plus masks left every unmasked copy of the
-  solutions readable);
+  checkout stays visible), nothing else of the machine: not the course directory (solutions,
+  gradebook, other students' submissions), not the pipeline's work folders or the submissions, not
+  the repository course_lib was installed from, not any other copy of them elsewhere on the disk,
+  not home folders, ``/run`` (service sockets) or the real ``/tmp``; secret files such as
+  ``/etc/shadow`` read as empty (an allowlist: the issue's ``--ro-bind / /`` plus masks left every
+  unmasked copy of the solutions readable);
 * imports course_lib from a read-only snapshot taken when grading started (so no submission can
   change the code that grades later ones);
 * can write only to its own scratch folder (bound over the notebook's folder, so nothing it leaves
@@ -503,8 +503,9 @@ INSIDE_MODULES = ("torch", "ipykernel.kernelapp", "course_lib.grading.kernel",
 _PROBE = """
 import importlib, json, pkgutil, sys, traceback
 import course_lib.checks
-found = {"python": sys.executable, "course_lib": course_lib.checks.__file__, "failed": {}}
-names = %r + [f"course_lib.checks.{m.name}" for m in pkgutil.iter_modules(course_lib.checks.__path__)]
+found = {"course_lib": course_lib.checks.__file__, "failed": {}}
+checks = pkgutil.iter_modules(course_lib.checks.__path__)
+names = %r + [f"course_lib.checks.{m.name}" for m in checks]
 for name in names:
     try:
         importlib.import_module(name)
