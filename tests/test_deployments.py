@@ -3,8 +3,9 @@
 Each deployment runs ``PYTHON -m course_lib.grade_class`` as an instructor would, WITHOUT an
 activated environment (PATH holds only the system folders), from a folder that is not the
 repository, on a course that is a copy of this one. Each grades an honest class (full marks, an
-EMPTY problem list: "0 with problems") and, in a second run, two hostile notebooks (one reads the
-solutions, one rewrites course_lib) that must get exactly the score their honest part deserves.
+EMPTY problem list: "0 with problems") and, in a second run at the same time, two hostile notebooks
+(one reads the solutions, one rewrites course_lib) that must get exactly the score their honest
+part deserves. Each also runs `PYTHON -m course_lib.grading.sandbox check` first.
 
 The deployments of the issue:
 
@@ -228,7 +229,8 @@ def _deployment(python: str, tmp: Path, env: dict, course_lib_dir: Path) -> None
     assert all(r["problems"] == "" and r["status"] == "ok" for r in rows.values()), rows
 
     rows, problems, _ = _finish(runs[1], tmp / "out-hostile")
-    assert {s: float(r["score"]) for s, r in rows.items()} == {k: s for k, (_, s) in hostile.items()}
+    expected = {student: score for student, (_, score) in hostile.items()}
+    assert {s: float(r["score"]) for s, r in rows.items()} == expected
     assert TOTAL - POINTS["part4-tests"] == float(rows["read_solutions"]["score"])
     assert "tried to change files outside its folder" in rows["edit_course_lib"]["problems"]
     assert _tree_hash(course_lib_dir) == lib_before, "a submission changed course_lib"
@@ -298,9 +300,10 @@ def test_wheel_in_a_venv_under_tmp(tmp_path_factory):
                                   f"{wheel}[grading]"], capture_output=True, text=True,
                                  env=env, cwd=tmp, timeout=1200)
         assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
-        where = subprocess.run([python, "-c", "import course_lib, torch; print(course_lib.__file__);"
-                                "print(torch.__version__)"], capture_output=True, text=True,
-                               env=env, cwd=tmp, check=True).stdout.split()
+        where = subprocess.run([python, "-c", "import course_lib, torch; "
+                                "print(course_lib.__file__); print(torch.__version__)"],
+                               capture_output=True, text=True, env=env, cwd=tmp,
+                               check=True).stdout.split()
         installed = Path(where[0]).parent
         assert installed.is_relative_to(venv) and "site-packages" in installed.parts
         assert where[1].split("+")[0] == _pin("torch"), "pip must keep the course's torch"
@@ -327,7 +330,8 @@ def test_ci_installs_and_tests_the_way_the_readme_says():
     for line in (f"python3 -m venv ~/{venv}", f"~/{venv}/bin/python -m pip install -r "
                  "requirements.txt", f"~/{venv}/bin/python -m pytest", "bash .ci/run"):
         assert f"\n{line}\n" in quick, line
-    steps = [line for line in run.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    steps = [line for line in run.splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
     assert 'python3 -m venv "$VENV"' in [s.strip() for s in steps]
     assert ('"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r '
             'requirements.txt') in steps
