@@ -7,4 +7,4 @@ mult-adds), ``timing`` (CPU/CUDA benchmarks), ``data`` (offline datasets), ``viz
 """
 # The course's release number, and the only place it is written: pyproject.toml reads it (setuptools
 # dynamic version) and every exercise's setup cell pins it (course_lib.grading.authoring).
-__version__ = "0.2.0"
+__version__ = "0.3.0"
