@@ -1,11 +1,11 @@
 """A grader failure is never a student's zero (the grading redesign, item 3).
 
-The grader is broken on purpose, the way a misconfigured grading host is: a memory limit too small
-for a kernel to start (``--mem-mb 1100``: PyTorch alone maps more), so every kernel dies before it
-can run any student code. Every row must then say ``grader-error`` with the reason and NO score
-(not in the CSV, not in the gradebook), the command must exit non-zero with one message, stop
-after the first few alike instead of grinding through the class, and a run with the grader fixed
-must grade those rows.
+The grader is broken on purpose, the way a grading host with a missing package is: the
+assignment's locked setup cell (the instructor's code, run before any student code) imports a
+module this environment does not have. Every row must then say ``grader-error`` with the reason
+and NO score (not in the CSV, not in the gradebook), the command must exit non-zero with one
+message, stop after the first few alike instead of grinding through the class, and a run with the
+grader fixed must grade those rows.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import csv
 import shutil
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from course_lib import grading
@@ -39,6 +40,12 @@ def test_a_broken_grader_scores_nobody_says_so_and_stops_early(tmp_path, capsys)
     course = grading.new_course(tmp_path / "course", [ASSIGNMENT], root=REPO)
     submitted = tmp_path / "submitted"
     solution = REPO / "solutions" / ASSIGNMENT / grading.notebook_name(ASSIGNMENT)
+    source = course / "solutions" / ASSIGNMENT / grading.notebook_name(ASSIGNMENT)
+    broken = nbformat.read(source, as_version=4)
+    setup = next(c for c in broken.cells
+                 if c.metadata.get("nbgrader", {}).get("grade_id") == "setup")
+    setup.source += "\nimport a_package_this_grader_lacks  # what a worker without mlxtend shows"
+    nbformat.write(broken, source)
     students = ["ann", "ben", "cat", "dan", "eve"]
     for student in students:
         folder = submitted / student / ASSIGNMENT
@@ -46,7 +53,7 @@ def test_a_broken_grader_scores_nobody_says_so_and_stops_early(tmp_path, capsys)
         shutil.copy(solution, folder / grading.notebook_name(ASSIGNMENT))
     out = tmp_path / "out"
     code = pipeline.main([ASSIGNMENT, str(submitted), "--course", str(course), "--out", str(out),
-                          "--workers", "1", "--mem-mb", "1100", "--cell-timeout", "60"])
+                          "--workers", "1", "--cell-timeout", "60"])
     err = capsys.readouterr().err
     assert code == 1
     assert "the grader failed for 5 of 5 submissions" in err and "run the same command" in err
@@ -59,9 +66,10 @@ def test_a_broken_grader_scores_nobody_says_so_and_stops_early(tmp_path, capsys)
     assert len(stopped) == 2, rows  # the first three failed alike: the rest were not tried
     assert gradebook.scores(course, ASSIGNMENT) == {}, "nothing may reach the gradebook"
     problems = (out / "problems.txt").read_text()
-    assert "5 NOT GRADED" in problems and "never started" in problems
+    assert "5 NOT GRADED" in problems and "a_package_this_grader_lacks" in problems
 
     # The grader fixed, the same command grades them all (nothing was kept from the failed run).
+    shutil.copy(solution, source)
     code = pipeline.main([ASSIGNMENT, str(submitted), "--course", str(course), "--out", str(out),
                           "--workers", "1", "--cell-timeout", "60"])
     assert code == 0, capsys.readouterr().err

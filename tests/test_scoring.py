@@ -51,3 +51,21 @@ def test_problems_are_named_from_the_failure_kind_not_its_message():
     memory = scoring.read_recheck(_events({"cell": "t1", "score": 0.0, "error": True,
                                            "error_kind": "memory"}), INFO, 60)
     assert memory.problems == ["cell t1: hit the memory limit"]
+
+
+def test_a_setup_cell_that_fails_before_any_student_code_is_the_graders_failure():
+    """The locked setup cell is the notebook's first cell and fails: nothing of the student's
+    had run (a memory limit too small for PyTorch, a package missing in the box). A student cell
+    run before it makes the same failure the student's doing."""
+    cells = {"setup": {"cell_type": "code", "locked": True, "source": "import torch"},
+             "mine": {"cell_type": "code", "locked": False, "source": ""}}
+    info = SourceInfo("ex", "ex", ["setup", "t1", "t2"], cells, POINTS, set())
+    failed = {"event": "cell", "cell": "setup", "kind": "code", "error": True,
+              "error_name": "MemoryError", "error_text": ""}
+    first = scoring.read_recheck([failed, {"event": "done"}], info, 60)
+    decision = scoring.decide(info, None, first, kernel_started=True)
+    assert decision.status is Status.GRADER_ERROR and "setup cell" in decision.problems[0]
+    mine = {"event": "cell", "cell": "cell-0", "kind": "code", "error": False}
+    after = scoring.read_recheck([mine, failed, {"event": "done"}], info, 60)
+    assert after.setup_failed is None
+    assert scoring.decide(info, None, after, True).status is Status.GRADED_BY_RECHECK

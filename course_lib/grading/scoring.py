@@ -32,6 +32,10 @@ class RecheckOutcome:
     scores: dict[str, float]
     problems: list[str] = field(default_factory=list)
     finished: bool = True
+    # The notebook's first cell was its locked setup cell and it failed: no student code had run,
+    # so the grader's environment is at fault (a memory limit too small for PyTorch, a package
+    # missing in the box), not the student. Holds the error.
+    setup_failed: str | None = None
 
 
 def read_recheck(events: list[dict], info: SourceInfo, cell_timeout: float) -> RecheckOutcome:
@@ -39,12 +43,18 @@ def read_recheck(events: list[dict], info: SourceInfo, cell_timeout: float) -> R
     out = RecheckOutcome({}, [], any(ev.get("event") in ("done", "exit") for ev in events))
     problems = out.problems
     last_started = None
+    first_cell = True
     for ev in events:
         kind = ev.get("event")
         if kind == "start":
             last_started = ev.get("cell")
         elif kind == "cell":
             cell, name, error_kind = ev.get("cell"), ev.get("error_name"), ev.get("error_kind")
+            trusted = info.cells.get(cell, {})
+            if first_cell and ev.get("error") and trusted.get("locked") \
+                    and trusted.get("cell_type") == "code" and cell not in info.points:
+                out.setup_failed = f"{name}: {str(ev.get('error_text') or '')[:200]}"
+            first_cell = False
             if ev.get("timed_out") or name == "_Timeout":
                 problems.append(f"cell {cell}: ran past the {cell_timeout:g} s limit "
                                 "(infinite loop?); interrupted")
@@ -101,6 +111,10 @@ def decide(info: SourceInfo, nbgrader: dict[str, float] | None, recheck: Recheck
             "failed before any student code ran: see the task's autograde.log and nursery.log)"])
     if recheck is None:
         return Decision(Status.GRADER_ERROR, {}, ["grader error: the re-check did not run"])
+    if recheck.setup_failed:
+        return Decision(Status.GRADER_ERROR, {}, [
+            f"grader error: the notebook's setup cell failed before any student code ran "
+            f"({recheck.setup_failed}): the grading environment cannot run this assignment"])
     if nbgrader is None:
         return Decision(Status.GRADED_BY_RECHECK, {g: s for g, s in recheck.scores.items()
                                                    if g not in info.pending}, [
