@@ -190,7 +190,7 @@ def _by_number():
         (ex05.check_extreme_params, [384 * 384 + 9 * 384]),
         (ex05.check_order_difference, [9 * (240 - 96)]),
         (ex05.check_middle_flow_share, [middle]),
-        (ex06.check_gridding, [25, 81, 441]),
+        (ex06.check_gridding, [25, 81, 529]),
         (ex06.check_branch_costs, [9 * 512 * 128 * 65 * 65, (9 * 512 + 512 * 128) * 65 * 65]),
         (ex07.check_intensity, list(intensity)),
         (lambda *v: ex07.check_paper_costs(dict(zip(macs, v[:4])), v[4]),

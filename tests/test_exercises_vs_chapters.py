@@ -3,8 +3,8 @@ exercise appears in its chapter's text.
 
 The answers are computed from the solution notebooks themselves (their code cells run here, in
 order, without the test cells and the timing cells), so a change to an exercise is covered without
-editing this test. The chapters are read as written (the MyST sources in book/, not a built book):
-a number the chapter types, or a layer whose answer it spells out, is caught. Whole numbers below 100
+editing this test. The chapters are read as written (the MyST sources in book/) and as built (the
+HTML pages, with every number the build computes and glues in). Whole numbers below 100
 are too common in any text to be told apart and are left out; so are ex07 (it reproduces the
 MobileNet paper's published numbers on purpose) and ex08/ex09 (their numbers come from training).
 """
@@ -89,6 +89,22 @@ def test_no_by_number_answer_is_printed_by_the_chapter(assignment):
              for name, value in answers.items() if math.isfinite(value)
              for spelling in spellings(value) for where in appearances(text, spelling)]
     assert not found, f"{chapter.name} prints answers of {assignment}:\n" + "\n".join(found)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("assignment", BY_NUMBER)
+def test_no_by_number_answer_is_in_the_built_chapter(assignment, built_book):
+    """The built page too: numbers a chapter computes and glues in at build time are not in its
+    source (the book is built once for the whole suite, tests/conftest.py)."""
+    import html
+
+    answers = by_number_answers(assignment)
+    page = built_book / "book" / f"ch{assignment[2:]}.html"
+    text = html.unescape(re.sub(r"<[^>]+>", " ", page.read_text()))
+    found = [f"{name} = {value!r} as {spelling!r}: ...{where}..."
+             for name, value in answers.items() if math.isfinite(value)
+             for spelling in spellings(value) for where in appearances(text, spelling)]
+    assert not found, f"{page.name} shows answers of {assignment}:\n" + "\n".join(found)
 
 
 def test_the_scan_finds_a_printed_answer():

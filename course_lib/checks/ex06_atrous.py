@@ -28,7 +28,7 @@ STACKS = [[(3, 1, 1)], [(3, 1, 1)] * 3, [(3, 1, 2)] * 3, [(3, 2, 1), (3, 1, 1)],
 SAME_PAIRS = [(3, 1), (3, 2), (3, 6), (5, 3), (1, 4), (7, 2)]
 # part 4: stacks of 3x3 convs (chapter 6 works through rates (2, 2, 2) and (1, 2, 5))
 EQUAL_RATES = (3, 3, 3, 3)
-HYBRID_RATES = (1, 2, 3, 4)
+HYBRID_RATES = (1, 2, 3, 5)
 # part 5: one atrous branch on a 65 x 65 map (chapter 6 works through DeepLab's rate-12 ASPP branch
 # on 2048 channels at 33 x 33)
 BRANCH = dict(in_channels=512, out_channels=128, kernel_size=3, rate=6, size=65)
