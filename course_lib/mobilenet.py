@@ -434,7 +434,7 @@ def table9() -> list[CostRow]:
     for name, paper in PAPER_OTHER["table9"].items():
         parsed = _parse_name(name)
         if parsed is None:
-            rows.append(CostRow(name, math.nan, math.nan, paper[1], paper[2], paper[0]))
+            rows.append(_published_only(name, paper))
             continue
         row = _row(name, *parsed, False, paper)
         shortcut = rho_scaled_macs_m(parsed[1], parsed[0])
@@ -444,6 +444,11 @@ def table9() -> list[CostRow]:
                 f"Table 7; exact count {row.macs_m:.1f} M"))
         rows.append(row)
     return rows
+
+
+def _published_only(name: str, paper: tuple) -> CostRow:
+    """A row of another network: the published numbers only (computed columns are NaN)."""
+    return CostRow(name, math.nan, math.nan, paper[1], paper[2], paper[0])
 
 
 def _parse_name(name: str) -> tuple[float, int] | None:
@@ -459,7 +464,7 @@ def table8() -> list[CostRow]:
     for name, paper in PAPER_OTHER["table8"].items():
         parsed = _parse_name(name)
         rows.append(_row(name, *parsed, False, paper) if parsed else
-                    CostRow(name, math.nan, math.nan, paper[1], paper[2], paper[0]))
+                    _published_only(name, paper))
     return rows
 
 
@@ -471,7 +476,7 @@ def table10() -> list[CostRow]:
     for name, paper in PAPER_OTHER["table10"].items():
         parsed = _parse_name(name)
         if parsed is None:
-            rows.append(CostRow(name, math.nan, math.nan, paper[1], paper[2], paper[0]))
+            rows.append(_published_only(name, paper))
             continue
         row = _row(name, *parsed, False, paper, num_classes=STANFORD_DOGS_CLASSES)
         imagenet = total_macs(*parsed) / 1e6
