@@ -20,3 +20,7 @@ c.LimitOutput.max_lines = 1000
 c.LimitOutput.max_traceback = 100
 # An infinite loop is interrupted at the cell timeout (above) and the notebook goes on.
 c.Execute.interrupt_on_timeout = True
+# At the end of a notebook the kernel is stopped by signal, not by a message on its control channel:
+# a notebook that wrote into its kernel's own sockets breaks that channel, and jupyter_client's send
+# on it blocks until something kills nbgrader. (Nothing is lost: the notebook has finished.)
+c.Execute.shutdown_kernel = "immediate"

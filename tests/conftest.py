@@ -80,7 +80,8 @@ def pytest_collection_finish(session) -> None:
     """Start the validation runs the selected tests will read (see _Background)."""
     names = {item.name.split("[")[0] for item in session.items}
     wanted = [job for job, test in (("solutions", "test_solution_passes_nbgrader_validate"),
-                                    ("variants", "test_validate_and_autograde_agree_on_every_cell"))
+                                    ("variants", "test_validate_and_autograde_agree_on_every_cell"),
+                                    ("variants", "test_honest_variants_are_not_reported"))
               if test in names]
     if wanted:
         BACKGROUND.start(_validation_jobs(wanted))

@@ -22,6 +22,8 @@ from course_lib import grading
 from course_lib.grading import ingest, pipeline
 from course_lib.grading.inside.guard import Guard
 from course_lib.grading.model import SourceInfo, Status
+from conftest import BACKGROUND
+from exercise_variants import variant_notebook, variant_students
 
 REPO = Path(__file__).resolve().parents[1]
 ASSIGNMENT = "ex01_standard"
@@ -310,6 +312,19 @@ def _protected_trees(course: Path, submitted: Path) -> dict[str, dict[str, str]]
             "submitted": _tree_hash(submitted)}
 
 
+def _variant(student: str) -> nbformat.NotebookNode:
+    assignment, changes = variant_students([ASSIGNMENT])[student]
+    return variant_notebook(assignment, changes)
+
+
+def _variant_scores() -> dict[str, float]:
+    """Exercise 1's student variants (tests/exercise_variants.py) -> the score `nbgrader validate`
+    (run in the background from the session's start, conftest.BACKGROUND) says they deserve."""
+    notebooks, validated = BACKGROUND.result("variants")
+    return {student: TOTAL - sum(POINTS[cell] for cell in validated[str(path)]["failed"])
+            for student, (assignment, path) in notebooks.items() if assignment == ASSIGNMENT}
+
+
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
     """One pipeline run, sandboxed, over every adversarial and hostile submission (2 workers)."""
@@ -326,6 +341,13 @@ def graded(tmp_path_factory):
             path.write_text(nb)
         else:
             nbformat.write(nb, path)
+        expected[student] = score
+    # Honest students as the other tests know them (alternative solutions, typical mistakes,
+    # logging): each deserves what `nbgrader validate` says about its notebook.
+    for student, score in _variant_scores().items():
+        folder = submitted / student / ASSIGNMENT
+        folder.mkdir(parents=True)
+        nbformat.write(_variant(student), folder / grading.notebook_name(ASSIGNMENT))
         expected[student] = score
     renamed = submitted / RENAMED / ASSIGNMENT
     renamed.mkdir(parents=True)
@@ -422,6 +444,21 @@ def test_each_problem_is_reported(graded):
             assert sub.student in summary
     for honest in ("logging_stderr", "Jane Doe", "vandal", "read_solutions"):
         assert "nbgrader gave" not in problems[honest], problems[honest]
+
+
+@pytest.mark.slow
+def test_honest_variants_are_not_reported(graded):
+    """Alternative solutions, typical mistakes and logging are not attacks: no problem, status ok
+    (the problem list an instructor reads names only what is real)."""
+    result, _, _, _ = graded
+    variants = set(_variant_scores())
+    rows = [s for s in result.submissions if s.submitted_as in variants]
+    assert len(rows) == len(variants) >= 4
+    flagged = {s.submitted_as: (s.status.value, s.problems) for s in rows
+               if s.problems or s.status is not Status.OK}
+    assert not flagged, flagged
+    summary = result.problems.read_text()
+    assert not [s.student for s in rows if s.student in summary]
 
 
 @pytest.mark.slow

@@ -201,7 +201,11 @@ class GradingSession:
         self.env = kernel_env(install_kernelspec(self.root / "jupyter", self.box,
                                                  self.options.mem_mb))
         t = int(self.options.cell_timeout)
+        # "immediate": stop the kernel at the end by signal, not by a message on its control
+        # channel: a kernel whose code wrote into its own sockets leaves that channel broken,
+        # and jupyter_client's blocking send on it would hold nbgrader until its deadline.
         overrides = {"Execute.timeout": t, "ExecutePreprocessor.timeout": t,
+                     "Execute.shutdown_kernel": "immediate",
                      "OverwriteCells.add_missing_cells": True}
         if self.box is not None:
             overrides.update(self.box.kernel_manager_config("kernel"))
