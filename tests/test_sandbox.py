@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -205,18 +206,20 @@ def test_processes_are_limited_and_end_with_the_sandbox(box):
     """)
     assert report.killed and "processes" in report.killed
     assert report.seconds < 25
+    # A duration no other process on the machine uses, so `ps` finds only this test's sleeper.
+    unique = f"600.{os.getpid()}{time.monotonic_ns() % 10**6}"
     report, seen = _run(b, """
         import json, os, subprocess
         from course_lib.grading.inside.kernel import install_audit
         install_audit(int(os.environ["COURSE_AUDIT_FD"]), (os.getcwd(), "/tmp"))()
-        p = subprocess.Popen(["sleep", "600"], start_new_session=True)
+        p = subprocess.Popen(["sleep", "UNIQUE"], start_new_session=True)
         print(json.dumps({"pid": p.pid}))
-    """)
+    """.replace("UNIQUE", unique))
     assert report.returncode == 0 and report.killed is None
     assert any(e["kind"] == "spawn" for e in report.audit)
     assert not [line for line in subprocess.run(["ps", "-eo", "args"], capture_output=True,
                                                 text=True).stdout.splitlines()
-                if line.strip() == "sleep 600"], "a process outlived its sandbox"
+                if line.strip() == f"sleep {unique}"], "a process outlived its sandbox"
 
 
 def test_wall_time_budget(tmp_path):
