@@ -27,6 +27,38 @@ from course_lib.grading.inside import wire
 MAX_LOG_CHARS = 20_000  # of one request's log kept
 
 
+def _warm_html_exporter():
+    """nbconvert's HTMLExporter whose Jinja templates compile once per process.
+
+    nbgrader builds a new exporter, and so a new Jinja environment, for every feedback page;
+    compiling the feedback template's files took longer than rendering them (0.33 -> 0.20 s a
+    page, interleaved). The compiled code is kept in memory, keyed by template and checked
+    against each template's source, so the pages are exactly the same."""
+    from jinja2 import BytecodeCache
+    from nbconvert.exporters import HTMLExporter
+
+    class MemoryBytecodeCache(BytecodeCache):
+        def __init__(self) -> None:
+            self.code: dict[str, bytes] = {}
+
+        def load_bytecode(self, bucket) -> None:
+            if bucket.key in self.code:
+                bucket.bytecode_from_string(self.code[bucket.key])
+
+        def dump_bytecode(self, bucket) -> None:
+            self.code[bucket.key] = bucket.bytecode_to_string()
+
+    compiled = MemoryBytecodeCache()
+
+    class WarmHTMLExporter(HTMLExporter):
+        def _create_environment(self):
+            environment = super()._create_environment()
+            environment.bytecode_cache = compiled
+            return environment
+
+    return WarmHTMLExporter
+
+
 def _serve(course: Path, assignment: str, overrides: dict) -> None:
     """The runner process's loop."""
     from nbgrader.apps import NbGraderAPI
@@ -42,6 +74,7 @@ def _serve(course: Path, assignment: str, overrides: dict) -> None:
         config[section][name] = value
     feedback = Config(config)
     feedback.HTMLExporter.template_name = "feedback"
+    feedback.GenerateFeedback.exporter_class = _warm_html_exporter()
     # The channel is a private, non-inheritable copy of stdout; fd 1 itself becomes the log, so
     # nothing nbgrader, a kernel launcher or a kernel prints can reach the channel.
     out = os.fdopen(os.dup(1), "w")
