@@ -30,10 +30,10 @@ MAX_LOG_CHARS = 20_000  # of one request's log kept
 def _warm_html_exporter():
     """nbconvert's HTMLExporter whose Jinja templates compile once per process.
 
-    nbgrader builds a new exporter, and so a new Jinja environment, for every feedback page;
-    compiling the feedback template's files took longer than rendering them (0.33 -> 0.20 s a
-    page, interleaved). The compiled code is kept in memory, keyed by template and checked
-    against each template's source, so the pages are exactly the same."""
+    nbgrader builds a new exporter, and so a new Jinja environment, for every feedback page, and
+    compiling the feedback template's files cost more than rendering them (profiled). The
+    compiled code is kept in memory, keyed by template and checked against each template's
+    source, so the pages are exactly the same (tests/test_nbgrader_runner.py)."""
     from jinja2 import BytecodeCache
     from nbconvert.exporters import HTMLExporter
 
