@@ -6,6 +6,7 @@ re-check's server) or a kernel the warm nursery forked (:mod:`.broker`); both ar
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -71,6 +72,8 @@ class Supervision:
 
 def events_file(box: Sandbox, student: str) -> Path:
     """Where the reports of a student's kernel runs go (one JSON line per kernel start)."""
+    if len(student.encode()) > 100:  # a file name has at most 255 bytes: a long id is hashed
+        student = f"{student[:40]}-{hashlib.sha256(student.encode()).hexdigest()[:16]}"
     return Path(box.events_dir) / f"kernel-{student}.json"
 
 
