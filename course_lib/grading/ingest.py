@@ -5,6 +5,12 @@ folder, or a zip of either or of flat LMS files ``<student>_<anything>.ipynb``. 
 are found, corrupt JSON and missing notebooks are recorded (scored 0 by :mod:`.scoring`),
 nbgrader metadata the student edited (points, grade flags) is restored from the gradebook, and
 every submitted name gets a distinct id.
+
+Only regular files inside a student's own folder are read (:func:`read_notebook`): no symbolic
+or hard link out of it is followed, a FIFO, device or socket is never opened, a notebook over
+:data:`MAX_NOTEBOOK_BYTES` is refused from its size, and a linked student or assignment folder is
+refused (:func:`refusal`). A refused submission is a row with status ``refused`` and the reason;
+nothing about one submission (an odd name, a bad zip member) can fail or hang the batch.
 """
 from __future__ import annotations
 
@@ -101,7 +107,8 @@ def safe_unzip(archive: Path, dest: Path) -> tuple[Path, dict[str, str]]:
                     with zf.open(info) as src, open(target, "wb") as out:
                         shutil.copyfileobj(src, out)
                 except (OSError, zipfile.BadZipFile, ValueError) as exc:
-                    why = f"not extractable ({type(exc).__name__}: {exc.strerror if isinstance(exc, OSError) else 'bad data'})"
+                    detail = exc.strerror if isinstance(exc, OSError) else "bad data"
+                    why = f"not extractable ({type(exc).__name__}: {detail})"
             if why is not None:
                 refused[name] = why
     return dest, refused
@@ -118,6 +125,11 @@ def _is_real_dir(path: Path) -> bool:
     """A folder that is not a symbolic link (ingest never follows one)."""
     st = _lstat(path)
     return st is not None and stat.S_ISDIR(st.st_mode)
+
+
+def _is_link(path: Path) -> bool:
+    st = _lstat(path)
+    return st is not None and stat.S_ISLNK(st.st_mode)
 
 
 def _plain_entries(folder: Path) -> list[Path]:
@@ -153,12 +165,14 @@ def find_candidates(root: Path, assignment: str) -> dict[str, list[Path]]:
     for entry in entries:
         if _is_real_dir(entry):
             inner = entry / assignment
-            folder = inner if _lstat(inner) is not None else entry
-            found.setdefault(entry.name, []).extend(
-                [inner] if folder == inner and not _is_real_dir(inner) else _notebooks(folder))
+            if _is_link(inner):  # a linked assignment folder: refused
+                found.setdefault(entry.name, []).append(inner)
+            else:
+                found.setdefault(entry.name, []).extend(
+                    _notebooks(inner if _is_real_dir(inner) else entry))
         elif entry.suffix == ".ipynb":  # LMS style: <student>_<anything>.ipynb
             found.setdefault(entry.name.split("_")[0], []).append(entry)
-        elif _lstat(entry) is not None and stat.S_ISLNK(_lstat(entry).st_mode):
+        elif _is_link(entry):
             found.setdefault(entry.name, []).append(entry)  # a linked student folder: refused
     return found
 
@@ -226,8 +240,7 @@ def _links_inside(folder: Path, st: os.stat_result) -> int:
 def refusal(entry: Path, assignment: str) -> str | None:
     """Why a submitted name's folder itself is refused (a symbolic link), or None."""
     for folder in (entry, entry / assignment):
-        st = _lstat(folder)
-        if st is not None and stat.S_ISLNK(st.st_mode):
+        if _is_link(folder):
             what = "student folder" if folder == entry else "assignment folder"
             return f"the {what} is a symbolic link: not followed (submit the files themselves)"
     return None
