@@ -549,12 +549,17 @@ def test_ingest_lms_zip(tmp_path):
 
 
 def test_ingest_refuses_zip_slip(tmp_path):
+    """A member with '..' is not written anywhere; it refuses its own entry, not the class."""
     archive = tmp_path / "evil.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("../outside.ipynb", "{}")
-    with pytest.raises(ValueError, match="outside"):
-        ingest.ingest(archive, _info(), tmp_path / "work")
+        zf.writestr("alice_1_ex01_standard.ipynb", nbformat.writes(_solved_release()))
+    subs = {s.submitted_as: s for s in ingest.ingest(archive, _info(), tmp_path / "work")}
     assert not (tmp_path / "outside.ipynb").exists()
+    assert subs["alice"].notebook is not None and subs["alice"].unreadable is None
+    (bad,) = [s for n, s in subs.items() if n != "alice"]
+    assert bad.unreadable is Status.REFUSED and bad.notebook is None
+    assert any("'..'" in p for p in bad.problems), bad.problems
 
 
 def test_ingest_restores_edited_metadata(tmp_path):

@@ -10,6 +10,7 @@ this subpackage is the trust boundary. Module map, in the order a class is grade
 * :mod:`.dispatch` — dask only: where tasks run, retries, stopping early, GPU routing;
 * :mod:`.worker` — the dask task: one worker's warm session grades its submissions;
 * :mod:`.shard` — grading one notebook in that session (autograde, re-check, feedback);
+* :mod:`.feedback` — what of a notebook may reach a page: student HTML/JS as text, bounded outputs;
 * :mod:`.nbgrader_runner` — nbgrader kept warm in a process of its own, with deadlines;
 * :mod:`.scoring` — THE place a final score and status are decided;
 * :mod:`.gradebook` — THE door to nbgrader's gradebook;

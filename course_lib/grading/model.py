@@ -21,6 +21,8 @@ class Status(str, Enum):
     GRADED_BY_RECHECK = "graded-by-recheck"     # its kernel died or hung in nbgrader: re-check only
     MISSING = "missing"                         # no notebook submitted: 0
     CORRUPT = "corrupt"                         # not a readable notebook: 0
+    REFUSED = "refused"                         # ingest would not read it (a link out, a FIFO,
+                                                # too large, a bad zip member): 0, with why
     KILLED_WORKER = "killed-worker"             # grading it killed its worker twice: 0
     GRADER_ERROR = "grader-error"               # the grader failed: NO score; a re-run grades it
 
@@ -101,7 +103,7 @@ class Submission:
     notebook: Path | None = None          # sanitized notebook to grade; None: nothing gradable
     problems: list[str] = field(default_factory=list)
     submitted_as: str = ""                 # the name it came under (folder or LMS file prefix)
-    unreadable: Status | None = None       # MISSING or CORRUPT, as ingest found it
+    unreadable: Status | None = None       # MISSING, CORRUPT or REFUSED, as ingest found it
     status: Status | None = None
     nbgrader: dict[str, float] | None = None
     recheck: dict[str, float] = field(default_factory=dict)

@@ -2,6 +2,8 @@
 problems.txt, and a plain feedback page where nbgrader could not write one.
 
 A row the grader could not grade has an empty score (never a 0) and status ``grader-error``.
+Every text a student can influence (problems, names, sources) is bounded in length here
+(:func:`.feedback.clip_problems`) and HTML-escaped in the pages.
 """
 from __future__ import annotations
 
@@ -9,7 +11,10 @@ import csv
 import html
 from pathlib import Path
 
+from course_lib.grading.feedback import clip, clip_problems
 from course_lib.grading.model import SourceInfo, Status, Submission
+
+MAX_NAME_CHARS = 1000  # of a submitted name or a source path in the outputs
 
 
 def _total(sub: Submission) -> str:
@@ -32,11 +37,13 @@ def write_csv(path: Path, subs: list[Submission], info: SourceInfo) -> Path:
                          "from_earlier_run", "source", "problems"])
         for sub in sorted(subs, key=lambda s: s.student):
             nbg = "" if sub.nbgrader is None else f"{sum(sub.nbgrader.values()):g}"
-            writer.writerow([sub.student, sub.submitted_as or sub.student, info.assignment,
+            writer.writerow([sub.student, clip(sub.submitted_as or sub.student, MAX_NAME_CHARS),
+                             info.assignment,
                              sub.status.value, _total(sub), f"{info.max_score:g}",
                              *(_cell(sub, t, info) for t in tests), f"{info.manual_max:g}",
                              f"{info.pending_max:g}", nbg,
-                             "yes" if sub.resumed else "", sub.origin, " | ".join(sub.problems)])
+                             "yes" if sub.resumed else "", clip(sub.origin, MAX_NAME_CHARS),
+                             " | ".join(clip_problems(sub.problems))])
     return path
 
 
@@ -89,7 +96,8 @@ def write_report(out: Path, subs: list[Submission], info: SourceInfo,
 
     flagged = [s for s in subs if s.problems]
     items = "".join(f"<li><b>{html.escape(s.student)}</b> ({_total(s)}/{info.max_score:g}): "
-                    + "; ".join(html.escape(p) for p in s.problems) + "</li>" for s in flagged)
+                    + "; ".join(html.escape(p) for p in clip_problems(s.problems)) + "</li>"
+                    for s in flagged)
     batch = "".join(f"<li>{html.escape(p)}</li>" for p in batch_problems)
     batch += "".join(f"<li>note: {html.escape(n)}</li>" for n in notes)
     page = out / "report.html"
@@ -115,7 +123,7 @@ def write_report(out: Path, subs: list[Submission], info: SourceInfo,
 def fallback_feedback(sub: Submission, info: SourceInfo, dest: Path) -> Path:
     rows = "".join(f"<tr><td>{html.escape(g)}</td><td>{_cell(sub, g, info)}</td>"
                    f"<td>{p:g}</td></tr>" for g, p in info.points.items())
-    problems = "".join(f"<li>{html.escape(p)}</li>" for p in sub.problems)
+    problems = "".join(f"<li>{html.escape(p)}</li>" for p in clip_problems(sub.problems))
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(f"<html><body><h1>{html.escape(info.assignment)}: "
                     f"{html.escape(sub.student)}</h1><p>Score {_total(sub)} / "
@@ -136,5 +144,5 @@ def problem_lines(subs: list[Submission], info: SourceInfo, batch_problems: list
     lines += [f"BATCH: {p}" for p in batch_problems] + [f"NOTE: {n}" for n in notes]
     for sub in sorted(subs, key=lambda s: s.student):
         lines += [f"{sub.student} ({_total(sub) or 'not graded'}/{info.max_score:g}): {p}"
-                  for p in sub.problems]
+                  for p in clip_problems(sub.problems)]
     return lines

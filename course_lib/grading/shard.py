@@ -20,6 +20,7 @@ from pathlib import Path
 
 import nbformat
 
+from course_lib.grading import feedback as safe_feedback
 from course_lib.grading import gradebook, scoring
 from course_lib.grading.course import notebook_name
 from course_lib.grading.model import GradingOptions, Graded, SourceInfo, Status, TaskSpec, Work
@@ -30,7 +31,7 @@ from course_lib.grading.sandbox.policy import Sandbox
 from course_lib.grading.sandbox.recheck_client import RecheckServer, RecheckUnavailable
 from course_lib.grading.sandbox.supervisor import events_file
 
-MAX_FEEDBACK_CHARS = 2_000_000  # of one feedback page sent back
+MAX_FEEDBACK_CHARS = 2_000_000  # of one feedback page sent back (outputs are capped before)
 
 
 def course_bundle(shard: Path, assignment: str) -> dict[str, bytes]:
@@ -177,6 +178,20 @@ def sandbox_problems(runs: list[dict]) -> list[str]:
     return problems
 
 
+def safe_for_feedback(autograded: Path, info: SourceInfo) -> bool:
+    """Rewrite the graded notebook so that its feedback page is safe to open
+    (:func:`.feedback.make_safe`: student HTML/JavaScript as text, outputs capped); False when it
+    cannot be read (no nbgrader page then: the pipeline writes a plain one)."""
+    try:
+        nb = nbformat.read(autograded, as_version=4)
+    except Exception:  # nbgrader wrote it; a broken one gets the plain page
+        return False
+    safe_feedback.make_safe(nb, {g: c["source"] for g, c in info.cells.items()
+                                 if c["cell_type"] == "markdown" and c["locked"]})
+    nbformat.write(nb, autograded)
+    return True
+
+
 class GradingSession:
     """A worker's warm grading set-up for one batch (see the module docstring). Use as a context
     manager; ``hide``: folders of the coordinator to mask where they exist on this host."""
@@ -206,7 +221,7 @@ class GradingSession:
         # and jupyter_client's blocking send on it would hold nbgrader until its deadline.
         overrides = {"Execute.timeout": t, "ExecutePreprocessor.timeout": t,
                      "Execute.shutdown_kernel": "immediate",
-                     "OverwriteCells.add_missing_cells": True}
+                     "OverwriteCells.add_missing_cells": True, **safe_feedback.NBCONVERT_CONFIG}
         if self.box is not None:
             overrides.update(self.box.kernel_manager_config("kernel"))
         self.nbgrader = NbgraderRunner(self.shard, a, overrides, self.env,
@@ -282,7 +297,8 @@ class GradingSession:
         feedback = None
         if decision.status is not Status.GRADER_ERROR and nbgrader is not None:
             gradebook.write_feedback_scores(self.db, a, student, decision.final)
-            self.nbgrader.run("feedback", student, self.options.NBGRADER_MARGIN_S)
+            if safe_for_feedback(autograded, info):  # else the pipeline's plain page
+                self.nbgrader.run("feedback", student, self.options.NBGRADER_MARGIN_S)
             page = self.shard / "feedback" / student / a / nbname.replace(".ipynb", ".html")
             if page.is_file() and not page.is_symlink():
                 feedback = page.read_text(encoding="utf-8", errors="replace")[:MAX_FEEDBACK_CHARS]
@@ -291,5 +307,5 @@ class GradingSession:
             shutil.rmtree(self.shard / folder / student, ignore_errors=True)
         return Graded(student, decision.status, nbgrader,
                       outcome.scores if outcome is not None else {}, decision.final,
-                      problems + decision.problems, feedback, worker,
+                      safe_feedback.clip_problems(problems + decision.problems), feedback, worker,
                       {k: round(v, 3) for k, v in timing.items()})

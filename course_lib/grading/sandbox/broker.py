@@ -32,7 +32,8 @@ from course_lib.grading.inside import wire
 from course_lib.grading.inside.hygiene import children, descendants, empty_folder, state
 from course_lib.grading.sandbox.policy import Limits, Sandbox, copy_plain_files
 from course_lib.grading.sandbox.kernelspec import install_kernelspec, kernel_env
-from course_lib.grading.sandbox.supervisor import Supervision, events_file, program_pid
+from course_lib.grading.sandbox.supervisor import (Supervision, events_file, program_pid,
+                                                   protected_inside)
 
 READY_TIMEOUT_S = 300   # the nursery's imports, on a loaded machine
 POLL_S = 0.05
@@ -200,7 +201,8 @@ class Broker:
         audit_r, audit_w = os.pipe()
         wire.send(self.channel, {"folder": str(folder), "connection": request["connection"],
                                  "args": request.get("args", []), "mem_mb": lim.mem_mb,
-                                 "file_mb": lim.file_mb, "protected": [box.site, *box.masked]},
+                                 "file_mb": lim.file_mb,
+                                 "protected": protected_inside(box, {str(folder): str(folder)})},
                   [audit_w])
         os.close(audit_w)
         watch = Supervision("/".join(source.parts[-2:]), lim, audit_r)

@@ -6,6 +6,7 @@ re-check's server) or a kernel the warm nursery forked (:mod:`.broker`); both ar
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -71,7 +72,21 @@ class Supervision:
 
 def events_file(box: Sandbox, student: str) -> Path:
     """Where the reports of a student's kernel runs go (one JSON line per kernel start)."""
+    if len(student.encode()) > 100:  # a file name has at most 255 bytes: a long id is hashed
+        student = f"{student[:40]}-{hashlib.sha256(student.encode()).hexdigest()[:16]}"
     return Path(box.events_dir) / f"kernel-{student}.json"
+
+
+def protected_inside(box: Sandbox, writable: dict[str, str],
+                     readonly: dict[str, str] | None = None) -> list[str]:
+    """The paths the audit must report writes to although they lie in the private ``/tmp`` the
+    program may write (the read-only snapshot, read-only binds), as seen inside the box. Nothing
+    else of the instructor's (course, submissions, repository) is handed to the program: paths
+    the box does not show need no report."""
+    open_targets = set(writable.values())
+    return sorted({m.target for m in box.mounts(writable, readonly)
+                   if m.kind in ("--ro-bind", "--tmpfs") and m.target.startswith("/tmp/")
+                   and m.target not in open_targets})
 
 
 def program_pid(bwrap_pid: int) -> int | None:
@@ -98,11 +113,10 @@ def run_sandboxed(box: Sandbox, command: list[str], name: str, writable: dict[st
     bwrap runs in a session of its own, so the signals a kernel manager sends to this
     supervisor's process group reach the sandbox only through here."""
     audit_read, audit_write = os.pipe()
-    protected = [box.site, *box.masked, *(readonly or {}).values()]
     argv = box.bwrap_argv(writable, readonly,
                           env={**(env or {}), AUDIT_FD_ENV: str(audit_write),
                                AUDIT_PROTECTED_ENV: os.pathsep.join(
-                                   p for p in protected if p not in writable.values())},
+                                   protected_inside(box, writable, readonly))},
                           cwd=cwd)
     try:
         proc = subprocess.Popen(argv + command, pass_fds=(*pass_fds, audit_write), stdin=stdin,
