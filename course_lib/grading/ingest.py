@@ -13,36 +13,15 @@ import re
 import shutil
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 import nbformat
 
+from course_lib.grading import identities
 from course_lib.grading.course import notebook_name
 from course_lib.grading.model import SourceInfo, Status, Submission
 
 MAX_ZIP_BYTES = 2 * 2**30  # refuse zips that would unpack to more than this
-
-
-def _student_id(raw: str) -> str:
-    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", raw).strip("-.") or "unknown"
-    return cleaned
-
-
-def student_ids(names: list[str]) -> dict[str, str]:
-    """A distinct gradebook id for every submitted name, never merging two students.
-
-    Names are cleaned to letters, digits, '_', '-', '.'; where two names clean to the same id,
-    the ones that changed get a suffix from a hash of the name itself (stable across runs and
-    independent of the other names' order)."""
-    groups: dict[str, list[str]] = {}
-    for name in names:
-        groups.setdefault(_student_id(name), []).append(name)
-    ids = {}
-    for cleaned, members in groups.items():
-        for name in members:
-            clash = len(members) > 1 and name != cleaned
-            ids[name] = (f"{cleaned}-{hashlib.sha1(name.encode()).hexdigest()[:6]}" if clash
-                         else cleaned)
-    return ids
 
 
 def safe_unzip(archive: Path, dest: Path) -> Path:
@@ -121,8 +100,11 @@ def sanitize(nb, info: SourceInfo) -> list[str]:
     return problems
 
 
-def ingest(submissions: Path, info: SourceInfo, workdir: Path) -> list[Submission]:
-    """Find, validate and sanitize every submission; nothing found is dropped."""
+def ingest(submissions: Path, info: SourceInfo, workdir: Path,
+           identify: Callable[[list[str]], dict[str, str]] = identities.assign
+           ) -> list[Submission]:
+    """Find, validate and sanitize every submission; nothing found is dropped. ``identify``:
+    submitted names -> student ids (the pipeline's reads and records them in the gradebook)."""
     submissions = Path(submissions)
     if not submissions.exists():
         raise FileNotFoundError(f"no submissions at {submissions}")
@@ -132,7 +114,7 @@ def ingest(submissions: Path, info: SourceInfo, workdir: Path) -> list[Submissio
     expected = notebook_name(info.assignment)
     result = []
     candidates = find_candidates(root, info.assignment)
-    ids = student_ids(list(candidates))
+    ids = identify(list(candidates))
     for name, paths in candidates.items():
         student = ids[name]
         sub = Submission(student, str(root), submitted_as=name)

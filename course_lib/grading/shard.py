@@ -22,7 +22,8 @@ import nbformat
 
 from course_lib.grading import gradebook, scoring
 from course_lib.grading.course import notebook_name
-from course_lib.grading.model import GradingOptions, Graded, SourceInfo, Status, TaskSpec, Work
+from course_lib.grading.model import (GradingOptions, Graded, Incident, SourceInfo, Status,
+                                      TaskSpec, Work)
 from course_lib.grading.nbgrader_runner import NbgraderRunner
 from course_lib.grading.sandbox.broker import Broker
 from course_lib.grading.sandbox.kernelspec import install_kernelspec, kernel_env
@@ -177,6 +178,20 @@ def sandbox_problems(runs: list[dict]) -> list[str]:
     return problems
 
 
+def sandbox_incidents(runs: list[dict]) -> set[Incident]:
+    """The :class:`~.model.Incident` kinds behind :func:`sandbox_problems`' reports."""
+    found = set()
+    for run in runs:
+        audit = run.get("audit", [])
+        if run.get("killed"):
+            found.add(Incident.KERNEL_STOPPED)
+        if any(e["kind"] == "spawn" for e in audit) or run.get("max_processes", 0) > 2:
+            found.add(Incident.PROCESSES)
+        if any(e["kind"] == "write" for e in audit):
+            found.add(Incident.WRITES)
+    return found
+
+
 class GradingSession:
     """A worker's warm grading set-up for one batch (see the module docstring). Use as a context
     manager; ``hide``: folders of the coordinator to mask where they exist on this host."""
@@ -263,6 +278,7 @@ class GradingSession:
             timing["autograde, other"] = t1 - t0
         runs = kernel_runs(self.box, student) if self.box is not None else []
         problems += sandbox_problems(runs)
+        incidents = sandbox_incidents(runs)
         kernel_started = self.box is None or any(r.get("started", True) for r in runs)
 
         grader_error = None
@@ -270,6 +286,7 @@ class GradingSession:
             events = self.recheck.judge(recheck_job(student, submitted, info), self.budget)
             outcome = scoring.read_recheck(events, info, self.options.cell_timeout)
             problems += outcome.problems
+            incidents |= outcome.incidents
         except RecheckUnavailable as exc:
             outcome, grader_error = None, str(exc)
         t2 = time.time()
@@ -288,4 +305,5 @@ class GradingSession:
         return Graded(student, decision.status, nbgrader,
                       outcome.scores if outcome is not None else {}, decision.final,
                       problems + decision.problems, feedback, worker,
-                      {k: round(v, 3) for k, v in timing.items()})
+                      {k: round(v, 3) for k, v in timing.items()},
+                      incidents=sorted(i.value for i in incidents))
