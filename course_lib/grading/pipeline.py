@@ -193,15 +193,14 @@ def grade_on_workers(engine: Engine, subs: list[Submission], info: SourceInfo, t
             asked.append(sub.student)
             todo.append(Work(sub.student, data))
             continue
-        cached, why = cache.get(sub.student, keys[sub.student], info.max_score)
+        cached = cache.get(sub.student, keys[sub.student], info.max_score)
         if cached is not None:
             sub.resumed = True
             record(sub, cached)
             report.resumed += 1
         else:
-            if why:
-                report.suspect[sub.student] = why
             todo.append(Work(sub.student, data))
+    report.suspect = dict(cache.suspect)
     report.notes += reuse_notes(subs, report, asked)
 
     def done(item: Work, result) -> None:

@@ -73,6 +73,7 @@ class ResultCache:
         self.context = json.dumps(context, sort_keys=True)
         self.run = run or new_run_id()
         self.flagged: dict[str, list[str]] = {}  # this run's flagged students -> why
+        self.suspect: dict[str, str] = {}         # stored results refused by get() -> why
 
     def key(self, notebook: bytes) -> str:
         return hashlib.sha256(self.context.encode() + b"\0" + notebook).hexdigest()
@@ -87,19 +88,24 @@ class ResultCache:
         except (OSError, ValueError, KeyError, TypeError):
             return {}
 
-    def get(self, student: str, key: str, points: float) -> tuple[Graded | None, str | None]:
-        """The stored result of ``student`` for ``key`` if it may be reused; else None and, when
-        a result was stored but is suspect, why (:func:`suspicion`). ``points``: full marks."""
+    def get(self, student: str, key: str, points: float | None = None) -> Graded | None:
+        """The stored result of ``student`` for ``key`` if it may be reused, else None; a result
+        stored but suspect (:func:`suspicion`) is noted in :attr:`suspect` with why. ``points``:
+        full marks (None: unknown, so any flagged classmate makes it suspect)."""
         try:
             data = json.loads(self._path(student).read_text())
             if data.pop("key") != key or data.get("student") != student:
-                return None, None
+                return None
             run = data.pop("run", None)
             graded = Graded.from_json(data)
         except (OSError, ValueError, KeyError, TypeError):
-            return None, None
-        why = suspicion(graded, run, self._ledger(run) if run else {}, points)
-        return (None, why) if why else (graded, None)
+            return None
+        why = suspicion(graded, run, self._ledger(run) if run else {},
+                        float("inf") if points is None else points)
+        if why:
+            self.suspect[student] = why
+            return None
+        return graded
 
     def put(self, key: str, graded: Graded) -> None:
         if graded.status is Status.GRADER_ERROR:
