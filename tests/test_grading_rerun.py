@@ -27,8 +27,8 @@ from nbgrader.api import Gradebook
 
 from course_lib import grading
 from course_lib.grading import gradebook, identities, pipeline
-from course_lib.grading.model import Graded, Incident, Status
-from course_lib.grading.resume import RESULTS, suspicion
+from course_lib.grading.model import Failure, Graded, Incident, Status
+from course_lib.grading.resume import RESULTS, flags, suspicion
 from test_grading_pipeline import (ASSIGNMENT, CELL_TIMEOUT, MANUAL, MEM_MB, POINTS, REPO,
                                    TOTAL, _solved_release)
 
@@ -198,6 +198,14 @@ def test_what_makes_a_stored_result_suspect():
     assert suspicion(_graded(2.0), "r", flagged, 2.0) is None, "full marks cannot be damaged"
     assert suspicion(_graded(1.0), "r", {"s": ["grader-error"]}, 2.0) is None, \
         "its own ledger entry is no classmate"
+
+
+def test_what_flags_a_classmate():
+    assert flags(_graded(0.0, incidents=["processes", "kernel-died"])) == ["processes"]
+    assert flags(_graded(0.0, incidents=["kernel-died", "recheck-unfinished"])) == []
+    assert flags(Failure("killed its worker twice", grader=False)) == ["killed-worker"]
+    assert flags(Failure("the worker vanished")) == [], "the grader's failure is no attack"
+    assert flags(_graded(0.0, Status.GRADER_ERROR)) == []
 
 
 def test_regrade_names_must_exist():

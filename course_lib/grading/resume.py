@@ -6,8 +6,8 @@ changed notebook, check or option misses the cache, and a row the grader could n
 stored, so a re-run grades exactly those, the suspect ones and any asked for (``--regrade``).
 
 Each run also keeps a ledger, ``OUT/results/runs/<run>.json``: the submissions of that run that
-were *flagged* (a hostile :class:`~.model.Incident`, a grader error, a result that never came
-back), written as they arrive, so that a later run knows which stored results shared a run with
+were *flagged* (a hostile :class:`~.model.Incident`, or grading it killed its worker twice),
+written as they arrive, so that a later run knows which stored results shared a run with
 them.
 """
 from __future__ import annotations
@@ -31,13 +31,11 @@ def new_run_id() -> str:
 
 def flags(result: Graded | Failure) -> list[str]:
     """Why ``result`` makes its classmates' results suspect (empty: it does not): its hostile
-    incidents, a grader error, or no result at all (a killed worker, a lost one)."""
+    incidents, or grading it killed its worker twice. A grader error is not a flag: that row is
+    graded again itself, and the grader's failure is no student's attack."""
     if isinstance(result, Failure):
-        return ["grader-error" if result.grader else "killed-worker"]
-    found = [i for i in result.incidents if Incident(i).hostile]
-    if result.status is Status.GRADER_ERROR:
-        found.append("grader-error")
-    return found
+        return [] if result.grader else ["killed-worker"]
+    return [i for i in result.incidents if Incident(i).hostile]
 
 
 def suspicion(graded: Graded, run: str | None, classmates_flagged: dict[str, list[str]],
