@@ -4,11 +4,12 @@ that survives, and stored results reused only when nothing about them is suspect
 Two real runs (sandbox on, one worker) of a tiny ex01 class into ONE course gradebook and ONE
 output folder, chained in a module fixture:
 
-* run A: ``Jane Doe``, ``bob`` and ``carol`` (solved: full marks), a folder named exactly like
-  the id ``Jane Doe`` would get on her own (blank release: 0), and ``spawner`` (blank, starts a
-  process: flagged). Then, as formgrader would, the instructor overrides a test cell of Jane Doe,
-  comments, grades her written answer and gives extra credit; and ``bob``'s stored result is
-  zeroed, as the classmate's attack of issue 20 left it.
+* run A: ``Jane Doe``, ``bob`` and carol (a 250-character name with accents and an emoji)
+  (solved: full marks), a folder named exactly like the id ``Jane Doe`` would get on her own
+  (blank release: 0), and the spawner (an all-emoji name; blank, starts a process: flagged).
+  Then, as formgrader would, the instructor overrides a test cell of Jane Doe, comments, grades
+  her written answer and gives extra credit; and ``bob``'s stored result is zeroed, as the
+  classmate's attack of issue 20 left it.
 * run B, from the command line with ``--regrade "Jane Doe"``: the spawner removed, a new folder
   named exactly like Jane Doe's recorded id added. carol's result is reused (full marks, nothing
   suspect); bob's (zeroed in a run with a flagged classmate) and the blank folder's are graded
@@ -38,6 +39,10 @@ ON_HER_OWN = identities.suffixed(JANE)      # her id if nobody else were there
 OVERRIDE_CELL, EXTRA_CELL = "part1-tests", "part2-tests"
 WRITTEN = next(iter(MANUAL))                # a written answer, graded by hand
 EXTRA = 1.5
+# 250 characters (254 bytes: a folder name may have 255), an accent and an emoji
+CAROL = "Carolë 😀 " + ("de la Montana " * 18)[:241]
+SPAWNER = "🦀🦀🦀"                                 # nothing left once cleaned
+assert len(CAROL) == 250 and len(CAROL.encode()) <= 255
 
 
 def _blank():
@@ -106,8 +111,8 @@ def runs(tmp_path_factory):
     out = tmp / "out"
 
     _write_class(tmp / "A", {JANE: _solved_release(), "bob": _solved_release(),
-                             "carol": _solved_release(), ON_HER_OWN: _blank(),
-                             "spawner": _spawner()})
+                             CAROL: _solved_release(), ON_HER_OWN: _blank(),
+                             SPAWNER: _spawner()})
     a = pipeline.grade_class(ASSIGNMENT, tmp / "A", course, workers=1, out=out,
                              cell_timeout=CELL_TIMEOUT, mem_mb=MEM_MB, quiet=True)
     rows_a = _csv(out)
@@ -121,7 +126,7 @@ def runs(tmp_path_factory):
     bob.write_text(json.dumps(damaged))
 
     _write_class(tmp / "B", {JANE: _solved_release(), "bob": _solved_release(),
-                             "carol": _solved_release(), ON_HER_OWN: _blank(), jane: _blank()})
+                             CAROL: _solved_release(), ON_HER_OWN: _blank(), jane: _blank()})
     code = pipeline.main([ASSIGNMENT, str(tmp / "B"), "--course", str(course), "--out", str(out),
                           "--workers", "1", "--cell-timeout", str(CELL_TIMEOUT),
                           "--mem-mb", str(MEM_MB), "--regrade", JANE])
@@ -136,14 +141,15 @@ def test_each_name_is_one_student_with_exact_scores(runs):
     rows_a, rows_b, jane = runs["rows_a"], runs["rows_b"], runs["jane"]
     assert runs["code"] == 0
     assert {k: float(r["score"]) for k, r in rows_a.items()} == {
-        JANE: TOTAL, "bob": TOTAL, "carol": TOTAL, ON_HER_OWN: 0.0, "spawner": 0.0}
+        JANE: TOTAL, "bob": TOTAL, CAROL: TOTAL, ON_HER_OWN: 0.0, SPAWNER: 0.0}
     # The folder named like Jane Doe's id on her own keeps its name; she gets another id.
     assert rows_a[ON_HER_OWN]["student"] == ON_HER_OWN and jane != ON_HER_OWN
     # A later batch: every name keeps its id; a folder named exactly like hers is somebody else.
     assert {k: float(r["score"]) for k, r in rows_b.items()} == {
-        JANE: TOTAL, "bob": TOTAL, "carol": TOTAL, ON_HER_OWN: 0.0, jane: 0.0}
+        JANE: TOTAL, "bob": TOTAL, CAROL: TOTAL, ON_HER_OWN: 0.0, jane: 0.0}
     assert all(rows_b[k]["student"] == rows_a[k]["student"] for k in rows_b if k in rows_a)
     assert rows_b[jane]["student"] not in {r["student"] for r in rows_a.values()}
+    assert all(len(r["student"]) <= identities.MAX_ID_CHARS for r in rows_b.values())
     assert gradebook.recorded_identities(runs["db"])[JANE] == jane
     book = grading.scores(runs["course"], ASSIGNMENT)
     assert len(book) == 6, "one gradebook student per submitted name"
@@ -168,16 +174,16 @@ def test_manual_grading_survives_a_rerun_that_regrades_the_student(runs):
 def test_suspect_results_are_graded_again_and_the_report_says_what_was_reused(runs):
     rows_b = runs["rows_b"]
     ids = {k: r["student"] for k, r in rows_b.items()}
-    assert {k for k, r in rows_b.items() if r["from_earlier_run"] == "yes"} == {"carol"}
+    assert {k for k, r in rows_b.items() if r["from_earlier_run"] == "yes"} == {CAROL}
     assert float(rows_b["bob"]["score"]) == TOTAL, "the damaged row is graded again"
     summary = runs["summary"]
-    assert "1 submissions were graded by an earlier run" in summary and ids["carol"] in summary
+    assert "1 submissions were graded by an earlier run" in summary and ids[CAROL] in summary
     suspect = summary.split("suspect and graded again: ")[1].splitlines()[0]
     assert sorted(s.split(" (")[0] for s in suspect.split("; ")) == sorted(
         [ids["bob"], ids[ON_HER_OWN]])
     assert "classmate was flagged (processes)" in suspect
     assert f"graded again as asked (--regrade): {ids[JANE]}" in summary
-    assert "graded by an earlier run" in runs["report"] and ids["carol"] in runs["report"]
+    assert "graded by an earlier run" in runs["report"] and ids[CAROL] in runs["report"]
 
 
 # ----------------------------------------------------------------------------- fast tests
