@@ -76,8 +76,9 @@ def test_the_gradebook_records_names_and_later_batches_reuse_them(tmp_path):
 def test_names_that_are_not_utf8_are_recorded(tmp_path):
     raw = b"caf\xe9".decode("utf-8", "surrogateescape")  # a Latin-1 folder name from a zip
     db = gradebook.sqlite_url(tmp_path / "gradebook.db")
-    ids = gradebook.identify(db, [raw, "café"])
-    assert len(set(ids.values())) == 2
+    lookalike = "caf\\xe9"  # a name spelling out the escape
+    ids = gradebook.identify(db, [raw, "café", lookalike])
+    assert len(set(ids.values())) == 3
     assert gradebook.identify(db, [raw]) == {raw: ids[raw]}
 
 

@@ -79,9 +79,12 @@ def assign(names: list[str], known: dict[str, str] | None = None,
 
 def stored_name(name: str) -> str:
     """The name as the gradebook stores it: a folder name that is not valid UTF-8 (a raw byte
-    from an old archive) keeps its bytes as ``\\xNN`` escapes instead of failing the database."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    from an old archive) keeps its bytes as ``\\xNN`` escapes instead of failing the database;
+    a backslash is doubled, so that no two names are stored alike."""
+    return name.replace("\\", "\\\\").encode("utf-8", "surrogateescape").decode(
+        "utf-8", "backslashreplace")
 
 
-def name_digest(name: str) -> str:
-    return hashlib.sha256(stored_name(name).encode("utf-8")).hexdigest()
+def name_digest(stored: str) -> str:
+    """The key of a stored name (:func:`stored_name`) in the gradebook's table."""
+    return hashlib.sha256(stored.encode("utf-8")).hexdigest()
