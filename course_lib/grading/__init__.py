@@ -7,14 +7,17 @@ this subpackage is the trust boundary. Module map, in the order a class is grade
 * :mod:`.model` — the records that flow between stages (``Status``, ``GradingOptions`` with the
   one time-budget formula, ``SourceInfo``, ``Submission``, task and result types);
 * :mod:`.ingest` — submissions folder or LMS zip -> one record per submitted name;
+* :mod:`.identities` — one bounded student id per submitted name, never shared (the names
+  and their ids are recorded in the gradebook by :mod:`.gradebook`);
 * :mod:`.dispatch` — dask only: where tasks run, retries, stopping early, GPU routing;
 * :mod:`.worker` — the dask task: one worker's warm session grades its submissions;
 * :mod:`.shard` — grading one notebook in that session (autograde, re-check, feedback);
 * :mod:`.feedback` — what of a notebook may reach a page: student HTML/JS as text, bounded outputs;
 * :mod:`.nbgrader_runner` — nbgrader kept warm in a process of its own, with deadlines;
 * :mod:`.scoring` — THE place a final score and status are decided;
-* :mod:`.gradebook` — THE door to nbgrader's gradebook;
-* :mod:`.resume` — results stored as they come, so a re-run grades only what is missing;
+* :mod:`.gradebook` — THE door to nbgrader's gradebook (it never touches manual grading);
+* :mod:`.resume` — results stored as they come, so a re-run grades only what is missing,
+  changed or suspect;
 * :mod:`.outputs` — grades.csv, report.html, problems.txt, fallback feedback;
 * :mod:`.environment` — is a worker's environment the coordinator's?
 * :mod:`.pipeline` — ``grade_class``: the stages above, top to bottom;

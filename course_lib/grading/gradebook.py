@@ -5,6 +5,16 @@ The pipeline reads the assignment's trusted cells from it (:func:`source_info`),
 automatic scores into the course's gradebook (:func:`write_final_scores`) and, in a worker's
 private shard, the final scores as overrides so that nbgrader's feedback shows them
 (:func:`write_feedback_scores`). Rows the grader could not grade get no score at all.
+
+The gradebook also keeps who is who: a table of its own (``course_lib_identities``: each submitted
+name, in full, with the student id it was given, :mod:`.identities`) beside nbgrader's, in the same
+database, so that every later batch gives a name the same id and never gives that id to another
+name, with SQLite or PostgreSQL alike. nbgrader's ``Student`` has only 128-character name fields,
+which belong to the instructor (``nbgrader db student add``, LMS imports); a student this pipeline
+creates gets the submitted name as ``last_name`` (cut to 128 characters) for formgrader's list.
+
+Writing scores never touches what a person graded: formgrader's manual scores, comments and extra
+credit survive every re-run (:func:`write_final_scores` writes ``auto_score`` only).
 """
 from __future__ import annotations
 
@@ -18,7 +28,10 @@ from pathlib import Path
 
 import nbformat
 
+from course_lib.grading import identities
 from course_lib.grading.model import SourceInfo, Submission
+
+IDENTITIES = "course_lib_identities"
 
 
 class GradebookUnavailable(RuntimeError):
@@ -61,6 +74,56 @@ def check(db_url: str) -> None:
                 "requirements.txt)")
         raise GradebookUnavailable(f"cannot open the gradebook {shown} ({type(exc).__name__}: "
                                    f"{first}): {hint}.") from None
+
+
+def _identity_table():
+    import sqlalchemy as sa
+
+    return sa.Table(IDENTITIES, sa.MetaData(),
+                    sa.Column("name_sha256", sa.String(64), primary_key=True),
+                    sa.Column("student_id", sa.String(128), nullable=False, unique=True),
+                    sa.Column("name", sa.Text, nullable=False))
+
+
+def identify(db_url: str, names: list[str], attempts: int = 3) -> dict[str, str]:
+    """The student id of each submitted name: the one recorded by an earlier batch, else a new
+    one distinct from every id in the gradebook (:func:`.identities.assign`), recorded now, before
+    any grading, so that a concurrent run on the same gradebook cannot give it to another name."""
+    import sqlalchemy as sa
+    from nbgrader.api import Student
+
+    table = _identity_table()
+    stored = {identities.stored_name(n): n for n in names}
+    for attempt in range(attempts):
+        with opened(db_url) as gb:
+            table.create(gb.engine, checkfirst=True)
+            known = {row.name: row.student_id for row in gb.db.execute(sa.select(table))}
+            taken = {sid for (sid,) in gb.db.query(Student.id)} | set(known.values())
+            ids = identities.assign(list(stored), known, taken)
+            new = [{"name_sha256": identities.name_digest(n), "student_id": ids[n], "name": n}
+                   for n in stored if n not in known]
+            try:
+                if new:
+                    gb.db.execute(table.insert(), new)
+                gb.db.commit()
+            except sa.exc.IntegrityError:  # another run recorded one of them first: read again
+                gb.db.rollback()
+                if attempt == attempts - 1:
+                    raise
+                continue
+        return {stored[n]: ids[n] for n in stored}
+    raise AssertionError("unreachable")
+
+
+def recorded_identities(db_url: str) -> dict[str, str]:
+    """name -> student id, every name the gradebook has recorded."""
+    import sqlalchemy as sa
+
+    table = _identity_table()
+    with opened(db_url) as gb:
+        if not sa.inspect(gb.engine).has_table(IDENTITIES):
+            return {}
+        return {row.name: row.student_id for row in gb.db.execute(sa.select(table))}
 
 
 def has_assignment(db_url: str, assignment: str) -> bool:
@@ -127,22 +190,34 @@ def write_final_scores(db_url: str, assignment: str, subs: list[Submission],
                        pending: set[str] = frozenset()) -> None:
     """In the course's gradebook: each scored submission's final automatic scores (ungradable
     ones as zeros); rows the grader could not grade are not written at all; ``pending`` test
-    cells (GPU parts without a GPU) are left without a score, marked as needing grading."""
+    cells (GPU parts without a GPU) are left without an automatic score, marked as needing
+    grading unless a person already graded them.
+
+    Only ``auto_score`` is written: a manual score, a comment or extra credit given in
+    formgrader is the instructor's and stays (nbgrader's score is the manual one where set)."""
+    from nbgrader.api import MissingEntry
+
     with opened(db_url) as gb:
         for sub in subs:
             if sub.status is None or not sub.status.scored:
                 continue
-            gb.update_or_create_student(sub.student)
+            try:
+                gb.find_student(sub.student)
+            except MissingEntry:
+                name = sub.submitted_as or sub.student
+                gb.add_student(sub.student, **({"last_name": name[:128]}
+                                               if name != sub.student else {}))
             submission = gb.update_or_create_submission(assignment, sub.student)
             for nb in submission.notebooks:
                 for grade in nb.grades:
                     if grade.name in pending:
-                        grade.auto_score, grade.manual_score = None, None
-                        grade.needs_manual_grade = True
+                        grade.auto_score = None
+                        grade.needs_manual_grade = grade.manual_score is None
                     if grade.name not in sub.final:
                         continue
-                    grade.auto_score, grade.manual_score = sub.final[grade.name], None
-                    grade.needs_manual_grade = False
+                    grade.auto_score = sub.final[grade.name]
+                    if grade.manual_score is None:
+                        grade.needs_manual_grade = False
         gb.db.commit()
 
 

@@ -21,38 +21,17 @@ import shutil
 import stat
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 import nbformat
 
+from course_lib.grading import identities
 from course_lib.grading.course import notebook_name
 from course_lib.grading.model import SourceInfo, Status, Submission
 
 MAX_ZIP_BYTES = 2 * 2**30  # refuse zips that would unpack to more than this
 # The largest notebook read (a course notebook with its figures is a few MiB).
 MAX_NOTEBOOK_BYTES = 64 * 2**20
-
-
-def _student_id(raw: str) -> str:
-    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", raw).strip("-.") or "unknown"
-    return cleaned
-
-
-def student_ids(names: list[str]) -> dict[str, str]:
-    """A distinct gradebook id for every submitted name, never merging two students.
-
-    Names are cleaned to letters, digits, '_', '-', '.'; where two names clean to the same id,
-    the ones that changed get a suffix from a hash of the name itself (stable across runs and
-    independent of the other names' order)."""
-    groups: dict[str, list[str]] = {}
-    for name in names:
-        groups.setdefault(_student_id(name), []).append(name)
-    ids = {}
-    for cleaned, members in groups.items():
-        for name in members:
-            clash = len(members) > 1 and name != cleaned
-            ids[name] = (f"{cleaned}-{hashlib.sha1(name.encode()).hexdigest()[:6]}" if clash
-                         else cleaned)
-    return ids
 
 
 def _member_entry(parts: list[str]) -> str:
@@ -293,10 +272,13 @@ def _owner(member: str, prefix: tuple[str, ...]) -> str:
     return _member_entry([p for p in parts if p != ".."])
 
 
-def ingest(submissions: Path, info: SourceInfo, workdir: Path) -> list[Submission]:
+def ingest(submissions: Path, info: SourceInfo, workdir: Path,
+           identify: Callable[[list[str]], dict[str, str]] = identities.assign
+           ) -> list[Submission]:
     """Find, validate and sanitize every submission; nothing found is dropped, nothing about one
     submission (a link, a FIFO, a huge file, an odd name, a bad zip member) fails the batch: it
-    becomes that name's row, refused with the reason."""
+    becomes that name's row, refused with the reason. ``identify``: submitted names -> student
+    ids (the pipeline's reads and records them in the gradebook)."""
     submissions = Path(submissions)
     if not submissions.exists():
         raise FileNotFoundError(f"no submissions at {submissions}")
@@ -310,7 +292,7 @@ def ingest(submissions: Path, info: SourceInfo, workdir: Path) -> list[Submissio
         owner = _owner(member, prefix)
         refused_members.setdefault(owner, []).append(f"zip member {member[:120]!r}: {why}")
         candidates.setdefault(owner, [])
-    ids = student_ids(list(candidates))
+    ids = identify(list(candidates))
     result = []
     for name, paths in candidates.items():
         student = ids[name]

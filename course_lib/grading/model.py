@@ -31,6 +31,25 @@ class Status(str, Enum):
         return self is not Status.GRADER_ERROR
 
 
+class Incident(str, Enum):
+    """What a submission's processes did that the grader saw (the sandbox's supervisor, the
+    re-check): kept with its result, so that :mod:`.resume` can tell a stored result it must not
+    trust. Tampering with one's own kernel (a scoring matter, handled by the re-check) is none."""
+    KERNEL_STOPPED = "kernel-stopped"          # the sandbox stopped its kernel (a limit hit)
+    PROCESSES = "processes"                    # it started processes
+    WRITES = "writes"                          # it tried to change files outside its folder
+    FORGED = "forged"                          # a forged reply on the re-check's channel
+    KERNEL_DIED = "kernel-died"                # its re-check process died (a signal, os._exit)
+    RECHECK_UNFINISHED = "recheck-unfinished"  # the re-check did not finish
+
+    @property
+    def hostile(self) -> bool:
+        """Something that reaches beyond its own kernel (processes, files, the grader's channel,
+        a limit that protects the machine): its classmates' results are suspect."""
+        return self in (Incident.KERNEL_STOPPED, Incident.PROCESSES, Incident.WRITES,
+                        Incident.FORGED)
+
+
 @dataclass
 class GradingOptions:
     """How a class is graded; the one place the time budgets are derived from."""
@@ -161,6 +180,7 @@ class Graded:
     worker: str = ""
     timing: dict[str, float] = field(default_factory=dict)   # this submission's phases, s
     task: dict = field(default_factory=dict)  # first item of a task only: logs, stage seconds
+    incidents: list[str] = field(default_factory=list)  # Incident values, sorted
 
     def to_json(self) -> dict:
         data = {k: v for k, v in self.__dict__.items() if k != "task"}

@@ -3,20 +3,23 @@
     python -m course_lib.grade_class ASSIGNMENT SUBMISSIONS --course DIR [--workers N] [--db URL]
                                      [--scheduler tcp://HOST:PORT] [--chunk-size K]
                                      [--out DIR] [--cell-timeout S] [--mem-mb MB]
+                                     [--regrade STUDENT ... | --regrade-all]
 
 The stages, in order (:func:`grade_class`; book/instructor_guide.md explains each):
 
 1. **prepare** — the sandbox works here (:mod:`.sandbox.check`), the gradebook opens
    (:mod:`.gradebook`), the assignment is generated privately (the template every worker's
    course is copied from) and known to the course's gradebook;
-2. **ingest** every submission (:mod:`.ingest`): one record per submitted name, always;
+2. **ingest** every submission (:mod:`.ingest`): one record per submitted name, always, each
+   with its own student id, recorded in the gradebook and kept by later batches
+   (:mod:`.identities`, :func:`.gradebook.identify`);
 3. **grade** on dask workers (:mod:`.dispatch`, :mod:`.worker`, :mod:`.shard`): nbgrader's
    autograde in sandboxed warm kernels, the re-check, the decision (:mod:`.scoring`) and
    nbgrader's feedback, one submission per task; results already graded with the same inputs are
-   taken from ``OUT/results`` (:mod:`.resume`); a batch whose first results are all the same
-   grader error stops early;
+   taken from ``OUT/results`` unless anything about them is suspect or a regrade is asked for
+   (:mod:`.resume`); a batch whose first results are all the same grader error stops early;
 4. **record** the final automatic scores in the course's gradebook (rows the grader could not
-   grade get no score);
+   grade get no score; what a person graded in formgrader stays);
 5. **outputs** (:mod:`.outputs`): ``grades.csv``, ``report.html``, ``problems.txt``, feedback.
 
 A grader failure is never a student's zero: such rows say ``grader-error``, the command exits
@@ -30,7 +33,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 from tqdm import tqdm
 
@@ -55,6 +58,7 @@ class Dispatch:
     """What the grade stage did, for the report and the benchmark."""
     graded: int = 0              # graded in this run
     resumed: int = 0             # taken from OUT/results (graded by an earlier run)
+    suspect: dict[str, str] = field(default_factory=dict)  # stored but graded again: why
     failed: int = 0              # no result came back (Failure)
     notes: list[str] = field(default_factory=list)
     workers: dict[str, int] = field(default_factory=dict)   # worker -> submissions graded
@@ -100,6 +104,17 @@ def prepare_template(course: Path, assignment: str, template: Path, db_url: str,
     return info
 
 
+# ----------------------------------------------------------------------------- 2. ingest
+def identify(db_url: str, names: list[str]) -> dict[str, str]:
+    """Student ids for the batch's names, read from and recorded in the gradebook."""
+    try:
+        return gradebook.identify(db_url, names)
+    except Exception as exc:  # SQLAlchemy's errors: the gradebook opened a moment ago
+        raise gradebook.GradebookUnavailable(
+            f"cannot record the students' ids in the gradebook ({type(exc).__name__}: "
+            f"{str(exc).strip()[:300]}): check that it is writable, then run again") from None
+
+
 # ----------------------------------------------------------------------------- 3. grade
 def _stop_rule(options: GradingOptions, first: list[Graded | Failure]) -> Callable[[], str | None]:
     """Stop when the batch's first results are all the same grader error."""
@@ -124,9 +139,11 @@ def _stop_rule(options: GradingOptions, first: list[Graded | Failure]) -> Callab
 def grade_on_workers(engine: Engine, subs: list[Submission], info: SourceInfo, template: Path,
                      out: Path, options: GradingOptions, hide: list[Path],
                      chunk_size: int | None = None,
-                     progress: Callable[[int], None] | None = None) -> Dispatch:
+                     progress: Callable[[int], None] | None = None,
+                     regrade: set[str] | bool = frozenset()) -> Dispatch:
     """Grade every gradable submission on ``engine``'s workers; record each result through
-    :mod:`.scoring` as it arrives, store it for resume, write its feedback page."""
+    :mod:`.scoring` as it arrives, store it for resume, write its feedback page. ``regrade``:
+    student ids to grade again even if an earlier run's result could be reused (True: all)."""
     a = info.assignment
     report = Dispatch()
     engine.wait_for_workers(1)
@@ -166,26 +183,30 @@ def grade_on_workers(engine: Engine, subs: list[Submission], info: SourceInfo, t
         if progress:
             progress(1)
 
+    asked = []
     for sub in subs:
         if sub.notebook is None:
             continue
         data = Path(sub.notebook).read_bytes()
         keys[sub.student] = cache.key(data)
-        cached = cache.get(sub.student, keys[sub.student])
+        if regrade is True or sub.student in regrade:
+            asked.append(sub.student)
+            todo.append(Work(sub.student, data))
+            continue
+        cached = cache.get(sub.student, keys[sub.student], info.max_score)
         if cached is not None:
             sub.resumed = True
             record(sub, cached)
             report.resumed += 1
         else:
             todo.append(Work(sub.student, data))
-    if report.resumed:
-        report.notes.append(f"{report.resumed} submissions were graded by an earlier run with "
-                            "the same notebook, checks and options: not graded again (the CSV's "
-                            "from_earlier_run column)")
+    report.suspect = dict(cache.suspect)
+    report.notes += reuse_notes(subs, report, asked)
 
     def done(item: Work, result) -> None:
         sub = by_student[item.student]
         first.append(result)
+        cache.flag(item.student, result)
         if isinstance(result, Failure):
             report.failed += 1
             scoring.record(sub, scoring.for_failure(info, result))
@@ -217,12 +238,52 @@ def grade_on_workers(engine: Engine, subs: list[Submission], info: SourceInfo, t
     return report
 
 
+def reuse_notes(subs: list[Submission], report: Dispatch, asked: list[str]) -> list[str]:
+    """What the report and the summary say about results taken from, or refused from, earlier
+    runs (the CSV's from_earlier_run column says it per row)."""
+    def listed(ids: list[str]) -> str:
+        return ", ".join(ids[:30]) + (f", ... ({len(ids) - 30} more)" if len(ids) > 30 else "")
+
+    notes = []
+    reused = sorted(s.student for s in subs if s.resumed)
+    if reused:
+        notes.append(f"{len(reused)} submissions were graded by an earlier run with the same "
+                     "notebook, checks and options and nothing suspect about them: not graded "
+                     f"again (the CSV's from_earlier_run column; --regrade to grade them "
+                     f"again): {listed(reused)}")
+    if report.suspect:
+        notes.append(f"{len(report.suspect)} results of an earlier run were suspect and graded "
+                     "again: " + "; ".join(f"{s} ({why})" for s, why
+                                           in sorted(report.suspect.items())[:30]))
+    if asked:
+        notes.append(f"{len(asked)} submissions graded again as asked (--regrade): "
+                     f"{listed(sorted(asked))}")
+    return notes
+
+
+def regrade_ids(regrade, subs: list[Submission]) -> set[str] | bool:
+    """``--regrade`` names (ids or names as submitted) -> student ids; an unknown one is an
+    error, not a silent no-op."""
+    if regrade is True:
+        return True
+    ids = {}
+    for sub in subs:
+        ids[sub.student] = ids[sub.submitted_as or sub.student] = sub.student
+    unknown = [name for name in regrade if name not in ids]
+    if unknown:
+        raise ValueError(f"--regrade: no submission named {', '.join(map(repr, unknown))} in this "
+                         "batch (give the student id from grades.csv or the name it was "
+                         "submitted as)")
+    return {ids[name] for name in regrade}
+
+
 # ----------------------------------------------------------------------------- the whole flow
 def grade_class(assignment: str, submissions: Path, course: Path, workers: int = 1,
                 db_url: str | None = None, out: Path | None = None, cell_timeout: float = 60,
                 mem_mb: int = DEFAULT_MEM_MB, quiet: bool = False, use_sandbox: bool = True,
                 limits: Limits | None = None, scheduler: str | None = None,
-                chunk_size: int | None = None, gpu_parts_on_cpu: bool = False) -> ClassResult:
+                chunk_size: int | None = None, gpu_parts_on_cpu: bool = False,
+                regrade: Collection[str] | bool = ()) -> ClassResult:
     """The whole pipeline (module docstring). Returns what it wrote; raises only on setup errors
     (no such assignment, unreadable zip, no sandbox, no gradebook), never because of one
     student's notebook.
@@ -232,7 +293,8 @@ def grade_class(assignment: str, submissions: Path, course: Path, workers: int =
     of the embedded dask cluster; ``scheduler``: grade on an existing one instead
     (``tcp://HOST:PORT``); ``chunk_size``: submissions per task (default 1);
     ``gpu_parts_on_cpu``: without a GPU worker, grade the GPU parts on CPU (where their checks pass
-    with a note) instead of leaving them pending."""
+    with a note) instead of leaving them pending. ``regrade``: students (ids or names as submitted)
+    to grade again even where an earlier run's result could be reused; True: every one."""
     start = time.monotonic()
     course = Path(course).resolve()
     if not (course / "nbgrader_config.py").is_file():
@@ -264,13 +326,16 @@ def grade_class(assignment: str, submissions: Path, course: Path, workers: int =
     env = kernel_env(install_kernelspec(work / "jupyter-setup", None, mem_mb))
     template = work / "template"
     info = prepare_template(course, assignment, template, db_url, env)
-    options = GradingOptions(cell_timeout, mem_mb, use_sandbox,
+    options = GradingOptions(float(cell_timeout), mem_mb, use_sandbox,  # 60 is 60.0: one cache key
                              (limits or Limits(mem_mb=mem_mb)) if use_sandbox else None,
                              gpu_parts_on_cpu=gpu_parts_on_cpu)
     options.for_assignment(info.code_cells)
 
     # 2. ingest
-    subs = ingest.ingest(submissions, info, work)
+    subs = ingest.ingest(submissions, info, work, lambda names: identify(db_url, names))
+    if len({s.student for s in subs}) != len(subs):  # identities.assign guarantees it
+        raise RuntimeError("two submissions were given one student id: please report this bug")
+    regrade = regrade_ids(regrade, subs)
     for sub in subs:
         if sub.unreadable is not None:
             scoring.record(sub, scoring.for_unreadable(info, sub.unreadable))
@@ -281,7 +346,7 @@ def grade_class(assignment: str, submissions: Path, course: Path, workers: int =
     bar = tqdm(total=len(gradable), desc="graded", file=sys.stdout, unit="nb", disable=quiet)
     with Engine(workers, scheduler, log=lambda line: None if quiet else print(line)) as engine:
         dispatch = grade_on_workers(engine, subs, info, template, out, options, hide,
-                                    chunk_size, bar.update)
+                                    chunk_size, bar.update, regrade)
     bar.close()
     nbname = notebook_name(assignment)
     for sub in subs:
@@ -344,6 +409,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-sandbox", action="store_true",
                         help="run student code WITHOUT the bubblewrap sandbox (unsafe: only "
                              "where bwrap cannot run; the report is marked)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--regrade", nargs="+", default=[], metavar="STUDENT",
+                       help="grade these students again (ids from grades.csv or the names they "
+                            "submitted as) even where an earlier run's result could be reused")
+    which.add_argument("--regrade-all", action="store_true",
+                       help="grade every submission again, reusing no earlier result")
     args = parser.parse_args(argv)
     if args.no_sandbox:
         print("WARNING: grading without the sandbox: student code runs as you, with the course, "
@@ -352,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
         result = grade_class(args.assignment, args.submissions, args.course, args.workers,
                              args.db, args.out, args.cell_timeout, args.mem_mb,
                              use_sandbox=not args.no_sandbox, scheduler=args.scheduler,
-                             chunk_size=args.chunk_size, gpu_parts_on_cpu=args.gpu_parts_on_cpu)
+                             chunk_size=args.chunk_size, gpu_parts_on_cpu=args.gpu_parts_on_cpu,
+                             regrade=True if args.regrade_all else args.regrade)
     except (SandboxUnavailable, ClusterError, EnvironmentMismatch,
             gradebook.GradebookUnavailable, FileNotFoundError, ValueError) as exc:
         print(f"grade_class: {exc}", file=sys.stderr)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from course_lib.grading.model import Failure, SourceInfo, Status, Submission
+from course_lib.grading.model import Failure, Incident, SourceInfo, Status, Submission
 
 FLOOD_CHARS = 100_000  # a cell printing more than this is reported
 # A check failure's kind (course_lib.checks.CheckFailed.kind) that means a broken result rather
@@ -36,6 +36,7 @@ class RecheckOutcome:
     # so the grader's environment is at fault (a memory limit too small for PyTorch, a package
     # missing in the box), not the student. Holds the error.
     setup_failed: str | None = None
+    incidents: set[Incident] = field(default_factory=set)  # what its processes did (resume)
 
 
 def read_recheck(events: list[dict], info: SourceInfo, cell_timeout: float) -> RecheckOutcome:
@@ -81,12 +82,15 @@ def read_recheck(events: list[dict], info: SourceInfo, cell_timeout: float) -> R
                         f"test {cell}: protected objects replaced while it ran "
                         f"({', '.join(ev['tampered_during'][:4])}); cell scored 0")
         elif kind == "forged":
+            out.incidents.add(Incident.FORGED)
             problems.append(f"cell {ev.get('cell')}: a forged result on the re-check's channel; "
                             "that and later tests score 0")
         elif kind == "exit":
+            out.incidents.add(Incident.KERNEL_DIED)
             problems.append(f"kernel died in cell {last_started} ({ev.get('reason')}); later "
                             "cells score 0")
     if not out.finished:
+        out.incidents.add(Incident.RECHECK_UNFINISHED)
         problems.append("re-check did not finish")
     for gid in info.points:
         out.scores.setdefault(gid, 0.0)

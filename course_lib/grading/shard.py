@@ -23,7 +23,8 @@ import nbformat
 from course_lib.grading import feedback as safe_feedback
 from course_lib.grading import gradebook, scoring
 from course_lib.grading.course import notebook_name
-from course_lib.grading.model import GradingOptions, Graded, SourceInfo, Status, TaskSpec, Work
+from course_lib.grading.model import (GradingOptions, Graded, Incident, SourceInfo, Status,
+                                      TaskSpec, Work)
 from course_lib.grading.nbgrader_runner import NbgraderRunner
 from course_lib.grading.sandbox.broker import Broker
 from course_lib.grading.sandbox.kernelspec import install_kernelspec, kernel_env
@@ -192,6 +193,20 @@ def safe_for_feedback(autograded: Path, info: SourceInfo) -> bool:
     return True
 
 
+def sandbox_incidents(runs: list[dict]) -> set[Incident]:
+    """The :class:`~.model.Incident` kinds behind :func:`sandbox_problems`' reports."""
+    found = set()
+    for run in runs:
+        audit = run.get("audit", [])
+        if run.get("killed"):
+            found.add(Incident.KERNEL_STOPPED)
+        if any(e["kind"] == "spawn" for e in audit) or run.get("max_processes", 0) > 2:
+            found.add(Incident.PROCESSES)
+        if any(e["kind"] == "write" for e in audit):
+            found.add(Incident.WRITES)
+    return found
+
+
 class GradingSession:
     """A worker's warm grading set-up for one batch (see the module docstring). Use as a context
     manager; ``hide``: folders of the coordinator to mask where they exist on this host."""
@@ -282,6 +297,7 @@ class GradingSession:
             timing["autograde, other"] = t1 - t0
         runs = kernel_runs(self.box, student) if self.box is not None else []
         problems += sandbox_problems(runs)
+        incidents = sandbox_incidents(runs)
         kernel_started = self.box is None or any(r.get("started", True) for r in runs)
 
         grader_error = None
@@ -289,6 +305,7 @@ class GradingSession:
             events = self.recheck.judge(recheck_job(student, submitted, info), self.budget)
             outcome = scoring.read_recheck(events, info, self.options.cell_timeout)
             problems += outcome.problems
+            incidents |= outcome.incidents
         except RecheckUnavailable as exc:
             outcome, grader_error = None, str(exc)
         t2 = time.time()
@@ -308,4 +325,5 @@ class GradingSession:
         return Graded(student, decision.status, nbgrader,
                       outcome.scores if outcome is not None else {}, decision.final,
                       safe_feedback.clip_problems(problems + decision.problems), feedback, worker,
-                      {k: round(v, 3) for k, v in timing.items()})
+                      {k: round(v, 3) for k, v in timing.items()},
+                      incidents=sorted(i.value for i in incidents))
