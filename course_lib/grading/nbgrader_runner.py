@@ -21,10 +21,26 @@ import sys
 import time
 from pathlib import Path
 
+from course_lib.grading import feedback as safe_feedback
 from course_lib.grading.course import nbgrader_env
 from course_lib.grading.inside import wire
 
 MAX_LOG_CHARS = 20_000  # of one request's log kept
+
+
+def nbgrader_settings(cell_timeout: float) -> dict:
+    """What the pipeline sets on top of the course's nbgrader_config.py (``Class.trait``: value;
+    the sandbox adds its kernel settings)."""
+    t = int(cell_timeout)
+    return {"Execute.timeout": t, "ExecutePreprocessor.timeout": t,
+            # Stop the kernel at the end by signal, not by a message on its control channel: a
+            # notebook that wrote into its kernel's own sockets leaves that channel broken, and
+            # jupyter_client's send on it blocks until something kills nbgrader
+            # (tests/test_nbgrader_runner.py).
+            "Execute.shutdown_kernel": "immediate",
+            # A test cell the student deleted is put back from the gradebook and graded.
+            "OverwriteCells.add_missing_cells": True,
+            **safe_feedback.NBCONVERT_CONFIG}
 
 
 def _warm_html_exporter():

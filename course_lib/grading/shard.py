@@ -25,7 +25,7 @@ from course_lib.grading import gradebook, scoring
 from course_lib.grading.course import notebook_name
 from course_lib.grading.model import (GradingOptions, Graded, Incident, SourceInfo, Status,
                                       TaskSpec, Work)
-from course_lib.grading.nbgrader_runner import NbgraderRunner
+from course_lib.grading.nbgrader_runner import NbgraderRunner, nbgrader_settings
 from course_lib.grading.sandbox.broker import Broker
 from course_lib.grading.sandbox.kernelspec import install_kernelspec, kernel_env
 from course_lib.grading.sandbox.policy import Sandbox
@@ -230,13 +230,7 @@ class GradingSession:
             self.box = self.broker.box
         self.env = kernel_env(install_kernelspec(self.root / "jupyter", self.box,
                                                  self.options.mem_mb))
-        t = int(self.options.cell_timeout)
-        # "immediate": stop the kernel at the end by signal, not by a message on its control
-        # channel: a kernel whose code wrote into its own sockets leaves that channel broken,
-        # and jupyter_client's blocking send on it would hold nbgrader until its deadline.
-        overrides = {"Execute.timeout": t, "ExecutePreprocessor.timeout": t,
-                     "Execute.shutdown_kernel": "immediate",
-                     "OverwriteCells.add_missing_cells": True, **safe_feedback.NBCONVERT_CONFIG}
+        overrides = nbgrader_settings(self.options.cell_timeout)
         if self.box is not None:
             overrides.update(self.box.kernel_manager_config("kernel"))
         self.nbgrader = NbgraderRunner(self.shard, a, overrides, self.env,
