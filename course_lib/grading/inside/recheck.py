@@ -27,7 +27,10 @@ process is never confirmed). Scores follow nbgrader's rule (``nbgrader.utils.det
 an error or any stderr output is 0, a float in [0, points] as the last expression is partial
 credit, otherwise full points; the server, not the child, applies it. A child that dies keeps the
 confirmed scores of the test cells before; the rest score 0. After each job the server kills
-every process the child left behind and empties the sandbox's /tmp.
+every process the child left behind and empties the box's /tmp, /dev/shm, what was added to /dev
+and System V IPC (if anything stays it says so, and the next student gets a fresh server). While
+it waits for the child it says "alive" every second, so the grader notices a stopped or wedged
+server in seconds. Outside, each job runs in a cgroup of its own (whole-job caps).
 
 Limits (also in book/instructor_guide.md): the checks run in the same process as the student's
 code, so a submission written against this module's own internals (ctypes, rewriting the child's

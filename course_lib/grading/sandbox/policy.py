@@ -11,9 +11,12 @@ Inside, student code
   / /`` plus masks left every unmasked copy of the solutions readable);
 * imports course_lib from a read-only snapshot taken when grading started (so no submission can
   change the code that grades later ones);
-* can write only to its own scratch folder and to a small private ``/tmp``;
+* can write only to its own folder, a small private ``/tmp`` and ``/dev/shm`` (size-limited
+  tmpfs: nothing reaches the disk, and the memory they hold counts against the notebook's cap);
 * runs as an unprivileged user in new user, PID, IPC, UTS and network namespaces (no network, no
-  loopback services) with every capability dropped and a cleared environment.
+  loopback services) with every capability dropped and a cleared environment, under a system-call
+  filter (:mod:`.seccomp`) and, where the machine has cgroups, whole-notebook caps on memory,
+  tasks and CPU (:mod:`.cgroups`, applied by the :mod:`.supervisor`).
 
 Order matters (:meth:`Sandbox.mounts`): the Python installation and the snapshot are mounted AFTER
 the private ``/tmp`` and the masks, so that a virtual environment under ``/tmp`` or inside a
