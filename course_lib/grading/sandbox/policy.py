@@ -224,10 +224,9 @@ class Sandbox:
             elif os.path.isdir(d):
                 plan.append(Mount("--ro-bind", d, d))
                 shown.append(d)
-        plan += [Mount("--dev", None, "/dev"),
-                 Mount("--tmpfs", None, "/dev/shm", self.limits.shm_mb * 2**20),
-                 Mount("--proc", None, "/proc"),
-                 Mount("--tmpfs", None, "/tmp", self.limits.tmp_mb * 2**20)]
+        plan += [Mount("--dev", None, "/dev"), Mount("--proc", None, "/proc"),
+                 Mount("--tmpfs", None, "/tmp", self.limits.tmp_mb * 2**20),
+                 Mount("--tmpfs", None, "/dev/shm", self.limits.shm_mb * 2**20)]
         masks = [d for d in self.masked if os.path.isdir(d)]
         plan += [Mount("--tmpfs", None, d) for d in masks if any(_under(d, s) for s in shown)]
         # After /tmp and the masks: a venv under /tmp or in a masked checkout stays visible.
