@@ -6,8 +6,8 @@ nursery (``python -m course_lib.grading.inside.nursery serve FD MODULES...``) pa
 forks one kernel per request on its channel (a socket pair with the broker outside, which every
 child closes) and reports the kernel's exit. It is undumpable, so no kernel can read or write its
 memory. Before each fork it empties what a kernel could leave for the next (``/tmp``, the
-kernels' HOME, ``/dev/shm``, files added to ``/dev``, System V IPC) and refuses to fork when anything stays: the broker
-then starts a fresh sandbox.
+kernels' HOME, ``/dev/shm``, files added to ``/dev``, System V IPC, the kernels' tmpfs) and
+refuses to fork when anything stays: the broker then starts a fresh sandbox.
 
 The outside half (starting the sandbox, one kernel at a time, sweeping leftover processes,
 process count and wall clock) is :mod:`course_lib.grading.sandbox.broker`.

@@ -37,7 +37,6 @@ from course_lib.grading.sandbox.supervisor import (Supervision, events_file, new
                                                    program_pid, start_box)
 
 READY_TIMEOUT_S = 300   # the nursery's imports, on a loaded machine
-KERNELS_INSIDE = "/kernels"  # the kernels' folders in the box: a size-limited tmpfs, not the disk
 POLL_S = 0.05
 
 
@@ -51,6 +50,9 @@ class Broker:
         self.box, self.modules, self.log = replace(box, nursery=str(door)), list(modules), log
         self.area = Path(tempfile.mkdtemp(prefix="nursery-", dir=box.scratch_root))
         os.chmod(self.area, 0o755)
+        # The kernels' folders in the box: a size-limited tmpfs (nothing reaches the disk), beside
+        # the area in the masked work folder, as deep as a folder of the area would be.
+        self.kernels_dir = f"{self.area}-kernels"
         self.proc = None            # bwrap
         self.nursery_pid = None     # the nursery's PID outside
         self.cage = None            # the nursery's own cage (whole-run caps, sandbox.cgroups)
@@ -120,7 +122,7 @@ class Broker:
                 self.box, command, cwd="/", cage=self.cage, pass_fds=(theirs.fileno(),),
                 writable={self.box.ipc_dir: self.box.ipc_dir},
                 readonly={str(self.area): str(self.area)},
-                tmpfs={KERNELS_INSIDE: self.box.limits.scratch_mb},
+                tmpfs={self.kernels_dir: self.box.limits.scratch_mb},
                 stdin=subprocess.DEVNULL, stdout=err, stderr=err)
         finally:
             theirs.close()
@@ -232,7 +234,7 @@ class Broker:
     def _serve_kernel(self, conn, launcher, request, folder, source, cage) -> None:
         box, lim = self.box, self.box.limits
         audit_r, audit_w = os.pipe()
-        wire.send(self.channel, {"inbox": str(folder), "home": KERNELS_INSIDE,
+        wire.send(self.channel, {"inbox": str(folder), "home": self.kernels_dir,
                                  "connection": request["connection"],
                                  "args": request.get("args", []), "mem_mb": lim.mem_mb,
                                  "file_mb": lim.file_mb, "protected": [box.site, *box.masked]},

@@ -25,6 +25,7 @@ from pathlib import Path
 
 CONTROLLERS = ("memory", "pids", "cpu")
 GROUP = "course-grading"  # the folder below the grader's own group that holds the cages
+CGROUP_ENV = "COURSE_GRADING_CGROUP"  # cgroup v2: a folder for the cages, delegated to the grader
 CPU_PERIOD_US = 100_000
 
 
@@ -81,8 +82,8 @@ def _inside(mount_root: str, mount_point: str, path: str) -> Path | None:
     return Path(mount_point + rel)
 
 
-def _make_base(own: Path) -> Path | None:
-    base = own / GROUP
+def _make_base(parent: Path, name: str = GROUP) -> Path | None:
+    base = parent / name
     try:
         base.mkdir(exist_ok=True)
         return base if os.access(base / "cgroup.procs", os.W_OK) else None
@@ -90,7 +91,21 @@ def _make_base(own: Path) -> Path | None:
         return None
 
 
+def _delegate(folder: Path, wanted: list[str]) -> str:
+    """Hand the controllers down below ``folder``; why not, or ""."""
+    try:
+        with open(folder / "cgroup.subtree_control", "w") as f:
+            f.write(" ".join(f"+{c}" for c in wanted))
+        return ""
+    except OSError as exc:
+        return f"cannot delegate {', '.join(wanted)} below {folder} ({exc.strerror})"
+
+
 def _v2(own: Path) -> tuple[dict[str, Path], str]:
+    """Cages below a v2 group: the folder named by ``COURSE_GRADING_CGROUP`` (made for the
+    grader, holding none of its processes), else below the grader's own group (possible only
+    where that group holds no process, the root's case), else beside it (where its parent is
+    writable and already hands the controllers down, as systemd's slices do for root)."""
     try:
         available = set((own / "cgroup.controllers").read_text().split())
     except OSError as exc:
@@ -98,19 +113,31 @@ def _v2(own: Path) -> tuple[dict[str, Path], str]:
     wanted = [c for c in CONTROLLERS if c in available]
     if not wanted:
         return {}, "cgroup v2 has no memory, pids or cpu controller here"
-    base = _make_base(own)
-    if base is None:
-        return {}, f"cgroup v2: cannot create groups below {own} (run the grader as root or " \
-                   "in a group delegated to it, e.g. systemd-run --scope -p Delegate=yes)"
-    for folder in (own, base):  # both must hand the controllers down
-        try:
-            with open(folder / "cgroup.subtree_control", "w") as f:
-                f.write(" ".join(f"+{c}" for c in wanted))
-        except OSError as exc:
-            return {}, (f"cgroup v2: cannot delegate {', '.join(wanted)} below {folder} "
-                        f"({exc.strerror}; a group holding processes cannot: start the grader in "
-                        "a group of its own with the controllers delegated)")
-    return {c: base for c in wanted}, ""
+    chosen = os.environ.get(CGROUP_ENV)
+    places = [(Path(chosen).parent, Path(chosen).name)] if chosen else \
+        [(own, GROUP), (own.parent, f"{GROUP}-{os.getuid()}")]
+    reasons = []
+    for parent, name in places:
+        if not chosen and parent == own.parent and \
+                not set(wanted) <= set(_read(parent / "cgroup.subtree_control").split()):
+            reasons.append(f"{parent} does not hand down {', '.join(wanted)}")
+            continue
+        if parent == own and not chosen:
+            why = _delegate(own, wanted)  # fails (EBUSY) in a group that holds processes
+            if why:
+                reasons.append(why)
+                continue
+        base = _make_base(parent, name)
+        if base is None:
+            reasons.append(f"cannot create groups in {parent}")
+            continue
+        why = _delegate(base, wanted)
+        if why:
+            reasons.append(why)
+            continue
+        return {c: base for c in wanted}, ""
+    return {}, ("cgroup v2: " + "; ".join(reasons) + f" (run the grader as root, or set "
+                f"{CGROUP_ENV} to a group delegated to it: instructor guide, section 4)")
 
 
 @functools.lru_cache(maxsize=None)

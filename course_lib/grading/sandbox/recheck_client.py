@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 import shutil
+import uuid
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,7 +28,6 @@ READY_TIMEOUT_S = 600  # the server's imports, on a loaded machine
 # While it judges, the server says it is alive every second (inside.recheck.HEARTBEAT_S): one
 # that says nothing for this long is stopped (SIGSTOP) or wedged, whatever its budget.
 STALL_S = 10
-SCRATCH_INSIDE = "/scratch"  # the server's scratch folder in the box: a size-limited tmpfs
 
 
 class RecheckUnavailable(RuntimeError):
@@ -58,12 +58,14 @@ class RecheckServer:
         job_r, job_w = os.pipe()
         res_r, res_w = os.pipe()
         box = self.box
-        # Sandboxed, the scratch folder is a tmpfs in the box (bounded, gone with it).
+        # Sandboxed, the scratch folder is a tmpfs in the box (bounded, gone with it), in the
+        # masked work folder: no host folder is made for it.
         self._scratch = None if box is not None else tempfile.mkdtemp(prefix="recheck-scratch-")
+        inside = (f"{box.scratch_root}/recheck-{uuid.uuid4().hex[:8]}" if box is not None
+                  else self._scratch)
         command = [sys.executable, "-m", "course_lib.grading.inside.recheck", "serve",
                    "--fd", str(res_w), *(["--sandboxed"] if box is not None else []),
-                   "--timeout", str(self.cell_timeout),
-                   "--scratch", self._scratch or SCRATCH_INSIDE,
+                   "--timeout", str(self.cell_timeout), "--scratch", inside,
                    *(["--mem-mb", str(self.mem_mb)] if self.mem_mb else []),
                    *[a for m in self.check_modules for a in ("--check", m)]]
         log_file = open(self.log, "a") if self.log else subprocess.DEVNULL
@@ -84,7 +86,7 @@ class RecheckServer:
                     outcome["report"] = run_sandboxed(
                         server_box, command, "recheck", writable={}, stdin=job_r,
                         stdout=log_file, stderr=subprocess.STDOUT, pass_fds=(res_w,),
-                        tmpfs={SCRATCH_INSIDE: box.limits.scratch_mb},
+                        tmpfs={inside: box.limits.scratch_mb},
                         on_start=lambda proc, cage: outcome.update(proc=proc, cage=cage))
             finally:
                 os.close(job_r)
