@@ -43,8 +43,9 @@ def measure(n: int, rounds: int, assignment: str, workers: int,
             order = ["sandbox", baseline] if r % 2 == 0 else [baseline, "sandbox"]
             for mode in order:
                 start = time.perf_counter()
+                # A fresh output folder each time: a run never resumes another's results.
                 grade_class(assignment, tmp / "submitted", course, workers=workers,
-                            cell_timeout=cell_timeout, quiet=True,
+                            out=tmp / "out" / f"{r}-{mode}", cell_timeout=cell_timeout, quiet=True,
                             use_sandbox=mode != "no_sandbox",
                             limits=Limits(caps=False) if mode == "no_caps" else None)
                 timings[mode].append((time.perf_counter() - start) / n)

@@ -220,7 +220,7 @@ class Cage:
         for controller in tree.controllers:
             folder = tree.bases[controller] / leaf
             try:
-                folder.mkdir(exist_ok=True)
+                folder.mkdir(parents=True, exist_ok=True)  # the base goes when it empties
             except OSError:
                 continue
             folders[controller] = folder
@@ -318,5 +318,10 @@ class Cage:
                 except OSError:
                     continue
             if not any(f.exists() for f in self.folders.values()):
-                return
+                break
             time.sleep(0.02)
+        for folder in self.folders.values() if self.tree.version == 1 else ():
+            try:  # leave no empty folder in the grader's groups (v2's keeps its delegation)
+                folder.parent.rmdir()
+            except OSError:  # other cages live there
+                pass
