@@ -3,8 +3,8 @@
 RLIMIT_AS caps each process; a cage caps everything a notebook runs, together: its memory (all
 its processes, and what they write to ``/dev/shm`` and the box's other tmpfs folders, which the
 kernel charges to the writer's group), its tasks (processes and threads: a fork bomb fails with
-EAGAIN) and its CPU time (a share of one core per notebook, so a notebook that starts busy
-processes slows itself, not its classmates). When the memory cap is reached the kernel's OOM
+EAGAIN) and its CPU time (each cage has the same weight, so on a busy machine a notebook that
+starts busy processes shares one notebook's part of the CPU among them; optionally a hard cap). When the memory cap is reached the kernel's OOM
 killer ends a process of that cage, never one outside it.
 
 Cages are made below the grader's own group (its limits still hold), with cgroup v2 where this
@@ -240,6 +240,9 @@ class Cage:
                 _write(f / "memory.memsw.limit_in_bytes", limit)  # where swap is accounted
         if tasks and "pids" in self.folders:
             _write(self.folders["pids"] / "pids.max", str(int(tasks)))
+        if "cpu" in self.folders:  # every cage the same weight: an equal share when busy
+            _write(self.folders["cpu"] / ("cpu.weight" if v2 else "cpu.shares"),
+                   "100" if v2 else "1024")
         if cpus and "cpu" in self.folders:
             quota = str(int(cpus * CPU_PERIOD_US))
             if v2:

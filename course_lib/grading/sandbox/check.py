@@ -133,7 +133,7 @@ def enforced_limits(limits: Limits) -> str:
     tree = cgroups.hierarchy()
     if tree.bases:
         caps = {"memory": f"{lim.mem_mb} MiB of memory (all processes and shared memory)",
-                "pids": f"{lim.tasks} tasks", "cpu": f"{lim.cpus:g} CPU"}
+                "pids": f"{lim.tasks} tasks", "cpu": "an equal share of the CPU" + (f", at most {lim.cpus:g} CPU" if lim.cpus else "")}
         parts.append(f"per notebook (cgroup v{tree.version}): "
                      + ", ".join(caps[c] for c in tree.controllers))
         if tree.why:

@@ -138,7 +138,7 @@ class Limits:
     # Whole-notebook caps (sandbox.cgroups), where this machine has cgroups: memory (all its
     # processes and its tmpfs folders together: mem_mb), tasks (processes and threads), CPUs.
     tasks: int = 512
-    cpus: float = 1.0
+    cpus: float | None = None   # a hard cap in CPUs; None: an equal share of the machine only
     caps: bool = True           # the cgroup caps and the seccomp filter (off: to measure them)
 
 
