@@ -306,12 +306,13 @@ def grade_class(assignment: str, submissions: Path, course: Path, workers: int =
     # 5. outputs
     seconds = time.monotonic() - start
     csv_path = outputs.write_csv(out / "grades.csv", subs, info)
+    # The report says which limits held here; problems.txt stays empty for an honest class.
     notes = [*dispatch.notes, *([f"limits enforced here: {enforced_limits(options.limits)}"]
                                 if options.limits is not None else [])]
     report = outputs.write_report(out, subs, info, batch_problems, seconds, notes)
     problems = out / "problems.txt"
     problems.write_text("\n".join(outputs.problem_lines(subs, info, batch_problems,
-                                                        notes, seconds)) + "\n")
+                                                        dispatch.notes, seconds)) + "\n")
     return ClassResult(subs, info, out, csv_path, report, problems, seconds, batch_problems,
                        dispatch, written)
 
