@@ -79,17 +79,26 @@ def test_warm_kernels_leave_nothing_to_the_next_student(broker):
         open(f"{startup}/00-evil.py", "w").write("open('/tmp/evil-ran', 'w').write('x')")
         for d in (startup, os.path.dirname(startup), "/tmp/.ipython"):
             os.chmod(d, 0o500)
-        # Shared memory, POSIX (/dev/shm) and System V, left for the next kernel to find.
+        # Shared memory (/dev/shm), a file in /dev, System V and POSIX IPC objects, left for the
+        # next kernel to find; the kernels' socket folder made unwritable (nbgrader's next
+        # kernel could not make its sockets).
         import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
         open("/dev/shm/left-by-alice", "w").write("x")
-        assert ctypes.CDLL(None).shmget(4242, 4096, 0o1600) >= 0  # IPC_CREAT | 0600
+        open("/dev/left-by-alice", "w").write("x")
+        sysv = libc.shmget(4242, 4096, 0o1600), ctypes.get_errno()  # IPC_CREAT | 0600
+        mq = libc.mq_open(b"/left-by-alice", 0o100 | 0o2, 0o600, None), ctypes.get_errno()
+        sockets = os.path.dirname(json.load(open("/tmp/connection.json"))["ip"])
+        os.chmod(sockets, 0o500)
         print(json.dumps({"cwd": os.getcwd(), "files": sorted(os.listdir(".")),
-                          "torch_loaded": "torch" in sys.modules}))
+                          "torch_loaded": "torch" in sys.modules, "sysv": sysv, "mq": mq}))
     """)
     # The kernel was forked from the warm nursery: PyTorch is already imported, and the
     # notebook's folder is a copy of its own files.
     assert first["torch_loaded"] is True
     assert first["files"] == ["notes.txt", "planted.py"]
+    # System V and POSIX message-queue IPC are refused by the box's system-call filter.
+    assert first["sysv"] == [-1, 1] and first["mq"] == [-1, 1], first  # EPERM
     second = _run_in_kernel(broker, "bob", """
         import json, os
         me = os.getpid()
@@ -102,7 +111,10 @@ def test_warm_kernels_leave_nothing_to_the_next_student(broker):
                     pass
         parent = os.path.dirname(os.getcwd())
         shm = open("/proc/sysvipc/shm").read().splitlines()[1:]
+        sockets = os.path.dirname(json.load(open("/tmp/connection.json"))["ip"])
         print(json.dumps({"others": others, "tmp": sorted(os.listdir("/tmp")),
+                          "dev": sorted(os.listdir("/dev")),
+                          "sockets_mode": oct(os.stat(sockets).st_mode & 0o777),
                           "dev_shm": sorted(os.listdir("/dev/shm")), "sysv_shm": shm,
                           "siblings": sorted(os.listdir(parent)),
                           "files": sorted(os.listdir(".")),
@@ -112,6 +124,8 @@ def test_warm_kernels_leave_nothing_to_the_next_student(broker):
     assert "left-by-alice" not in second["tmp"], "alice's /tmp file reached bob"
     assert "evil-ran" not in second["tmp"], "alice's IPython startup file ran in bob's kernel"
     assert second["dev_shm"] == [] and second["sysv_shm"] == [], "alice's shared memory is left"
+    assert "left-by-alice" not in second["dev"], "alice's file in /dev reached bob"
+    assert second["sockets_mode"] == "0o700", "the socket folder keeps alice's mode"
     assert len(second["siblings"]) == 1, "another kernel's folder is visible"
     assert second["files"] == ["notes.txt"]
     assert second["solutions_visible"] is False

@@ -21,8 +21,9 @@ this subpackage is the trust boundary. Module map, in the order a class is grade
 * :mod:`.outputs` — grades.csv, report.html, problems.txt, fallback feedback;
 * :mod:`.environment` — is a worker's environment the coordinator's?
 * :mod:`.pipeline` — ``grade_class``: the stages above, top to bottom;
-* :mod:`.sandbox` — the box seen from outside (mount policy, the one supervisor, the broker of
-  warm kernels, the kernelspec, the re-check's client, ``sandbox check``);
+* :mod:`.sandbox` — the box seen from outside (mount policy, system-call filter, cgroup caps,
+  the one supervisor, the broker of warm kernels, the kernelspec, the re-check's client,
+  ``sandbox check``);
 * :mod:`.inside` — everything that runs IN the box (kernel, nursery, guard, re-check server),
   importing only its wire protocol (:mod:`.inside.wire`) and process hygiene
   (:mod:`.inside.hygiene`) from the grader;

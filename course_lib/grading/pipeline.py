@@ -44,7 +44,7 @@ from course_lib.grading.environment import EnvironmentMismatch, course_lib_hash
 from course_lib.grading.model import (Failure, Graded, GradingOptions, SourceInfo, Status,
                                       Submission, TaskSpec, Work)
 from course_lib.grading.resume import RESULTS, ResultCache
-from course_lib.grading.sandbox.check import check_sandbox
+from course_lib.grading.sandbox.check import check_sandbox, enforced_limits
 from course_lib.grading.sandbox.kernelspec import install_kernelspec, kernel_env
 from course_lib.grading.sandbox.policy import Limits, SandboxUnavailable
 from course_lib.grading.shard import course_bundle
@@ -371,7 +371,10 @@ def grade_class(assignment: str, submissions: Path, course: Path, workers: int =
     # 5. outputs
     seconds = time.monotonic() - start
     csv_path = outputs.write_csv(out / "grades.csv", subs, info)
-    report = outputs.write_report(out, subs, info, batch_problems, seconds, dispatch.notes)
+    # The report says which limits held here; problems.txt stays empty for an honest class.
+    notes = [*dispatch.notes, *([f"limits enforced here: {enforced_limits(options.limits)}"]
+                                if options.limits is not None else [])]
+    report = outputs.write_report(out, subs, info, batch_problems, seconds, notes)
     problems = out / "problems.txt"
     problems.write_text("\n".join(outputs.problem_lines(subs, info, batch_problems,
                                                         dispatch.notes, seconds)) + "\n")

@@ -3,7 +3,8 @@
     python -m course_lib.grading.sandbox_bench --n 10 --rounds 3 [--json book/data/sandbox_cost.json]
 
 Each round grades the same generated class (:func:`course_lib.grading.bench.generate_class`) once
-sandboxed and once with ``--no-sandbox``, alternating which goes first, so that drifts in the
+sandboxed and once with ``--no-sandbox`` (or, with ``--baseline no_caps``, once in the sandbox
+without its whole-notebook caps and system-call filter: what those cost), alternating which goes first, so that drifts in the
 machine's load hit both alike. It prints seconds per submission for each, and the ratio of the
 medians, with the machine, its load average and the date. A run made while the load average
 exceeds the number of cores is refused unless ``--allow-busy`` (then the output is flagged).
@@ -21,6 +22,7 @@ from pathlib import Path
 from course_lib.grading import course as grading
 from course_lib.grading.bench import describe_machine, generate_class
 from course_lib.grading.pipeline import grade_class
+from course_lib.grading.sandbox.policy import Limits
 
 
 def busy() -> tuple[bool, float]:
@@ -30,27 +32,29 @@ def busy() -> tuple[bool, float]:
 
 
 def measure(n: int, rounds: int, assignment: str, workers: int,
-            cell_timeout: float) -> dict:
-    timings: dict[str, list[float]] = {"sandbox": [], "no_sandbox": []}
+            cell_timeout: float, baseline: str = "no_sandbox") -> dict:
+    timings: dict[str, list[float]] = {"sandbox": [], baseline: []}
     loads = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory(prefix="sandbox_bench_") as tmp:
         tmp = Path(tmp)
         course = grading.new_course(tmp / "course", [assignment])
         generate_class(course, assignment, n, tmp / "submitted")
         for r in range(rounds):
-            order = ["sandbox", "no_sandbox"] if r % 2 == 0 else ["no_sandbox", "sandbox"]
+            order = ["sandbox", baseline] if r % 2 == 0 else [baseline, "sandbox"]
             for mode in order:
                 start = time.perf_counter()
+                # A fresh output folder each time: a run never resumes another's results.
                 grade_class(assignment, tmp / "submitted", course, workers=workers,
-                            cell_timeout=cell_timeout, quiet=True,
-                            use_sandbox=mode == "sandbox")
+                            out=tmp / "out" / f"{r}-{mode}", cell_timeout=cell_timeout, quiet=True,
+                            use_sandbox=mode != "no_sandbox",
+                            limits=Limits(caps=False) if mode == "no_caps" else None)
                 timings[mode].append((time.perf_counter() - start) / n)
                 loads.append(os.getloadavg()[0])
     med = {mode: statistics.median(v) for mode, v in timings.items()}
     return {"assignment": assignment, "submissions": n, "rounds": rounds, "workers": workers,
             "s_per_submission": {m: [round(x, 3) for x in v] for m, v in timings.items()},
             "median_s_per_submission": {m: round(v, 3) for m, v in med.items()},
-            "sandbox_over_no_sandbox": round(med["sandbox"] / med["no_sandbox"], 3),
+            f"sandbox_over_{baseline}": round(med["sandbox"] / med[baseline], 3),
             "machine": describe_machine(), "date": time.strftime("%Y-%m-%d"),
             "load_avg": [round(x, 1) for x in loads]}
 
@@ -63,6 +67,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--assignment", default="ex01_standard")
     parser.add_argument("--cell-timeout", type=float, default=60)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--baseline", choices=("no_sandbox", "no_caps"), default="no_sandbox",
+                        help="compare the sandbox with no sandbox, or with the sandbox without "
+                             "its whole-notebook caps and system-call filter")
     parser.add_argument("--allow-busy", action="store_true",
                         help="measure even when the load average exceeds the cores (flagged)")
     args = parser.parse_args(argv)
@@ -73,15 +80,16 @@ def main(argv: list[str] | None = None) -> dict:
         parser.exit(2, f"refusing to measure: load average {load:.1f} exceeds the "
                        f"{os.cpu_count()} cores (other work would skew the figures); wait, "
                        "or pass --allow-busy to measure anyway (the output is flagged)\n")
-    figures = measure(args.n, args.rounds, args.assignment, args.workers, args.cell_timeout)
+    base = args.baseline
+    figures = measure(args.n, args.rounds, args.assignment, args.workers, args.cell_timeout,
+                      base)
     figures["busy"] = max(figures["load_avg"]) > (os.cpu_count() or 1)
-    med = figures["median_s_per_submission"]
+    med, ratio = figures["median_s_per_submission"], figures[f"sandbox_over_{base}"]
     print(f"{args.n} submissions of {args.assignment}, {args.rounds} interleaved rounds, "
           f"{args.workers} worker(s), {figures['machine']}, {figures['date']}:\n"
           f"  sandbox    {med['sandbox']:.2f} s per submission\n"
-          f"  no sandbox {med['no_sandbox']:.2f} s per submission\n"
-          f"  ratio      {figures['sandbox_over_no_sandbox']:.3f} "
-          f"({100 * (figures['sandbox_over_no_sandbox'] - 1):+.1f} %)\n"
+          f"  {base.replace('_', ' '):10} {med[base]:.2f} s per submission\n"
+          f"  ratio      {ratio:.3f} ({100 * (ratio - 1):+.1f} %)\n"
           f"  load average during the run: {figures['load_avg']}"
           + ("  (BUSY: figures skewed)" if figures["busy"] else ""))
     if args.json:

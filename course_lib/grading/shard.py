@@ -165,6 +165,12 @@ def sandbox_problems(runs: list[dict]) -> list[str]:
     for run in runs:
         if run.get("killed"):
             problems.append(f"sandbox stopped the kernel: it {run['killed']}")
+        caps = {"memory": "its memory cap (all its processes and shared memory together): the "
+                          "kernel's OOM killer ended a process",
+                "tasks": "its cap on processes and threads: a fork or new thread failed"}
+        for hit in run.get("caps_hit", []):
+            peak = f", peak {run['peak_mb']:g} MiB" if hit == "memory" and run.get("peak_mb") else ""
+            problems.append(f"the notebook reached {caps.get(hit, hit)}{peak}")
         spawned = sorted({e["detail"] for e in run.get("audit", []) if e["kind"] == "spawn"})
         # The audit hook sees every process Python starts; the supervisor's count (polled) also
         # catches C-level forks, but may glimpse one transient process of the kernel's own.

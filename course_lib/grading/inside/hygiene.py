@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import os
 import resource
+import shutil
 import signal
 from pathlib import Path
 
@@ -21,10 +22,14 @@ PR_SET_PDEATHSIG = 1
 # ----------------------------------------------------------------------------- limits
 def apply_limits(mem_mb: int | None, file_mb: int | None = None) -> None:
     """Cap this process's address space at ``mem_mb`` MiB and written files at ``file_mb`` MiB
-    (inherited by its children); no core dumps.
+    (inherited by its children); no core dumps; first in line for the OOM killer.
 
     The limit is on virtual memory: PyTorch and the interpreter reserve ~1.5 GiB of address space
     at import, so values below ~2048 make ``import torch`` itself fail."""
+    try:  # the kernel's OOM killer (a whole-notebook cap) takes student processes first
+        Path("/proc/self/oom_score_adj").write_text("1000")
+    except OSError:
+        pass
     if mem_mb:
         if mem_mb < 1024:
             raise ValueError(f"mem_mb={mem_mb} is too small for a Python + PyTorch kernel "
@@ -103,6 +108,13 @@ def kill_namespace_leftovers() -> None:
 
 
 # ----------------------------------------------------------------------------- leftovers
+def copy_plain_files(source: Path, dest: Path) -> None:
+    """Copy the regular files of ``source`` (no links, no folders) into ``dest``."""
+    for item in Path(source).iterdir():
+        if item.is_file() and not item.is_symlink():
+            shutil.copy(item, Path(dest) / item.name)
+
+
 def empty_folder(folder: Path) -> bool:
     """Delete what is in ``folder``, but never below a mount point: the sandbox's /tmp holds the
     folders bound into it (the IPC sockets, the kernels' folders) when their host paths lie
@@ -184,7 +196,33 @@ def remove_sysv_ipc() -> bool:
 SHARED_SCRATCH = ("/tmp", "/dev/shm")
 
 
-def fresh_sandbox() -> bool:
-    """Empty the places students' processes share in a sandbox (``SHARED_SCRATCH``) and its
-    System V IPC objects; False if anything stays."""
-    return all([empty_folder(Path(p)) for p in SHARED_SCRATCH] + [remove_sysv_ipc()])
+def dev_entries() -> frozenset[str]:
+    """What is in the box's /dev (bwrap's own nodes): taken before any student code runs."""
+    try:
+        return frozenset(os.listdir("/dev"))
+    except OSError:
+        return frozenset()
+
+
+def remove_new_dev_entries(baseline: frozenset[str]) -> bool:
+    """Remove what was added to the box's /dev since ``baseline``; False if anything stays."""
+    clean = True
+    for name in set(dev_entries()) - set(baseline):
+        path = Path("/dev") / name
+        try:
+            if path.is_dir() and not path.is_symlink():
+                clean = empty_folder(path) and clean
+                path.rmdir()
+            else:
+                path.unlink()
+        except OSError:
+            clean = False
+    return clean
+
+
+def fresh_sandbox(dev_baseline: frozenset[str] | None = None) -> bool:
+    """Empty the places students' processes share in a sandbox (``SHARED_SCRATCH``, what was
+    added to /dev since ``dev_baseline``) and its System V IPC objects; False if anything
+    stays. (POSIX message queues cannot be made in the box: its system-call filter.)"""
+    dev = [remove_new_dev_entries(dev_baseline)] if dev_baseline is not None else []
+    return all([empty_folder(Path(p)) for p in SHARED_SCRATCH] + dev + [remove_sysv_ipc()])

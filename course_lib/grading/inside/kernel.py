@@ -21,7 +21,7 @@ import json
 import os
 import sys
 
-from course_lib.grading.inside.hygiene import apply_limits
+from course_lib.grading.inside.hygiene import apply_limits, copy_plain_files
 
 DEFAULT_MEM_MB = 4096
 DEFAULT_FILE_MB = 64
@@ -122,6 +122,10 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     mem_mb = _pop_option(argv, "--mem-mb", DEFAULT_MEM_MB)
     file_mb = _pop_option(argv, "--file-mb", DEFAULT_FILE_MB)
+    if "--copy-from" in argv:  # its folder starts as a copy of these files (read-only inbox)
+        i = argv.index("--copy-from")
+        copy_plain_files(argv[i + 1], os.getcwd())
+        del argv[i:i + 2]
     apply_limits(mem_mb, file_mb)
     start_audit = None
     if os.environ.get(AUDIT_FD_ENV):

@@ -6,8 +6,8 @@ nursery (``python -m course_lib.grading.inside.nursery serve FD MODULES...``) pa
 forks one kernel per request on its channel (a socket pair with the broker outside, which every
 child closes) and reports the kernel's exit. It is undumpable, so no kernel can read or write its
 memory. Before each fork it empties what a kernel could leave for the next (``/tmp``, the
-kernels' HOME, ``/dev/shm``, System V IPC) and refuses to fork when anything stays: the broker
-then starts a fresh sandbox.
+kernels' HOME, ``/dev/shm``, files added to ``/dev``, System V IPC, the kernels' tmpfs) and
+refuses to fork when anything stays: the broker then starts a fresh sandbox.
 
 The outside half (starting the sandbox, one kernel at a time, sweeping leftover processes,
 process count and wall clock) is :mod:`course_lib.grading.sandbox.broker`.
@@ -21,15 +21,20 @@ import sys
 from pathlib import Path
 
 from course_lib.grading.inside import kernel, wire
-from course_lib.grading.inside.hygiene import apply_limits, fresh_sandbox, no_ptrace
+from course_lib.grading.inside.hygiene import (apply_limits, copy_plain_files, dev_entries,
+                                               empty_folder, fresh_sandbox, no_ptrace)
 from course_lib.grading.inside.warm import fork_child, preload
 
 
 def _become_kernel(request: dict, audit_fd: int) -> None:
     """In the forked child: become the student's kernel (never returns)."""
     os.setsid()
-    os.chdir(request["folder"])
-    sys.path[0] = request["folder"]  # as ``python -m`` started in the notebook's folder
+    # Its folder: a copy of the notebook's files (read-only inbox) on the box's tmpfs.
+    folder = Path(request["home"]) / Path(request["inbox"]).name
+    folder.mkdir()
+    copy_plain_files(Path(request["inbox"]), folder)
+    os.chdir(folder)
+    sys.path[0] = str(folder)  # as ``python -m`` started in the notebook's folder
     connection = "/tmp/connection.json"
     Path(connection).write_text(request["connection"])
     apply_limits(request["mem_mb"], request["file_mb"])
@@ -44,6 +49,7 @@ def _become_kernel(request: dict, audit_fd: int) -> None:
 def serve(fd: int, modules: list[str]) -> None:
     """The nursery's loop: a request in, a forked kernel, its exit status out."""
     no_ptrace()
+    dev = dev_entries()  # bwrap's /dev, before any kernel could add to it
     os.environ["NBGRADER_EXECUTION"] = "autograde"  # as in nbgrader's own kernels
     import ipykernel.kernelapp  # noqa: F401
 
@@ -62,7 +68,8 @@ def serve(fd: int, modules: list[str]) -> None:
                 os.close(f)
             wire.send(channel, {"event": "refused", "why": "one audit pipe per kernel"})
             continue
-        if not fresh_sandbox():  # something a kernel left cannot be removed: no kernel from here
+        clean = empty_folder(Path(request["home"]))  # the previous kernel's folder
+        if not (fresh_sandbox(dev) and clean):  # something a kernel left stays: no kernel from here
             wire.send(channel, {"event": "unclean"})
             return
         audit_fd = fds[0]

@@ -27,7 +27,10 @@ process is never confirmed). Scores follow nbgrader's rule (``nbgrader.utils.det
 an error or any stderr output is 0, a float in [0, points] as the last expression is partial
 credit, otherwise full points; the server, not the child, applies it. A child that dies keeps the
 confirmed scores of the test cells before; the rest score 0. After each job the server kills
-every process the child left behind and empties the sandbox's /tmp.
+every process the child left behind and empties the box's /tmp, /dev/shm, what was added to /dev
+and System V IPC (if anything stays it says so, and the next student gets a fresh server). While
+it waits for the child it says "alive" every second, so the grader notices a stopped or wedged
+server in seconds. Outside, each job runs in a cgroup of its own (whole-job caps).
 
 Limits (also in book/instructor_guide.md): the checks run in the same process as the student's
 code, so a submission written against this module's own internals (ctypes, rewriting the child's
@@ -51,13 +54,14 @@ from pathlib import Path
 
 from course_lib.grading.inside import wire
 from course_lib.grading.inside.guard import Guard
-from course_lib.grading.inside.hygiene import (apply_limits, empty_folder, kill_namespace_leftovers,
-                                               no_ptrace)
+from course_lib.grading.inside.hygiene import (apply_limits, dev_entries, empty_folder,
+                                               fresh_sandbox, kill_namespace_leftovers, no_ptrace)
 from course_lib.grading.inside.warm import fork_child, preload
 
 
 
 MAX_CAPTURE = 20_000  # characters of a cell's output kept for the report
+HEARTBEAT_S = 1.0     # while judging, the server says it is alive this often (see recheck_client)
 
 
 class _Capture(io.TextIOBase):
@@ -223,15 +227,23 @@ def _import_checks(modules: list[str]):
     return InteractiveShell.instance(config=config)
 
 
+def _clean(scratch: Path, sandboxed: bool, dev: frozenset[str]) -> bool:
+    """Empty what one student's child could leave for the next: the scratch folder and, in the
+    box (never the machine's), /tmp, /dev/shm, what was added to /dev, System V IPC."""
+    clean = empty_folder(scratch)
+    return (fresh_sandbox(dev) and clean) if sandboxed else clean
+
+
 def _judge(job: dict, guard: Guard, shell, timeout: float, mem_mb, emit, scratch: Path,
-           sandboxed: bool) -> None:
+           sandboxed: bool, dev: frozenset[str] = frozenset()) -> None:
     """Fork a child for one job, feed it the cells, and emit the verdicts."""
     baseline = guard.digest()
     req_r, req_w = os.pipe()
     rep_r, rep_w = os.pipe()
-    if sandboxed:  # the sandbox's own /tmp, never the machine's
-        empty_folder(Path("/tmp"))
-    empty_folder(scratch)
+    _clean(scratch, sandboxed, dev)
+
+    def beat() -> None:
+        emit(event="alive")
 
     def child() -> None:  # only its own two pipe ends, /dev/null for fds 0-2
         os.setpgid(0, 0)
@@ -261,7 +273,7 @@ def _judge(job: dict, guard: Guard, shell, timeout: float, mem_mb, emit, scratch
         except OSError:
             dead = "its process ended"
             break
-        ack = _read_line(replies, timeout)
+        ack = _read_line(replies, timeout, beat)
         try:
             ok = ack is not None and json.loads(ack) == {"event": "ack", "nonce": nonce}
         except ValueError:
@@ -274,7 +286,7 @@ def _judge(job: dict, guard: Guard, shell, timeout: float, mem_mb, emit, scratch
             pending = None
         if cell is None:
             break
-        raw = _read_line(replies, 2 * timeout + 5)
+        raw = _read_line(replies, 2 * timeout + 5, beat)
         try:
             event = json.loads(raw) if raw is not None else None
         except ValueError:
@@ -320,6 +332,8 @@ def _judge(job: dict, guard: Guard, shell, timeout: float, mem_mb, emit, scratch
             os.killpg(pid, signal.SIGKILL)
         except OSError:
             pass
+    if not _clean(scratch, sandboxed, dev):  # the next student gets a fresh server
+        emit(event="unclean")
 
 
 def _kind(failure: BaseException | None) -> str | None:
@@ -334,12 +348,19 @@ def _kind(failure: BaseException | None) -> str | None:
     return "memory" if out_of_memory(failure) else None
 
 
-def _read_line(replies: wire.LineReader, timeout: float) -> bytes | None:
-    """The child's next line, None when it ended, hung past ``timeout`` or flooded the pipe."""
-    try:
-        return replies.read_raw(timeout)
-    except TimeoutError:
-        return None
+def _read_line(replies: wire.LineReader, timeout: float, beat=None) -> bytes | None:
+    """The child's next line, None when it ended, hung past ``timeout`` or flooded the pipe;
+    ``beat()`` is called every HEARTBEAT_S meanwhile (the grader outside hears the server)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            return replies.read_raw(max(0.0, min(left, HEARTBEAT_S)))
+        except TimeoutError:
+            if left <= HEARTBEAT_S:
+                return None
+            if beat is not None:
+                beat()
 
 
 def _reap(pid: int, timeout: float) -> str | None:
@@ -372,6 +393,7 @@ def serve(results_fd: int, timeout: float, mem_mb: int | None, check_modules: li
     no_ptrace()
     # As in nbgrader's own kernels: a setup cell never pip-installs course_lib while grading.
     os.environ["NBGRADER_EXECUTION"] = "autograde"
+    dev = dev_entries()  # bwrap's /dev, before any student code could add to it
     shell = _import_checks(check_modules)
     guard = Guard()  # after the imports and IPython's own set-up, before any student code
 
@@ -382,7 +404,7 @@ def serve(results_fd: int, timeout: float, mem_mb: int | None, check_modules: li
     for line in sys.stdin:
         if line.strip():
             job = json.loads(line)
-            _judge(job, guard, shell, timeout, mem_mb, emit, scratch, sandboxed)
+            _judge(job, guard, shell, timeout, mem_mb, emit, scratch, sandboxed, dev)
             emit(event="end-job", student=job["student"])
 
 

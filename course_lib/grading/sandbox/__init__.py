@@ -6,6 +6,8 @@
 * :mod:`.kernelspec` — the kernelspec nbgrader starts kernels with, and its launcher;
 * :mod:`.recheck_client` — the re-check's server, started and fed from outside;
 * :mod:`.check` — ``python -m course_lib.grading.sandbox check``: can this machine run the box?
+* :mod:`.seccomp` — the system-call filter bwrap loads for everything in the box;
+* :mod:`.cgroups` — whole-notebook caps (memory, tasks, CPU): one cgroup per kernel and job.
 
 What runs inside is :mod:`course_lib.grading.inside`. Recipe and gotchas: shared/DESIGN.md and
 book/instructor_guide.md ("Broken and hostile notebooks").

@@ -29,11 +29,12 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from course_lib.grading.inside import wire
-from course_lib.grading.inside.hygiene import children, descendants, empty_folder, state
-from course_lib.grading.sandbox.policy import Limits, Sandbox, copy_plain_files
+from course_lib.grading.inside.hygiene import (children, copy_plain_files, descendants,
+                                               empty_folder, state)
+from course_lib.grading.sandbox.policy import Limits, Sandbox
 from course_lib.grading.sandbox.kernelspec import install_kernelspec, kernel_env
-from course_lib.grading.sandbox.supervisor import (Supervision, events_file, program_pid,
-                                                   protected_inside)
+from course_lib.grading.sandbox.supervisor import (Supervision, events_file, new_cage,
+                                                   program_pid, protected_inside, start_box)
 
 READY_TIMEOUT_S = 300   # the nursery's imports, on a loaded machine
 POLL_S = 0.05
@@ -49,8 +50,12 @@ class Broker:
         self.box, self.modules, self.log = replace(box, nursery=str(door)), list(modules), log
         self.area = Path(tempfile.mkdtemp(prefix="nursery-", dir=box.scratch_root))
         os.chmod(self.area, 0o755)
+        # The kernels' folders in the box: a size-limited tmpfs (nothing reaches the disk), beside
+        # the area in the masked work folder, as deep as a folder of the area would be.
+        self.kernels_dir = f"{self.area}-kernels"
         self.proc = None            # bwrap
         self.nursery_pid = None     # the nursery's PID outside
+        self.cage = None            # the nursery's own cage (whole-run caps, sandbox.cgroups)
         self.channel = None
         self.reader = None
         self.failed = None          # why the nursery could not start (launchers fall back)
@@ -106,16 +111,19 @@ class Broker:
     # -------------------------------------------------------------- the nursery's sandbox
     def _start_nursery(self) -> bool:
         ours, theirs = socket.socketpair()
-        argv = self.box.bwrap_argv(
-            writable={str(self.area): str(self.area), self.box.ipc_dir: self.box.ipc_dir},
-            cwd="/")
         command = [sys.executable, "-m", "course_lib.grading.inside.nursery", "serve",
                    str(theirs.fileno()), *self.modules]
         err = open(self.log if self.log is not None else os.devnull, "ab")
+        self.cage = new_cage("nursery", self.box.limits)
         try:
-            self.proc = subprocess.Popen(argv + command, pass_fds=(theirs.fileno(),),
-                                         stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                                         start_new_session=True)
+            # The area (the notebooks' files, copied in by the broker) is read-only inside; each
+            # kernel works in a copy on the box's tmpfs (bounded: it writes nothing to disk).
+            self.proc = start_box(
+                self.box, command, cwd="/", cage=self.cage, pass_fds=(theirs.fileno(),),
+                writable={self.box.ipc_dir: self.box.ipc_dir},
+                readonly={str(self.area): str(self.area)},
+                tmpfs={self.kernels_dir: self.box.limits.scratch_mb},
+                stdin=subprocess.DEVNULL, stdout=err, stderr=err)
         finally:
             theirs.close()
             err.close()
@@ -141,7 +149,9 @@ class Broker:
             self.proc.wait()
         if self.channel is not None:
             self.channel.close()
-        self.proc = self.channel = self.reader = self.nursery_pid = None
+        if self.cage is not None:
+            self.cage.close()
+        self.proc = self.channel = self.reader = self.nursery_pid = self.cage = None
 
     def _others(self) -> list[int]:
         """Live processes in the sandbox other than its init and the nursery (the kernel and
@@ -178,6 +188,16 @@ class Broker:
             self._stop_nursery()
             self.failed = f"could not empty {self.area}"
             return self.failed
+        # The kernels' socket folder: writable to them (they make their sockets there), so a
+        # kernel may have changed its mode or left files; the next kernel gets it as new.
+        try:
+            os.chmod(self.box.ipc_dir, 0o700)
+        except OSError:
+            pass
+        if not empty_folder(Path(self.box.ipc_dir)):
+            self._stop_nursery()
+            self.failed = f"could not empty {self.box.ipc_dir}"
+            return self.failed
         return None
 
     # -------------------------------------------------------------- one kernel
@@ -196,10 +216,26 @@ class Broker:
         source = Path(request["folder"])
         if source.is_dir():
             copy_plain_files(source, folder)
-        os.chmod(folder, 0o777)
+        box, lim = self.box, self.box.limits
+        # The nursery forks the kernel inside the kernel's own cage: everything the kernel starts
+        # is capped together from its first instruction (the nursery goes back to its own after).
+        cage = new_cage(f"kernel-{source.parent.name}", lim)
+        if cage is not None and not cage.add(self.nursery_pid):
+            cage.close()
+            cage = None
+        try:
+            self._serve_kernel(conn, launcher, request, folder, source, cage)
+        finally:
+            if cage is not None:
+                if self._alive() and self.cage is not None:
+                    self.cage.add(self.nursery_pid)
+                cage.close()
+
+    def _serve_kernel(self, conn, launcher, request, folder, source, cage) -> None:
         box, lim = self.box, self.box.limits
         audit_r, audit_w = os.pipe()
-        wire.send(self.channel, {"folder": str(folder), "connection": request["connection"],
+        wire.send(self.channel, {"inbox": str(folder), "home": self.kernels_dir,
+                                 "connection": request["connection"],
                                  "args": request.get("args", []), "mem_mb": lim.mem_mb,
                                  "file_mb": lim.file_mb,
                                  "protected": protected_inside(box, {str(folder): str(folder)})},
@@ -210,6 +246,8 @@ class Broker:
             started = self.reader.read(60)
         except TimeoutError:
             started = None
+        if cage is not None and self.cage is not None:  # the kernel is forked: it stays caged
+            self.cage.add(self.nursery_pid)
         if not started or started.get("event") != "started":
             self._stop_nursery()
             wire.send(conn, {"event": "unavailable", "why": "the nursery did not fork a kernel"})
@@ -219,7 +257,9 @@ class Broker:
         returncode = self._watch_kernel(conn, launcher, watch)
         self._log(f"kernel {self.kernels} ended: {returncode}, {watch.killed}")
         self._sweep()
-        report = watch.report(returncode, expect_started=True)
+        if cage is not None:
+            cage.kill_all()
+        report = watch.report(returncode, expect_started=True, cage=cage)
         if box.events_dir:
             with open(events_file(box, source.parent.name), "a") as f:
                 f.write(json.dumps(asdict(report)) + "\n")

@@ -10,6 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from course_lib.grading.sandbox import cgroups, seccomp
 from course_lib.grading.sandbox.policy import (NOBODY, SYSTEM_DIRS, Limits, Sandbox,
                                                SandboxUnavailable, require_bwrap)
 from course_lib.grading.sandbox.supervisor import run_sandboxed
@@ -44,7 +45,8 @@ def check_available() -> None:
 _PROBE = """
 import importlib, json, pkgutil, sys, traceback
 import course_lib.checks
-found = {"python": sys.executable, "course_lib": course_lib.checks.__file__, "failed": {}}
+found = {"python": sys.executable, "course_lib": course_lib.checks.__file__, "failed": {},
+         "seccomp": [l.split()[1] for l in open("/proc/self/status") if l.startswith("Seccomp:")]}
 names = %r + [f"course_lib.checks.{m.name}" for m in pkgutil.iter_modules(course_lib.checks.__path__)]
 for name in names:
     try:
@@ -107,5 +109,41 @@ def check_sandbox(hide: list[Path] = ()) -> str:
                 f"the grader's read-only snapshot under {box.site}: remove that copy from the "
                 "interpreter's site-packages (`pip uninstall course_lib` there, then install it "
                 "again with `pip install -e .` or the wheel).")
+        if seccomp.supported() and found["seccomp"] != ["2"]:
+            raise SandboxUnavailable(
+                "the grading sandbox started without its system-call filter (bwrap --seccomp): "
+                f"/proc/self/status says Seccomp: {found['seccomp']}; install bubblewrap >= 0.3")
     return (f"{require_bwrap()} runs {sys.executable} in the grading sandbox (mounted: {mounts}) "
-            f"and imports {', '.join(INSIDE_MODULES)} and the checks of every assignment there")
+            f"and imports {', '.join(INSIDE_MODULES)} and the checks of every assignment there."
+            f"\nLimits enforced on this machine: {enforced_limits(Limits())}")
+
+
+def enforced_limits(limits: Limits) -> str:
+    """Which of the box's limits this machine enforces, in one paragraph (for ``sandbox check``
+    and the report): the per-process ones always, the whole-notebook caps where it has cgroups,
+    the system-call filter where its architecture is supported."""
+    lim = limits
+    parts = [f"per process: {lim.mem_mb} MiB of address space, files of at most {lim.file_mb} MiB",
+             f"{lim.processes} processes at once (watchdog)",
+             f"private tmpfs: /tmp {lim.tmp_mb} MiB, /dev/shm {lim.shm_mb} MiB, the re-check's "
+             f"scratch {lim.scratch_mb} MiB"]
+    if not lim.caps:
+        parts.append("whole-notebook caps and the system-call filter turned OFF")
+        return "; ".join(parts)
+    tree = cgroups.hierarchy()
+    if tree.bases:
+        caps = {"memory": f"{lim.mem_mb} MiB of memory (all processes and shared memory)",
+                "pids": f"{lim.tasks} tasks", "cpu": "an equal share of the CPU" + (f", at most {lim.cpus:g} CPU" if lim.cpus else "")}
+        parts.append(f"per notebook (cgroup v{tree.version}): "
+                     + ", ".join(caps[c] for c in tree.controllers))
+        if tree.why:
+            parts.append(f"not capped: {tree.why}")
+    else:
+        parts.append(f"NO whole-notebook caps: {tree.why}")
+    if seccomp.supported():
+        parts.append(f"system-call filter: {len(seccomp.DENIED)} calls denied (ptrace, mount, "
+                     "unshare, setns, keyctl, bpf, perf_event_open, userfaultfd, io_uring, IPC ...)")
+    else:
+        parts.append(f"NO system-call filter: none for the {seccomp.machine()} architecture "
+                     "(x86_64 and aarch64 only)")
+    return "; ".join(parts)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -128,17 +127,22 @@ def launch_kernel(config: Path, connection_file: str, kernel_args: list[str] = (
         if returncode is not None:
             return returncode
     name = "/".join(Path(cwd).parts[-2:])
-    scratch = box.new_scratch(Path(cwd).parent.name, copy_from=Path(cwd))
+    try:  # a previous kernel may have changed the socket folder's mode (see broker)
+        os.chmod(box.ipc_dir, 0o700)
+    except OSError:
+        pass
     lim = box.limits
+    # Its folder is a size-limited tmpfs at the notebook's path, filled by the kernel from the
+    # notebook's folder (bound read-only): it writes nothing to the disk.
+    inbox = "/tmp/notebook-files"
     command = [sys.executable, "-m", "course_lib.grading.inside.kernel", "--mem-mb",
-               str(lim.mem_mb), "--file-mb", str(lim.file_mb), "-f", "/tmp/connection.json",
-               *kernel_args]
-    report = run_sandboxed(box, command, name,
-                           writable={str(scratch): cwd, box.ipc_dir: box.ipc_dir},
-                           readonly={connection_file: "/tmp/connection.json"}, cwd=cwd,
-                           forward_sigint=True, expect_started=True)
+               str(lim.mem_mb), "--file-mb", str(lim.file_mb), "--copy-from", inbox,
+               "-f", "/tmp/connection.json", *kernel_args]
+    report = run_sandboxed(box, command, name, writable={box.ipc_dir: box.ipc_dir},
+                           readonly={connection_file: "/tmp/connection.json", cwd: inbox},
+                           tmpfs={cwd: lim.scratch_mb}, cwd=cwd, forward_sigint=True,
+                           expect_started=True)
     if box.events_dir:
         with open(events_file(box, Path(cwd).parent.name), "a") as f:
             f.write(json.dumps(asdict(report)) + "\n")
-    shutil.rmtree(scratch, ignore_errors=True)  # never follows the links a student left
     return report.returncode or 0

@@ -11,9 +11,12 @@ Inside, student code
   / /`` plus masks left every unmasked copy of the solutions readable);
 * imports course_lib from a read-only snapshot taken when grading started (so no submission can
   change the code that grades later ones);
-* can write only to its own scratch folder and to a small private ``/tmp``;
+* can write only to its own folder, a small private ``/tmp`` and ``/dev/shm`` (size-limited
+  tmpfs: nothing reaches the disk, and the memory they hold counts against the notebook's cap);
 * runs as an unprivileged user in new user, PID, IPC, UTS and network namespaces (no network, no
-  loopback services) with every capability dropped and a cleared environment.
+  loopback services) with every capability dropped and a cleared environment, under a system-call
+  filter (:mod:`.seccomp`) and, where the machine has cgroups, whole-notebook caps on memory,
+  tasks and CPU (:mod:`.cgroups`, applied by the :mod:`.supervisor`).
 
 Order matters (:meth:`Sandbox.mounts`): the Python installation and the snapshot are mounted AFTER
 the private ``/tmp`` and the masks, so that a virtual environment under ``/tmp`` or inside a
@@ -34,6 +37,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import course_lib
+from course_lib.grading.inside.hygiene import copy_plain_files
 
 # Files that must never be readable from inside, even though the folders holding them are (the
 # sandbox's user maps to the instructor's, who may be root).
@@ -129,6 +133,13 @@ class Limits:
     processes: int = 64         # processes alive at once in the sandbox
     tmp_mb: int = 256           # size of its private /tmp
     wall_s: float | None = None  # the whole run (kernel or re-check server); None: no limit
+    shm_mb: int = 256           # size of its private /dev/shm
+    scratch_mb: int = 512       # size of the re-check's scratch folder (a tmpfs)
+    # Whole-notebook caps (sandbox.cgroups), where this machine has cgroups: memory (all its
+    # processes and its tmpfs folders together: mem_mb), tasks (processes and threads), CPUs.
+    tasks: int = 512
+    cpus: float | None = None   # a hard cap in CPUs; None: an equal share of the machine only
+    caps: bool = True           # the cgroup caps and the seccomp filter (off: to measure them)
 
 
 @dataclass(frozen=True)
@@ -200,10 +211,11 @@ class Sandbox:
         return cls(**data)
 
     # ------------------------------------------------------------------ the policy
-    def mounts(self, writable: dict[str, str], readonly: dict[str, str] | None = None
-               ) -> list[Mount]:
+    def mounts(self, writable: dict[str, str], readonly: dict[str, str] | None = None,
+               tmpfs: dict[str, int] | None = None) -> list[Mount]:
         """The mount policy for one run, in bwrap's order. ``writable`` / ``readonly`` map host
-        paths to sandbox paths."""
+        paths to sandbox paths; ``tmpfs`` maps sandbox paths to the size (MiB) of a private
+        writable folder there."""
         plan: list[Mount] = []
         shown: list[str] = []
         for d in SYSTEM_DIRS:
@@ -213,7 +225,8 @@ class Sandbox:
                 plan.append(Mount("--ro-bind", d, d))
                 shown.append(d)
         plan += [Mount("--dev", None, "/dev"), Mount("--proc", None, "/proc"),
-                 Mount("--tmpfs", None, "/tmp", self.limits.tmp_mb * 2**20)]
+                 Mount("--tmpfs", None, "/tmp", self.limits.tmp_mb * 2**20),
+                 Mount("--tmpfs", None, "/dev/shm", self.limits.shm_mb * 2**20)]
         masks = [d for d in self.masked if os.path.isdir(d)]
         plan += [Mount("--tmpfs", None, d) for d in masks if any(_under(d, s) for s in shown)]
         # After /tmp and the masks: a venv under /tmp or in a masked checkout stays visible.
@@ -227,6 +240,7 @@ class Sandbox:
         plan.append(Mount("--ro-bind", self.site, self.site))
         plan += [Mount("--ro-bind", src, dst) for src, dst in (readonly or {}).items()]
         plan += [Mount("--bind", src, dst) for src, dst in writable.items()]
+        plan += [Mount("--tmpfs", None, dst, mb * 2**20) for dst, mb in (tmpfs or {}).items()]
         # GPU graders: the devices, nothing else.
         plan += [Mount("--dev-bind", str(dev), str(dev)) for dev in sorted(Path("/dev").glob("nvidia*"))]
         plan.append(Mount("--remount-ro", None, "/"))  # the sandbox's own root: nothing to write
@@ -242,11 +256,17 @@ class Sandbox:
         return full_env
 
     def bwrap_argv(self, writable: dict[str, str], readonly: dict[str, str] | None = None,
-                   env: dict[str, str] | None = None, cwd: str | None = None) -> list[str]:
-        """bwrap's arguments for :meth:`mounts`, the namespaces and the environment."""
+                   env: dict[str, str] | None = None, cwd: str | None = None,
+                   seccomp_fd: int | None = None, tmpfs: dict[str, int] | None = None
+                   ) -> list[str]:
+        """bwrap's arguments for :meth:`mounts`, the namespaces and the environment;
+        ``seccomp_fd``: the system-call filter (:mod:`.seccomp`) for everything inside;
+        ``tmpfs``: writable folders made as size-limited tmpfs (path -> MiB), not on the disk."""
         argv = [require_bwrap()]
-        for mount in self.mounts(writable, readonly):
+        for mount in self.mounts(writable, readonly, tmpfs):
             argv += mount.argv()
+        if seccomp_fd is not None:
+            argv += ["--seccomp", str(seccomp_fd)]
         argv += ["--unshare-user", "--uid", str(NOBODY), "--gid", str(NOBODY),
                  "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net",
                  "--unshare-cgroup-try", "--hostname", "sandbox", "--cap-drop", "ALL",
@@ -268,10 +288,3 @@ class Sandbox:
 
 def safe_name(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)[:40] or "run"
-
-
-def copy_plain_files(source: Path, dest: Path) -> None:
-    """Copy the regular files of ``source`` (no links, no folders) into ``dest``."""
-    for item in source.iterdir():
-        if item.is_file() and not item.is_symlink():
-            shutil.copy(item, dest / item.name)

@@ -16,14 +16,18 @@ import tempfile
 import threading
 import time
 import shutil
+import uuid
 from dataclasses import replace
 from pathlib import Path
 
 from course_lib.grading.inside import wire
 from course_lib.grading.sandbox.policy import Sandbox
-from course_lib.grading.sandbox.supervisor import run_sandboxed
+from course_lib.grading.sandbox.supervisor import new_cage, program_pid, run_sandboxed
 
 READY_TIMEOUT_S = 600  # the server's imports, on a loaded machine
+# While it judges, the server says it is alive every second (inside.recheck.HEARTBEAT_S): one
+# that says nothing for this long is stopped (SIGSTOP) or wedged, whatever its budget.
+STALL_S = 10
 
 
 class RecheckUnavailable(RuntimeError):
@@ -54,16 +58,18 @@ class RecheckServer:
         job_r, job_w = os.pipe()
         res_r, res_w = os.pipe()
         box = self.box
-        self._scratch = str(box.new_scratch("recheck")) if box is not None else \
-            tempfile.mkdtemp(prefix="recheck-scratch-")
+        # Sandboxed, the scratch folder is a tmpfs in the box (bounded, gone with it), in the
+        # masked work folder: no host folder is made for it.
+        self._scratch = None if box is not None else tempfile.mkdtemp(prefix="recheck-scratch-")
+        inside = (f"{box.scratch_root}/recheck-{uuid.uuid4().hex[:8]}" if box is not None
+                  else self._scratch)
         command = [sys.executable, "-m", "course_lib.grading.inside.recheck", "serve",
                    "--fd", str(res_w), *(["--sandboxed"] if box is not None else []),
-                   "--timeout", str(self.cell_timeout), "--scratch", self._scratch,
+                   "--timeout", str(self.cell_timeout), "--scratch", inside,
                    *(["--mem-mb", str(self.mem_mb)] if self.mem_mb else []),
                    *[a for m in self.check_modules for a in ("--check", m)]]
         log_file = open(self.log, "a") if self.log else subprocess.DEVNULL
         outcome = self._outcome = {}
-        scratch = self._scratch
 
         def run() -> None:
             try:
@@ -78,9 +84,10 @@ class RecheckServer:
                     # (judge), never its age; the process count still holds.
                     server_box = replace(box, limits=replace(box.limits, wall_s=None))
                     outcome["report"] = run_sandboxed(
-                        server_box, command, "recheck", writable={scratch: scratch}, stdin=job_r,
+                        server_box, command, "recheck", writable={}, stdin=job_r,
                         stdout=log_file, stderr=subprocess.STDOUT, pass_fds=(res_w,),
-                        on_start=lambda proc: outcome.__setitem__("proc", proc))
+                        tmpfs={inside: box.limits.scratch_mb},
+                        on_start=lambda proc, cage: outcome.update(proc=proc, cage=cage))
             finally:
                 os.close(job_r)
                 os.close(res_w)
@@ -106,7 +113,11 @@ class RecheckServer:
         except (OSError, TypeError):
             return ""
 
-    def close(self) -> None:
+    def close(self, kill: bool = False) -> None:
+        """Stop the server: its input ends and it returns (``kill``: at once, it is stuck)."""
+        proc = self._outcome.get("proc")
+        if kill and proc is not None:
+            proc.kill()
         if self._job_w is not None:
             try:
                 os.close(self._job_w)  # the server's stdin ends: it returns
@@ -128,35 +139,82 @@ class RecheckServer:
         self._job_w = self._lines = self._thread = self._scratch = None
 
     # -------------------------------------------------------------- one job
+    def _cage_server(self, student: str):
+        """Move the server into a new cage for this job: the child it forks for the student,
+        and all that child starts, live there (whole-job caps; killed at once afterwards)."""
+        box, run_cage = self.box, self._outcome.get("cage")
+        proc = self._outcome.get("proc")
+        if box is None or run_cage is None or proc is None:
+            return None, None
+        server = program_pid(proc.pid)
+        cage = new_cage(f"recheck-{student}", box.limits)
+        if cage is not None and (server is None or not cage.add(server)):
+            cage.close()
+            cage = None
+        return cage, server
+
+    def _uncage_server(self, cage, server: int | None) -> list[str]:
+        """Back to the server's own cage; kill what the job left in its cage; the caps hit."""
+        if cage is None:
+            return []
+        run_cage = self._outcome.get("cage")
+        if run_cage is not None and server is not None:
+            run_cage.add(server)
+        hits = cage.hits()
+        cage.close()
+        return hits
+
     def judge(self, job: dict, budget_s: float) -> list[dict]:
         """The server's events for one job (``start``, ``cell``, ``forged``, ``exit``, ``done``);
         within ``budget_s`` seconds, else an ``exit`` event that says so."""
         if self._job_w is None:
             self._start()
+        cage, server = self._cage_server(str(job.get("student", "job")))
+        try:
+            events = self._judge(job, budget_s)
+        finally:
+            hits = self._uncage_server(cage, server)
+        if "memory" in hits:
+            limit = self.box.limits.mem_mb
+            for event in events:
+                if event.get("event") == "exit":
+                    event["reason"] = (f"its processes reached their memory cap of {limit} MiB "
+                                       f"({event['reason']})")
+        return events
+
+    def _judge(self, job: dict, budget_s: float) -> list[dict]:
         events: list[dict] = []
         deadline = time.monotonic() + budget_s
         try:
             wire.write(self._job_w, job)
         except OSError:
-            self.close()
+            self.close(kill=True)
             return [{"event": "exit", "reason": "the re-check's server stopped"}]
+        unclean = False
         while True:
+            left = deadline - time.monotonic()
             try:
-                event = self._lines.read(max(0.1, deadline - time.monotonic()))
+                event = self._lines.read(max(0.1, min(left, STALL_S)))
             except TimeoutError:
                 event = None
-                why = f"its re-check ran past its budget of {budget_s:g} s"
+                why = (f"its re-check ran past its budget of {budget_s:g} s" if left <= STALL_S
+                       else f"the re-check's server stopped answering for {STALL_S} s (stopped "
+                            "or wedged during this job)")
             else:
                 why = None
             if event is None:  # the server died or hung during this student's job
                 report = self._outcome.get("report")
-                self.close()
+                self.close(kill=why is not None)
                 report = report or self._outcome.get("report")
                 why = why or getattr(report, "killed", None) or "the re-check's server stopped"
                 events.append({"event": "exit", "reason": why})
                 return events
             kind = event.get("event")
             if kind == "end-job":
+                if unclean:  # the next student gets a fresh server
+                    self.close(kill=True)
                 return events
-            if kind != "start-job":
+            if kind == "unclean":
+                unclean = True
+            elif kind not in ("start-job", "alive"):
                 events.append(event)

@@ -18,6 +18,8 @@ from pathlib import Path
 from course_lib.grading.inside import wire
 from course_lib.grading.inside.hygiene import children, descendants
 from course_lib.grading.inside.kernel import AUDIT_FD_ENV, AUDIT_PROTECTED_ENV, STARTED
+from course_lib.grading.sandbox import seccomp
+from course_lib.grading.sandbox.cgroups import Cage
 from course_lib.grading.sandbox.policy import Limits, Sandbox
 
 
@@ -31,6 +33,8 @@ class RunReport:
     returncode: int | None
     audit: list[dict] = field(default_factory=list)  # spawned processes, writes outside
     started: bool = True    # the program inside said it started (before any student code)
+    caps_hit: list[str] = field(default_factory=list)  # whole-notebook caps it ran into
+    peak_mb: float | None = None  # the most memory all its processes held at once (its cage)
 
 
 class Supervision:
@@ -61,13 +65,41 @@ class Supervision:
                 return self.killed
         return None
 
-    def report(self, returncode: int | None, expect_started: bool = False) -> RunReport:
+    def report(self, returncode: int | None, expect_started: bool = False,
+               cage: Cage | None = None) -> RunReport:
         if self._reader is not None:
             self._reader.join(timeout=2)
         events = [e for e in self.audit if e["kind"] != STARTED]
         started = not expect_started or any(e["kind"] == STARTED for e in self.audit)
         return RunReport(self.name, round(time.monotonic() - self.start, 2), self.peak,
-                         self.killed, returncode, events, started)
+                         self.killed, returncode, events, started,
+                         cage.hits() if cage is not None else [],
+                         cage.peak_mb() if cage is not None else None)
+
+
+def new_cage(name: str, limits: Limits) -> Cage | None:
+    """The cage for one notebook's run with ``limits``, or None (caps off, or no cgroups here)."""
+    if not limits.caps:
+        return None
+    return Cage.create(name, limits.mem_mb, limits.tasks, limits.cpus)
+
+
+def start_box(box: Sandbox, command: list[str], writable: dict[str, str],
+              readonly: dict[str, str] | None = None, env: dict[str, str] | None = None,
+              cwd: str | None = None, cage: Cage | None = None, tmpfs: dict[str, int] | None = None,
+              pass_fds: tuple[int, ...] = (), **popen) -> subprocess.Popen:
+    """Start bwrap running ``command`` in ``box``: in ``cage`` from its first instruction, under
+    the system-call filter (unless the box's caps are off), in a session of its own."""
+    fd = seccomp.filter_fd() if box.limits.caps and seccomp.supported() else None
+    try:
+        argv = box.bwrap_argv(writable, readonly, env=env, cwd=cwd, seccomp_fd=fd, tmpfs=tmpfs)
+        prefix = cage.argv() if cage is not None else []
+        return subprocess.Popen(prefix + argv + command,
+                                pass_fds=(*pass_fds, *([fd] if fd is not None else [])),
+                                start_new_session=True, **popen)
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def events_file(box: Sandbox, student: str) -> Path:
@@ -102,33 +134,35 @@ def run_sandboxed(box: Sandbox, command: list[str], name: str, writable: dict[st
                   env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = (),
                   stdin=None, stdout=None, stderr=None, poll_s: float = 0.05,
                   forward_sigint: bool = False, expect_started: bool = False,
-                  on_start=None) -> RunReport:
+                  on_start=None, tmpfs: dict[str, int] | None = None) -> RunReport:
     """Run ``command`` in ``box``, killing it (and so everything inside) when it exceeds its
     process count or wall time, or when this supervisor gets SIGTERM. ``forward_sigint``: pass
     SIGINT on to the program inside (a kernel's interrupt) instead of stopping it.
     ``expect_started``: the program says "started" on its audit channel (a kernel does); a run
     without it never started (bwrap or the interpreter failed: the grader's failure).
-    ``on_start(proc)`` is called with the bwrap process once it runs.
+    ``on_start(proc, cage)`` is called with the bwrap process (and its cage) once it runs. ``tmpfs``: folders inside
+    made as size-limited tmpfs (path -> MiB). The run has a cage of its own (whole-run caps).
 
     bwrap runs in a session of its own, so the signals a kernel manager sends to this
     supervisor's process group reach the sandbox only through here."""
     audit_read, audit_write = os.pipe()
-    argv = box.bwrap_argv(writable, readonly,
-                          env={**(env or {}), AUDIT_FD_ENV: str(audit_write),
-                               AUDIT_PROTECTED_ENV: os.pathsep.join(
-                                   protected_inside(box, writable, readonly))},
-                          cwd=cwd)
+    cage = new_cage(name, box.limits)
+    env = {**(env or {}), AUDIT_FD_ENV: str(audit_write),
+           AUDIT_PROTECTED_ENV: os.pathsep.join(protected_inside(box, writable, readonly))}
     try:
-        proc = subprocess.Popen(argv + command, pass_fds=(*pass_fds, audit_write), stdin=stdin,
-                                stdout=stdout, stderr=stderr, start_new_session=True)
+        proc = start_box(box, command, writable, readonly, env=env, cwd=cwd, cage=cage,
+                         tmpfs=tmpfs, pass_fds=(*pass_fds, audit_write), stdin=stdin,
+                         stdout=stdout, stderr=stderr)
     except BaseException:
         os.close(audit_read)
+        if cage is not None:
+            cage.close()
         raise
     finally:
         os.close(audit_write)
     watch = Supervision(name, box.limits, audit_read)
     if on_start is not None:
-        on_start(proc)
+        on_start(proc, cage)
 
     def stop(signum, frame):  # the kernel manager shutting its kernel down: not a problem
         if signum == signal.SIGINT and forward_sigint:
@@ -153,4 +187,9 @@ def run_sandboxed(box: Sandbox, command: list[str], name: str, writable: dict[st
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-    return watch.report(proc.returncode, expect_started)
+        if cage is not None:
+            cage.kill_all()
+    report = watch.report(proc.returncode, expect_started, cage)
+    if cage is not None:
+        cage.close()
+    return report

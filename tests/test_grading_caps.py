@@ -1,0 +1,359 @@
+"""Whole-notebook caps, the system-call filter, the bounded channels, the re-check's heartbeat.
+
+Everything runs for real: bubblewrap, the kernel's cgroups (v1 or v2, whichever the machine has),
+the BPF filter bwrap loads, the re-check's server, and one small graded batch
+(``python -m course_lib.grade_class``'s pipeline) where one notebook attacks the machine's
+resources while it solves the exercise and an honest classmate is graded after it, by the same
+warm kernels and the same re-check server.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from course_lib import grading
+from course_lib.grading import pipeline, sandbox
+from course_lib.grading.inside import wire
+from course_lib.grading.sandbox import cgroups, seccomp
+from course_lib.grading.sandbox.recheck_client import STALL_S, RecheckServer
+
+REPO = Path(__file__).resolve().parents[1]
+ASSIGNMENT = "ex01_standard"
+MEM_MB = 3072
+needs_bwrap = pytest.mark.skipif(sandbox.bwrap_path() is None, reason="needs bubblewrap")
+needs_caps = pytest.mark.skipif("memory" not in cgroups.hierarchy().bases,
+                                reason="no usable memory cgroup on this machine")
+needs_filter = pytest.mark.skipif(seccomp.machine() != "x86_64",
+                                  reason="the system-call numbers below are x86_64's")
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("caps")
+    limits = sandbox.Limits(mem_mb=MEM_MB, processes=16, wall_s=120)
+    return sandbox.Sandbox.for_batch(tmp / "work", hide=[], limits=limits)
+
+
+def _run(box, code: str):
+    """Run ``code`` in the real sandbox; (report, the JSON its last line printed)."""
+    scratch = box.new_scratch("caps")
+    out = scratch.parent / f"{scratch.name}.out"
+    with open(out, "wb") as stdout:
+        report = sandbox.run_sandboxed(box, [sys.executable, "-c", textwrap.dedent(code)], "caps",
+                                       writable={str(scratch): str(scratch)}, cwd=str(scratch),
+                                       stdout=stdout, stderr=subprocess.STDOUT)
+    text = out.read_text()
+    try:
+        return report, json.loads(text.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return report, {"raw": text[-3000:]}
+
+
+# ----------------------------------------------------------------------------- system calls
+@needs_bwrap
+@needs_filter
+def test_each_denied_call_fails_with_eperm_inside_and_python_still_works(box):
+    report, seen = _run(box, f"""
+        import ctypes, json, os, subprocess, sys, threading
+        libc = ctypes.CDLL(None, use_errno=True)
+        calls = {dict((k, v[0]) for k, v in seccomp.SYSCALLS.items())!r}
+        got = {{}}
+        for name, nr in calls.items():
+            ctypes.set_errno(0)
+            got[name] = [libc.syscall(nr, 0, 0, 0, 0, 0, 0), ctypes.get_errno()]
+        ctypes.set_errno(0)
+        new_user_ns = [libc.syscall(56, 0x10000000 | 17, 0, 0, 0, 0), ctypes.get_errno()]
+        ctypes.set_errno(0)
+        clone3 = [libc.syscall(435, 0, 0), ctypes.get_errno()]
+        t = threading.Thread(target=lambda: None); t.start(); t.join()
+        import torch
+        x = torch.nn.functional.conv2d(torch.ones(1, 1, 4, 4), torch.ones(1, 1, 3, 3))
+        import matplotlib.pyplot as plt
+        plt.plot([1, 2]); plt.savefig("plot.png")
+        print(json.dumps({{"got": got, "new_user_ns": new_user_ns, "clone3": clone3,
+                          "child": subprocess.run(["true"]).returncode, "conv": x.sum().item(),
+                          "png": os.path.getsize("plot.png"),
+                          "seccomp": open("/proc/self/status").read().split("Seccomp:")[1].split()[0]}}))
+    """)
+    assert "raw" not in seen, seen
+    assert seen["seccomp"] == "2", "no filter loaded"
+    assert {k: v for k, v in seen["got"].items() if v != [-1, errno.EPERM]} == {}
+    assert seen["new_user_ns"] == [-1, errno.EPERM]   # clone with a namespace flag
+    assert seen["clone3"] == [-1, errno.ENOSYS]       # so that the C library uses clone
+    assert seen["child"] == 0 and seen["conv"] == 36.0 and seen["png"] > 1000
+    assert report.returncode == 0
+
+
+def test_filter_is_built_for_both_architectures_and_refuses_others():
+    for arch in ("x86_64", "aarch64"):
+        prog = seccomp.program(arch)
+        assert len(prog) % 8 == 0 and len(prog) // 8 > len(seccomp.DENIED)
+    with pytest.raises(ValueError, match="no seccomp filter for the mips architecture"):
+        seccomp.program("mips")
+
+
+# ----------------------------------------------------------------------------- caps
+@needs_bwrap
+@needs_caps
+def test_memory_of_all_processes_together_is_capped(box):
+    """Four processes of 1 GiB each (RLIMIT_AS allows each one) exceed the notebook's 3 GiB."""
+    report, seen = _run(box, """
+        import json, subprocess, sys, time
+        hog = "import time; x = b'1' * (1 << 30); time.sleep(30)"
+        procs = [subprocess.Popen([sys.executable, "-c", hog]) for _ in range(4)]
+        start = time.monotonic()
+        while time.monotonic() - start < 60 and all(p.poll() is None for p in procs):
+            time.sleep(0.05)
+        codes = [p.poll() for p in procs]
+        for p in procs:
+            p.kill()
+        print(json.dumps({"codes": codes, "seconds": time.monotonic() - start}))
+    """)
+    assert -9 in seen["codes"], seen  # the OOM killer of the notebook's cgroup, within seconds
+    assert seen["seconds"] < 60, "bounded by the cap, not by a timeout"
+    assert "memory" in report.caps_hit
+    assert report.peak_mb is not None and report.peak_mb <= MEM_MB
+
+
+@needs_bwrap
+def test_shared_memory_tmp_and_scratch_are_size_limited(box):
+    """/dev/shm and /tmp are tmpfs of a fixed size (not half the RAM)."""
+    limits = box.limits
+    _, seen = _run(box, """
+        import json, os
+        def fill(folder):
+            chunk, written = b"0" * (16 << 20), 0
+            try:
+                for i in range(128):
+                    with open(os.path.join(folder, f"fill{i}"), "wb") as f:
+                        f.write(chunk)
+                    written += 16
+            except OSError as exc:
+                return written, exc.errno
+            return written, None
+        print(json.dumps({"shm": fill("/dev/shm"), "tmp": fill("/tmp")}))
+    """)
+    assert seen["shm"][1] == errno.ENOSPC and seen["shm"][0] <= limits.shm_mb, seen
+    assert seen["tmp"][1] == errno.ENOSPC and seen["tmp"][0] <= limits.tmp_mb, seen
+
+
+@needs_bwrap
+@needs_caps
+def test_tasks_are_capped(box):
+    if "pids" not in cgroups.hierarchy().bases:
+        pytest.skip("no pids controller")
+    report, seen = _run(box, """
+        import json, threading
+        threading.stack_size(64 * 1024)
+        stop, started = threading.Event(), 0
+        try:
+            for _ in range(3000):
+                threading.Thread(target=stop.wait, daemon=True).start()
+                started += 1
+        except RuntimeError:
+            pass
+        stop.set()
+        print(json.dumps({"started": started}))
+    """)
+    assert seen["started"] < box.limits.tasks, seen
+    assert "tasks" in report.caps_hit
+
+
+def test_check_says_which_limits_are_enforced():
+    from course_lib.grading.sandbox.check import enforced_limits
+
+    text = enforced_limits(sandbox.Limits(mem_mb=MEM_MB))
+    tree = cgroups.hierarchy()
+    if tree.bases:
+        assert f"cgroup v{tree.version}" in text and f"{MEM_MB} MiB of memory" in text
+    else:
+        assert "NO whole-notebook caps" in text and tree.why in text
+    assert ("system-call filter: " in text) == seccomp.supported()
+    assert "turned OFF" in enforced_limits(sandbox.Limits(caps=False))
+
+
+# ----------------------------------------------------------------------------- channels
+def test_a_line_without_end_does_not_grow_the_reader():
+    """1 GiB without a newline on the audit channel: the reader keeps at most one line's worth
+    and closes the channel; the writer is refused after a few MiB."""
+    read_end, write_end = os.pipe()
+    events: list[dict] = []
+    reader = threading.Thread(target=wire.collect_audit, args=(read_end, events))
+    reader.start()
+    chunk, sent = b"x" * (1 << 20), 0
+    try:
+        while sent < (1 << 30):
+            sent += os.write(write_end, chunk)
+    except BrokenPipeError:
+        pass
+    finally:
+        os.close(write_end)
+    reader.join(timeout=10)
+    assert not reader.is_alive()
+    assert sent < 8 * wire.MAX_LINE, f"{sent} bytes accepted"
+    assert events == []
+
+
+# ----------------------------------------------------------------------------- the re-check
+def _job(student: str, code: str, test: str) -> dict:
+    return {"student": student, "cells": [
+        {"id": "code", "kind": "code", "source": textwrap.dedent(code), "locked": False,
+         "points": 0},
+        {"id": "test", "kind": "test", "source": textwrap.dedent(test), "locked": True,
+         "points": 1}]}
+
+
+@needs_bwrap
+@pytest.mark.slow
+def test_recheck_leftovers_and_a_stopped_server(box, tmp_path):
+    """One re-check server: a student leaves files in /dev, /dev/shm, /tmp and the scratch
+    folder; the next student's child sees none of them. A student that stops the server
+    (SIGSTOP) is noticed in seconds, not after its budget, and the next student gets a fresh
+    server."""
+    with RecheckServer(box, cell_timeout=30, mem_mb=MEM_MB, check_modules=[],
+                       log=tmp_path / "recheck.log") as server:
+        left = server.judge(_job("alice", """
+            import os
+            for path in ("/dev/left", "/dev/shm/left", "/tmp/left", "left"):
+                open(path, "w").write("alice")
+        """, "assert os.path.exists('/dev/shm/left')"), budget_s=120)
+        assert [e.get("score") for e in left if e.get("event") == "cell"] == [None, 1.0], left
+        seen = server.judge(_job("bob", "import os", """
+            assert not os.path.exists("/dev/left"), "/dev"
+            assert os.listdir("/dev/shm") == [], "/dev/shm"
+            assert "left" not in os.listdir("/tmp"), "/tmp"
+            assert os.listdir(".") == [], "scratch"
+        """), budget_s=120)
+        assert [e.get("score") for e in seen if e.get("event") == "cell"] == [None, 1.0], seen
+        starts = server.starts
+        start = time.monotonic()
+        stopped = server.judge(_job("mallory", "import os, signal\nos.kill(os.getppid(), "
+                                    "signal.SIGSTOP)", "pass"), budget_s=300)
+        took = time.monotonic() - start
+        assert took < STALL_S + 10, f"noticed after {took:.0f} s"
+        assert any("stopped answering" in e.get("reason", "") for e in stopped), stopped
+        after = server.judge(_job("carol", "x = 1", "assert x == 1"), budget_s=120)
+        assert [e.get("score") for e in after if e.get("event") == "cell"] == [None, 1.0], after
+        assert server.starts == starts + 1
+
+
+# ----------------------------------------------------------------------------- a graded batch
+def _solved() -> dict:
+    """The solved release (as the hostile pipeline test builds it) and its cells by grade id."""
+    from test_grading_pipeline import _cells_by_id, _solved_release
+
+    nb = _solved_release()
+    return nb, _cells_by_id(nb)
+
+
+DISK = """
+import os
+def _fill(folder, most_mb):
+    chunk, written = b"0" * (16 << 20), 0
+    try:
+        for i in range(most_mb // 16):
+            with open(os.path.join(folder, f"fill{i}"), "wb") as f:
+                f.write(chunk)
+            written += 16
+    except OSError:
+        pass
+    for name in os.listdir(folder):
+        if name.startswith("fill"):
+            os.remove(os.path.join(folder, name))
+    return written
+_disk = {"/dev/shm": _fill("/dev/shm", 1024), "/tmp": _fill("/tmp", 1024), ".": _fill(".", 2048)}
+if not (_disk["/dev/shm"] <= %d and _disk["/tmp"] <= %d and _disk["."] <= %d):
+    conv_output_size = None  # the attack went unbounded: this part is lost
+"""
+MEMORY = """
+import subprocess, sys, time
+_hog = "import time; x = b'1' * (1 << 30); time.sleep(60)"
+_procs = [subprocess.Popen([sys.executable, "-c", _hog]) for _ in range(4)]
+_start = time.monotonic()
+while time.monotonic() - _start < 30 and all(p.poll() is None for p in _procs):
+    time.sleep(0.05)
+_capped = any(p.poll() == -9 for p in _procs)
+for _p in _procs:
+    _p.kill()
+    _p.wait()
+if not _capped:
+    conv_params = None  # 4 GiB were allowed: this part is lost
+"""
+TASKS_AND_CALLS = """
+import ctypes, json, os, threading
+threading.stack_size(64 * 1024)
+_stop, _started = threading.Event(), 0
+try:
+    for _ in range(3000):
+        threading.Thread(target=_stop.wait, daemon=True).start()
+        _started += 1
+except RuntimeError:
+    pass
+_stop.set()
+_libc = ctypes.CDLL(None, use_errno=True)
+_refused = []
+for _nr in (101, 272, 165, 321, 298, 323, 29, 240):  # ptrace unshare mount bpf perf uffd shm mq
+    ctypes.set_errno(0)
+    _refused.append(_libc.syscall(_nr, 0, 0, 0, 0, 0, 0) == -1 and ctypes.get_errno() == 1)
+# Leftovers for the next student: a file in /dev and /dev/shm, the socket folder locked.
+open("/dev/planted", "w").write("x")
+open("/dev/shm/planted", "w").write("x")
+if os.path.exists("/tmp/connection.json"):
+    os.chmod(os.path.dirname(json.load(open("/tmp/connection.json"))["ip"]), 0o500)
+if _started >= %d or not all(_refused):
+    conv2d_unfold = None  # a cap or the filter did not hold: this part is lost
+"""
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory):
+    """One graded batch, one worker: the resource hog first, then an honest classmate, by the
+    same warm kernels and re-check server."""
+    if sandbox.bwrap_path() is None:
+        pytest.skip("needs bubblewrap")
+    tmp = tmp_path_factory.mktemp("capsbatch")
+    course = grading.new_course(tmp / "course", [ASSIGNMENT], root=REPO)
+    limits = sandbox.Limits(mem_mb=MEM_MB)
+    honest, cells = _solved()
+    hog, hog_cells = _solved()
+    hog_cells["part1"].source += DISK % (limits.shm_mb, limits.tmp_mb, limits.scratch_mb)
+    hog_cells["part2"].source += MEMORY
+    hog_cells["part4"].source += TASKS_AND_CALLS % limits.tasks
+    for student, nb in {"a_hog": hog, "b_honest": honest}.items():
+        folder = tmp / "submitted" / student / ASSIGNMENT
+        folder.mkdir(parents=True)
+        nbformat.write(nb, folder / grading.notebook_name(ASSIGNMENT))
+    # The memory attack takes seconds on a loaded machine (3 GiB written before the OOM killer).
+    cell_timeout = max(40, int(os.environ.get("COURSE_GRADING_CELL_TIMEOUT", "25")))
+    result = pipeline.grade_class(ASSIGNMENT, tmp / "submitted", course, workers=1,
+                                  cell_timeout=cell_timeout, mem_mb=MEM_MB, limits=limits,
+                                  quiet=True)
+    return {s.submitted_as: s for s in result.submissions}, result
+
+
+@pytest.mark.slow
+@needs_caps
+@needs_filter
+def test_resource_attacks_are_bounded_and_the_next_classmate_keeps_full_marks(batch):
+    from test_grading_pipeline import TOTAL
+
+    subs, result = batch
+    # Each attack sits in a part that is lost if its cap did not hold (see DISK, MEMORY, ...).
+    assert subs["a_hog"].score == TOTAL, subs["a_hog"].problems
+    assert subs["b_honest"].score == TOTAL, subs["b_honest"].problems
+    problems = " | ".join(subs["a_hog"].problems)
+    assert "memory cap" in problems and "processes and threads" in problems, problems
+    peak = float(problems.split("peak ")[1].split(" MiB")[0])
+    assert peak <= MEM_MB
+    assert not any("cap" in p for p in subs["b_honest"].problems), subs["b_honest"].problems
+    assert "limits enforced here" in result.report.read_text()
