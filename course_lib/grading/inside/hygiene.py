@@ -13,6 +13,7 @@ import os
 import resource
 import shutil
 import signal
+import time
 from pathlib import Path
 
 PR_SET_DUMPABLE = 4
@@ -94,6 +95,22 @@ def state(pid: int) -> str | None:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return None
+
+
+def kill_until_gone(find, rounds: int) -> bool:
+    """SIGKILL what ``find()`` lists, again and again (a process that forks between two looks is
+    caught in a later round), until nothing is left or ``rounds`` are spent; whether it emptied."""
+    for _ in range(rounds):
+        pids = find()
+        if not pids:
+            return True
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.01)
+    return not find()
 
 
 def kill_namespace_leftovers() -> None:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from course_lib.grading.inside import wire
 from course_lib.grading.inside.hygiene import (children, copy_plain_files, descendants,
-                                               empty_folder, state)
+                                               empty_folder, kill_until_gone, state)
 from course_lib.grading.sandbox.policy import Limits, Sandbox
 from course_lib.grading.sandbox.kernelspec import install_kernelspec, kernel_env
 from course_lib.grading.sandbox.supervisor import (Supervision, events_file, new_cage,
@@ -164,16 +164,8 @@ class Broker:
 
     def _sweep(self) -> None:
         """Kill, from outside, everything in the sandbox but the nursery."""
-        for _ in range(100):
-            others = self._others()
-            if not others:
-                return
-            for pid in others:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-            time.sleep(0.01)
+        if kill_until_gone(self._others, 100):
+            return
         self._log("processes survived the sweep: the nursery is restarted")
         self._stop_nursery()
 

@@ -17,11 +17,12 @@ from __future__ import annotations
 import functools
 import os
 import shlex
-import signal
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from course_lib.grading.inside.hygiene import kill_until_gone
 
 CONTROLLERS = ("memory", "pids", "cpu")
 GROUP = "course-grading"  # the folder below the grader's own group that holds the cages
@@ -296,17 +297,7 @@ class Cage:
         kill_file = self.folders.get("memory", next(iter(self.folders.values()))) / "cgroup.kill"
         if self.tree.version == 2 and kill_file.exists():
             _write(kill_file, "1")
-        for _ in range(rounds):
-            pids = self.pids()
-            if not pids:
-                return True
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-            time.sleep(0.01)
-        return not self.pids()
+        return kill_until_gone(self.pids, rounds)
 
     def close(self) -> None:
         """Kill what is left and remove the cage (its folders go once the last process is
