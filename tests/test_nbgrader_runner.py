@@ -23,7 +23,7 @@ EXECUTE_FORGER = textwrap.dedent("""
     from course_lib.grading.nbgrader_runner import nbgrader_settings
 
     config = Config()
-    settings = {**nbgrader_settings(10), "KernelManager.transport": "ipc",
+    settings = {**nbgrader_settings(3), "KernelManager.transport": "ipc",
                 "KernelManager.ip": sys.argv[1] + "/kernel",
                 "KernelManager.client_class": "course_lib.grading.sandbox.SandboxKernelClient"}
     for dotted, value in settings.items():

@@ -143,6 +143,11 @@ class NbgraderRunner:
                 err.close()
         self.reader = wire.LineReader(self.proc.stdout.fileno())
 
+    def start_soon(self) -> None:
+        """Start the process now (its imports then overlap the rest of the worker's start-up)."""
+        if self.proc is None or self.proc.poll() is not None:
+            self._start()
+
     def close(self) -> None:
         if self.proc is not None:
             try:

@@ -243,6 +243,10 @@ class GradingSession:
                                        log=self.shard / "autograde.log")
         self.recheck = RecheckServer(self.box, self.options.cell_timeout, self.options.mem_mb,
                                      self.checks, log=self.shard / "recheck.log")
+        # The nursery (above), nbgrader and the re-check's server import at the same time: a
+        # worker's first notebook no longer waits for the three one after another.
+        self.nbgrader.start_soon()
+        self.recheck.start_soon()
         self.budget = self.options.notebook_budget_s(self.info.code_cells)
 
     def __enter__(self) -> "GradingSession":

@@ -45,6 +45,7 @@ class RecheckServer:
         self._job_w = self._lines = self._thread = None
         self._outcome: dict = {}
         self._scratch = None
+        self._ready = False
         self.starts = 0
 
     def __enter__(self) -> "RecheckServer":
@@ -54,7 +55,7 @@ class RecheckServer:
         self.close()
 
     # -------------------------------------------------------------- the server
-    def _start(self) -> None:
+    def _launch(self) -> None:
         job_r, job_w = os.pipe()
         res_r, res_w = os.pipe()
         box = self.box
@@ -98,6 +99,19 @@ class RecheckServer:
         self._thread.start()
         self._job_w, self._lines = job_w, wire.LineReader(res_r)
         self.starts += 1
+        self._ready = False
+
+    def start_soon(self) -> None:
+        """Start the server now without waiting for it (its imports then overlap the rest of
+        the worker's start-up); the first :meth:`judge` waits for it to be ready."""
+        if self._job_w is None:
+            self._launch()
+
+    def _start(self) -> None:
+        if self._job_w is None:
+            self._launch()
+        if self._ready:
+            return
         try:
             ready = self._lines.read(READY_TIMEOUT_S)
         except TimeoutError:
@@ -105,6 +119,7 @@ class RecheckServer:
         if not ready or ready.get("event") != "ready":
             self.close()
             raise RecheckUnavailable(f"the re-check's server did not start{self._log_tail()}")
+        self._ready = True
 
     def _log_tail(self) -> str:
         try:
@@ -137,6 +152,7 @@ class RecheckServer:
         if self._scratch:
             shutil.rmtree(self._scratch, ignore_errors=True)
         self._job_w = self._lines = self._thread = self._scratch = None
+        self._ready = False
 
     # -------------------------------------------------------------- one job
     def _cage_server(self, student: str):
@@ -167,7 +183,7 @@ class RecheckServer:
     def judge(self, job: dict, budget_s: float) -> list[dict]:
         """The server's events for one job (``start``, ``cell``, ``forged``, ``exit``, ``done``);
         within ``budget_s`` seconds, else an ``exit`` event that says so."""
-        if self._job_w is None:
+        if not self._ready:
             self._start()
         cage, server = self._cage_server(str(job.get("student", "job")))
         try:
