@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -26,10 +29,11 @@ def repo() -> Path:
     return REPO
 
 
-# ------------------------------------------------------------------ background validation
-# `nbgrader validate` runs (the solutions, the student variants) need no other fixture, and most
-# tests use one core: they start in one background thread as soon as the session's tests are
-# collected, on the core the test process leaves idle, and the tests that need them wait.
+# ------------------------------------------------------------------ background jobs
+# `nbgrader validate` runs (the solutions, the student variants) and the wheel's install into a
+# venv need no other fixture, and most tests use one core: they start in background threads as
+# soon as the session's tests are collected, on the core the test process leaves idle, and the
+# tests that need them wait.
 class _Background:
     def __init__(self) -> None:
         self.results: dict[str, object] = {}
@@ -69,15 +73,78 @@ def _validate_solutions() -> dict:
                                 cell_timeout=120) for a in ASSIGNMENTS}
 
 
+def _install_wheel():
+    from test_deployments import install_wheel_in_a_venv_under_tmp
+
+    return install_wheel_in_a_venv_under_tmp()
+
+
 def _validation_jobs(names) -> dict:
     from exercise_variants import validate_variants
 
-    jobs = {"solutions": _validate_solutions, "variants": validate_variants}
+    jobs = {"solutions": _validate_solutions, "variants": validate_variants,
+            "wheel venv": _install_wheel}
     return {n: jobs[n] for n in names}
 
 
+# ------------------------------------------------------------------ the book, built aside
+# Building the book executes its chapters one kernel at a time: about 100 s of ONE core. It starts
+# as a subprocess when collection ends, beside the first tests (mostly one core too), and the tests
+# that read the book run last, when it is long built.
+class _BookBuild:
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.out: Path | None = None
+
+    def start(self) -> None:
+        self.out = Path(tempfile.mkdtemp(prefix="course-book-"))
+        # The README's command (warnings are errors). Output to a file: nobody reads a pipe
+        # while it runs, and a full pipe would stop the build.
+        with open(self.out / "build.log", "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build",
+                 str(REPO), "-W", "-n", "--keep-going", "--path-output", str(self.out)],
+                stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+
+    def html(self) -> Path:
+        """The built book's HTML folder (builds it now if it was not started)."""
+        if self.proc is None:
+            self.start()
+        try:
+            code = self.proc.wait(timeout=1800)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+        if code != 0:
+            log = (self.out / "build.log").read_text(errors="replace")
+            pytest.fail(f"jupyter-book build failed (exit {code}):\n{log[-12000:]}")
+        return self.out / "_build" / "html"
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.out is not None:
+            shutil.rmtree(self.out, ignore_errors=True)
+
+
+BOOK = _BookBuild()
+
+
+def _uses_book(item) -> bool:
+    return "built_book" in getattr(item, "fixturenames", ())
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    """The tests that read the built book run last (see _BookBuild); the order is otherwise kept."""
+    items.sort(key=_uses_book)
+
+
 def pytest_collection_finish(session) -> None:
-    """Start the validation runs the selected tests will read (see _Background)."""
+    """Start the validation runs and the book build the selected tests will read (see
+    _Background and _BookBuild)."""
+    if session.config.option.collectonly:
+        return
     names = {item.name.split("[")[0] for item in session.items}
     wanted = [job for job, test in (("solutions", "test_solution_passes_nbgrader_validate"),
                                     ("variants", "test_validate_and_autograde_agree_on_every_cell"),
@@ -85,6 +152,17 @@ def pytest_collection_finish(session) -> None:
               if test in names]
     if wanted:
         BACKGROUND.start(_validation_jobs(wanted))
+    if any(_uses_book(item) for item in session.items):
+        BOOK.start()
+    if "test_wheel_in_a_venv_under_tmp" in names:  # pip: a minute of one core, in a thread
+        BACKGROUND.start(_validation_jobs(["wheel venv"]))
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    BOOK.stop()
+    test_deployments = sys.modules.get("test_deployments")
+    for folder in getattr(test_deployments, "INSTALLS", []):  # 2 GB each
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -128,21 +206,10 @@ def graded_course(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def built_book(tmp_path_factory) -> Path:
-    """Build the whole book once, exactly as the README says (warnings are errors), into a
-    temporary folder; returns the HTML folder."""
-    import subprocess
-    import sys
-
-    out = tmp_path_factory.mktemp("book")
-    proc = subprocess.run(
-        [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(REPO), "-W", "-n", "--keep-going",
-         "--path-output", str(out)],
-        capture_output=True, text=True, timeout=1800, cwd=REPO)
-    if proc.returncode != 0:
-        pytest.fail(f"jupyter-book build failed (exit {proc.returncode}):\n"
-                    f"{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
-    return out / "_build" / "html"
+def built_book() -> Path:
+    """The whole book, built once exactly as the README says (warnings are errors) into a
+    temporary folder (started when collection ended: _BookBuild); returns the HTML folder."""
+    return BOOK.html()
 
 
 # ----------------------------------------------------------------------------- a graded class

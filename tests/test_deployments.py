@@ -42,6 +42,7 @@ from course_lib.grading import course, gradebook, sandbox
 from course_lib.grading.inside.guard import Guard
 from course_lib.grading.sandbox import check as sandbox_check
 from course_lib.grading.sandbox import policy
+from conftest import BACKGROUND
 from test_grading_pipeline import POINTS, TOTAL, _hostile, _solved_release
 
 REPO = Path(__file__).resolve().parents[1]
@@ -281,37 +282,50 @@ def _pins() -> list[str]:
 
 
 @pytest.mark.slow
-def test_wheel_in_a_venv_under_tmp(tmp_path_factory):
+def test_wheel_in_a_venv_under_tmp():
     """(a) + (c): a venv under /tmp, course_lib installed from its wheel (not editable) with
-    the grading extra, the course a copy elsewhere."""
-    tmp = Path(tempfile.mkdtemp(prefix="cl-deploy-", dir="/tmp"))  # /tmp even with --basetemp
+    the grading extra, the course a copy elsewhere. The install (a minute of one core) started in
+    the background when collection ended (conftest, :func:`install_wheel_in_a_venv_under_tmp`)."""
+    tmp, python, installed, env = BACKGROUND.result("wheel venv")
     try:
-        dist = tmp_path_factory.mktemp("wheel")
-        built = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--wheel",
-                                "--outdir", str(dist), str(REPO)], capture_output=True,
-                               text=True, timeout=600)
-        assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
-        wheel = next(dist.glob("course_lib-*.whl"))
-        venv = tmp / "venv"
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-        python = str(venv / "bin" / "python")
-        constraints = tmp / "constraints.txt"
-        constraints.write_text("\n".join(p for p in _pins() if "[" not in p) + "\n")
-        env = {k: v for k, v in _clean_env().items() if k != "PYTHONPATH"}
-        install = subprocess.run([python, "-m", "pip", "install", "-q", "-c", str(constraints),
-                                  f"{wheel}[grading]"], capture_output=True, text=True,
-                                 env=env, cwd=tmp, timeout=1200)
-        assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
-        where = subprocess.run([python, "-c", "import course_lib, torch; "
-                                "print(course_lib.__file__); print(torch.__version__)"],
-                               capture_output=True, text=True, env=env, cwd=tmp,
-                               check=True).stdout.split()
-        installed = Path(where[0]).parent
-        assert installed.is_relative_to(venv) and "site-packages" in installed.parts
-        assert where[1].split("+")[0] == _pin("torch"), "pip must keep the course's torch"
         _deployment(python, tmp, env, installed)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def install_wheel_in_a_venv_under_tmp() -> tuple[Path, str, Path, dict]:
+    """Build course_lib's wheel, make a venv under /tmp (even with --basetemp) and install the
+    wheel with its grading extra and the course's pins; returns (the folder to remove, the
+    venv's python, the installed course_lib, the environment to run it in)."""
+    tmp = Path(tempfile.mkdtemp(prefix="cl-deploy-", dir="/tmp"))
+    INSTALLS.append(tmp)
+    dist = tmp / "dist"
+    built = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--wheel",
+                            "--outdir", str(dist), str(REPO)], capture_output=True,
+                           text=True, timeout=600)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    wheel = next(dist.glob("course_lib-*.whl"))
+    venv = tmp / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = str(venv / "bin" / "python")
+    constraints = tmp / "constraints.txt"
+    constraints.write_text("\n".join(p for p in _pins() if "[" not in p) + "\n")
+    env = {k: v for k, v in _clean_env().items() if k != "PYTHONPATH"}
+    install = subprocess.run([python, "-m", "pip", "install", "-q", "-c", str(constraints),
+                              f"{wheel}[grading]"], capture_output=True, text=True,
+                             env=env, cwd=tmp, timeout=1200)
+    assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
+    where = subprocess.run([python, "-c", "import course_lib, torch; "
+                            "print(course_lib.__file__); print(torch.__version__)"],
+                           capture_output=True, text=True, env=env, cwd=tmp,
+                           check=True).stdout.split()
+    installed = Path(where[0]).parent
+    assert installed.is_relative_to(venv) and "site-packages" in installed.parts
+    assert where[1].split("+")[0] == _pin("torch"), "pip must keep the course's torch"
+    return tmp, python, installed, env
+
+
+INSTALLS: list[Path] = []  # removed at the session's end whatever happened (conftest)
 
 
 def _pin(name: str) -> str:

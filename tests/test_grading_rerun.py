@@ -10,16 +10,20 @@ output folder, chained in a module fixture:
   Then, as formgrader would, the instructor overrides a test cell of Jane Doe, comments, grades
   her written answer and gives extra credit; and ``bob``'s stored result is zeroed, as the
   classmate's attack of issue 20 left it.
-* run B, from the command line with ``--regrade "Jane Doe"``: the spawner removed, a new folder
-  named exactly like Jane Doe's recorded id added. carol's result is reused (full marks, nothing
-  suspect); bob's (zeroed in a run with a flagged classmate) and the blank folder's are graded
-  again as suspect, Jane Doe as asked; the new folder is a new student.
+* run B, from the command line with ``--regrade "Jane Doe"``, reads the class from an LMS zip:
+  the spawner removed, a new folder named exactly like Jane Doe's recorded id added, and mallory,
+  whose solved notebook sits beside a symbolic-link member (a bad member refuses her entry only).
+  carol's result is reused (full marks, nothing suspect); bob's (zeroed in a run with a flagged
+  classmate) and the blank folder's are graded again as suspect, Jane Doe as asked; the new
+  folder is a new student.
 """
 from __future__ import annotations
 
 import copy
 import csv
 import json
+import stat
+import zipfile
 from pathlib import Path
 
 import nbformat
@@ -42,6 +46,7 @@ EXTRA = 1.5
 # 250 characters (254 bytes: a folder name may have 255), an accent and an emoji
 CAROL = "Carolë 😀 " + ("de la Montana " * 18)[:241]
 SPAWNER = "🦀🦀🦀"                                 # nothing left once cleaned
+MALLORY = "mallory"                               # her zip entry holds a symbolic link
 assert len(CAROL) == 250 and len(CAROL.encode()) <= 255
 
 
@@ -62,6 +67,18 @@ def _write_class(folder: Path, notebooks: dict) -> None:
         path = folder / name / ASSIGNMENT / NB
         path.parent.mkdir(parents=True)
         nbformat.write(nb, path)
+
+
+def _lms_zip(archive: Path, notebooks: dict) -> Path:
+    """The class as an LMS export: one top-level folder, a folder per student; mallory's entry
+    also holds a symbolic link to the instructor's solution."""
+    link = zipfile.ZipInfo(f"export/{MALLORY}/{ASSIGNMENT}/solution.ipynb")
+    link.external_attr = (stat.S_IFLNK | 0o777) << 16
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name, nb in {**notebooks, MALLORY: _solved_release()}.items():
+            zf.writestr(f"export/{name}/{ASSIGNMENT}/{NB}", nbformat.writes(nb))
+        zf.writestr(link, str(REPO / "solutions" / ASSIGNMENT / NB))
+    return archive
 
 
 def _stored(out: Path, student: str) -> Path:
@@ -125,9 +142,10 @@ def runs(tmp_path_factory):
         damaged[field] = {g: 0.0 for g in damaged[field]}
     bob.write_text(json.dumps(damaged))
 
-    _write_class(tmp / "B", {JANE: _solved_release(), "bob": _solved_release(),
-                             CAROL: _solved_release(), ON_HER_OWN: _blank(), jane: _blank()})
-    code = pipeline.main([ASSIGNMENT, str(tmp / "B"), "--course", str(course), "--out", str(out),
+    lms_zip = _lms_zip(tmp / "B.zip", {JANE: _solved_release(), "bob": _solved_release(),
+                                       CAROL: _solved_release(), ON_HER_OWN: _blank(),
+                                       jane: _blank()})
+    code = pipeline.main([ASSIGNMENT, str(lms_zip), "--course", str(course), "--out", str(out),
                           "--workers", "1", "--cell-timeout", str(CELL_TIMEOUT),
                           "--mem-mb", str(MEM_MB), "--regrade", JANE])
     return dict(a=a, rows_a=rows_a, rows_b=_csv(out), code=code, jane=jane, db=db_url,
@@ -146,15 +164,29 @@ def test_each_name_is_one_student_with_exact_scores(runs):
     assert rows_a[ON_HER_OWN]["student"] == ON_HER_OWN and jane != ON_HER_OWN
     # A later batch: every name keeps its id; a folder named exactly like hers is somebody else.
     assert {k: float(r["score"]) for k, r in rows_b.items()} == {
-        JANE: TOTAL, "bob": TOTAL, CAROL: TOTAL, ON_HER_OWN: 0.0, jane: 0.0}
+        JANE: TOTAL, "bob": TOTAL, CAROL: TOTAL, ON_HER_OWN: 0.0, jane: 0.0, MALLORY: 0.0}
     assert all(rows_b[k]["student"] == rows_a[k]["student"] for k in rows_b if k in rows_a)
     assert rows_b[jane]["student"] not in {r["student"] for r in rows_a.values()}
     assert all(len(r["student"]) <= identities.MAX_ID_CHARS for r in rows_b.values())
     assert gradebook.recorded_identities(runs["db"])[JANE] == jane
     book = grading.scores(runs["course"], ASSIGNMENT)
-    assert len(book) == 6, "one gradebook student per submitted name"
+    assert len(book) == 7, "one gradebook student per submitted name"
     assert book[rows_b[jane]["student"]].score == 0.0
     assert book[rows_b["bob"]["student"]].score == TOTAL
+
+
+@pytest.mark.slow
+def test_a_bad_zip_member_refuses_that_entry_only(runs):
+    """Read from the LMS zip, mallory's entry is refused with the member and the reason, her
+    solved notebook is not graded, and her classmates in the same zip keep their full marks."""
+    rows_b = runs["rows_b"]
+    mallory = rows_b[MALLORY]
+    assert mallory["status"] == Status.REFUSED.value and float(mallory["score"]) == 0.0
+    assert "solution.ipynb" in mallory["problems"] and "symbolic link" in mallory["problems"]
+    assert "fix the zip and grade again" in mallory["problems"]
+    assert all(float(rows_b[k]["score"]) == TOTAL for k in (JANE, "bob", CAROL))
+    assert all(r["status"] == Status.OK.value for k, r in rows_b.items() if k != MALLORY), rows_b
+    assert str(REPO) not in runs["summary"], "the link's target is not quoted"
 
 
 @pytest.mark.slow
