@@ -211,6 +211,34 @@ def test_a_line_without_end_does_not_grow_the_reader():
 
 
 # ----------------------------------------------------------------------------- the re-check
+# A classmate's code, read out of memory (issue 21, attack 7): a secret in one student's cell is
+# looked for in the memory of the next student's process. ``found`` holds the secrets seen: its
+# own (which it must see, or the scan is broken) and a classmate's (which it must never see).
+CLASSMATE_SECRET = "classmate-secret: " + "5f0c" * 8
+OWN_SECRET = "own-secret: " + "9ab1" * 8
+MEMORY_SCAN = """
+import re
+def _secrets_in_memory():
+    pattern = re.compile(rb"(?:own|classmate)-secret: [0-9a-f]{32}")
+    found = set()
+    with open("/proc/self/maps") as maps, open("/proc/self/mem", "rb", 0) as mem:
+        for line in maps:
+            fields = line.split()
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            named = len(fields) > 5 and not fields[5].startswith("[")
+            if "r" not in fields[1] or named or hi - lo > 1 << 30:
+                continue  # the heap, the stack and anonymous memory: where data lives
+            try:
+                mem.seek(lo)
+                found.update(m.decode() for m in pattern.findall(mem.read(hi - lo)))
+            except (OSError, ValueError, OverflowError):
+                pass
+    return found
+mine = %r
+found = _secrets_in_memory()
+""" % OWN_SECRET
+
+
 def _job(student: str, code: str, test: str) -> dict:
     return {"student": student, "cells": [
         {"id": "code", "kind": "code", "source": textwrap.dedent(code), "locked": False,
@@ -221,17 +249,19 @@ def _job(student: str, code: str, test: str) -> dict:
 
 @needs_bwrap
 @pytest.mark.slow
-def test_recheck_leftovers_and_a_stopped_server(box, tmp_path):
+def test_recheck_leftovers_memory_and_a_stopped_server(box, tmp_path):
     """One re-check server: a student leaves files in /dev, /dev/shm, /tmp and the scratch
-    folder; the next student's child sees none of them. A student that stops the server
-    (SIGSTOP) is noticed in seconds, not after its budget, and the next student gets a fresh
-    server."""
+    folder; the next student's child sees none of them, and a later one finds nothing of the
+    first student's code in its own memory (children come from a zygote that never read a job).
+    A student that stops the server (SIGSTOP) is noticed in seconds, not after its budget, and
+    the next student gets a fresh server."""
     with RecheckServer(box, cell_timeout=30, mem_mb=MEM_MB, check_modules=[],
                        log=tmp_path / "recheck.log") as server:
-        left = server.judge(_job("alice", """
+        left = server.judge(_job("alice", f"""
             import os
             for path in ("/dev/left", "/dev/shm/left", "/tmp/left", "left"):
                 open(path, "w").write("alice")
+            secret = {CLASSMATE_SECRET!r}
         """, "assert os.path.exists('/dev/shm/left')"), budget_s=120)
         assert [e.get("score") for e in left if e.get("event") == "cell"] == [None, 1.0], left
         seen = server.judge(_job("bob", "import os", """
@@ -241,6 +271,12 @@ def test_recheck_leftovers_and_a_stopped_server(box, tmp_path):
             assert os.listdir(".") == [], "scratch"
         """), budget_s=120)
         assert [e.get("score") for e in seen if e.get("event") == "cell"] == [None, 1.0], seen
+        scan = server.judge(_job("eve", MEMORY_SCAN, """
+            assert mine in found, f"the scan is broken: {found}"
+            assert found == {mine}, f"a classmate's code in memory: {found - {mine}}"
+        """), budget_s=120)
+        cells = [e for e in scan if e.get("event") == "cell"]
+        assert [e.get("score") for e in cells] == [None, 1.0], cells
         starts = server.starts
         start = time.monotonic()
         stopped = server.judge(_job("mallory", "import os, signal\nos.kill(os.getppid(), "

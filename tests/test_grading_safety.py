@@ -4,8 +4,9 @@ items 4 and 5), through the real pipeline with the sandbox on.
 One batch, graded once: every ingest trick (a notebook symlinked to the instructor's solution, an
 assignment folder symlinked to ``solutions/<assignment>``, a symlink to a classmate's notebook, to
 a non-JSON file, to ``/dev/zero``, a FIFO as the notebook) beside honest classmates, one of them
-under a 250-character folder name, and one honest solution that also prints a 20 MB line, its
-sandbox's environment, and displays HTML/JavaScript. The tricks are refused with a reason (they
+under a 250-character folder name, one honest solution that also prints a 20 MB line, its
+sandbox's environment, and displays HTML/JavaScript, and one that looks for a classmate's code in
+its own memory (issue 21, attack 7) in nbgrader's kernel and in the re-check. The tricks are refused with a reason (they
 never reach a kernel, so they cost nothing), the honest students keep full marks, and every page
 is free of student script and bounded in size.
 """
@@ -23,6 +24,7 @@ import pytest
 
 from course_lib import grading
 from course_lib.grading import feedback, pipeline
+from test_grading_caps import CLASSMATE_SECRET, MEMORY_SCAN
 from test_grading_ingest import _Markup
 from test_grading_pipeline import (ASSIGNMENT, CELL_TIMEOUT, MEM_MB, REPO, SOURCE, TOTAL,
                                    _solved_release)
@@ -31,7 +33,8 @@ NB = grading.notebook_name(ASSIGNMENT)
 SECRET = "INSTRUCTOR-ONLY-SECRET-4711"
 LONG = "Zoë " + "x" * 246          # 250 characters
 BIG_LINE = 20_000_000              # characters printed on one line
-HONEST = ("alice", LONG, "html_and_big_print")
+SCANNER = "zz_memory_scan"          # graded last, by the same kernels and re-check server
+HONEST = ("alice", LONG, "html_and_big_print", SCANNER)
 TRICKS = {  # submitted name -> words its reason must have
     "link_to_solution": ("symbolic link", "outside"),
     "linked_assignment_folder": ("assignment folder is a symbolic link",),
@@ -47,6 +50,26 @@ display(HTML("<script>window.PWNED=1</script><img src=x onerror=alert(1)>"))
 display(Javascript("window.PWNED=2"))
 print("z" * %d)
 """ % BIG_LINE
+
+
+def _with_part1(extra: str) -> nbformat.NotebookNode:
+    nb = copy.deepcopy(_solved_release())
+    cell = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "part1")
+    cell.source += "\n" + extra
+    return nb
+
+
+def _honest(name: str) -> nbformat.NotebookNode:
+    """alice's solution holds a secret; the scanner's looks for it in its own memory (in
+    nbgrader's kernel and in the re-check) and loses part 1 if it finds it (or if the scan
+    cannot even find its own)."""
+    if name == "html_and_big_print":
+        return _loud_solution()
+    if name == "alice":
+        return _with_part1(f"secret = {CLASSMATE_SECRET!r}")
+    if name == SCANNER:
+        return _with_part1(MEMORY_SCAN + "if found != {mine}:\n    conv_output_size = None\n")
+    return _solved_release()
 
 
 def _loud_solution() -> nbformat.NotebookNode:
@@ -67,8 +90,7 @@ def batch(tmp_path_factory):
     for name in HONEST:
         folder = submitted / name / ASSIGNMENT
         folder.mkdir(parents=True)
-        nbformat.write(_loud_solution() if name == "html_and_big_print" else _solved_release(),
-                       folder / NB)
+        nbformat.write(_honest(name), folder / NB)
     secret = tmp / "instructor-notes.txt"
     secret.write_text(f"{SECRET}: not a notebook\n")
     solution = course / "solutions" / ASSIGNMENT

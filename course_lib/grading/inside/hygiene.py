@@ -113,11 +113,11 @@ def kill_until_gone(find, rounds: int) -> bool:
     return not find()
 
 
-def kill_namespace_leftovers() -> None:
-    """Kill every process in this PID namespace but this one and its init (pid 1)."""
-    me = os.getpid()
+def kill_namespace_leftovers(spare: tuple[int, ...] = ()) -> None:
+    """Kill every process in this PID namespace but this one, its init (pid 1) and ``spare``."""
+    keep = {1, os.getpid(), *spare}
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) not in (1, me):
+        if entry.isdigit() and int(entry) not in keep:
             try:
                 os.kill(int(entry), signal.SIGKILL)
             except OSError:

@@ -11,9 +11,10 @@ test cell passes. The re-check runs the notebook again, in three processes of di
    PyTorch and the assignment's checks once, *before any student code*, and takes the reference
    :class:`Guard` snapshot: the identities of every function, class and module of the protected
    namespaces (all of ``course_lib``, ``torch``, ``torch.nn.*``, ``torch.cuda``, ``builtins``,
-   ``time``, ...). It is never touched by student code: it forks a child per job, gives it the
+   ``time``, ...). It is never touched by student code: it has a child forked per job, gives it the
    cells one at a time, each with a fresh random nonce, and judges the child's replies.
-3. The **child** (a fork: nothing leaks between students) runs the student's cells in an IPython
+3. The **child** (forked by the server's zygote, :mod:`.zygote`, a copy of the server made
+   before the first job: it never held another student's job) runs the student's cells in an IPython
    shell as submitted, and every locked and test cell with its source from the gradebook; test
    cells run through a plain ``exec`` (not IPython, whose input transformers a student cell can
    configure). Before a test cell it restores every protected object the student replaced; after
@@ -54,9 +55,10 @@ from pathlib import Path
 
 from course_lib.grading.inside import wire
 from course_lib.grading.inside.guard import Guard
-from course_lib.grading.inside.hygiene import (apply_limits, dev_entries, empty_folder,
+from course_lib.grading.inside.hygiene import (apply_limits, children, dev_entries, empty_folder,
                                                fresh_sandbox, kill_namespace_leftovers, no_ptrace)
 from course_lib.grading.inside.warm import fork_child, preload
+from course_lib.grading.inside.zygote import Zygote, ZygoteGone
 
 
 
@@ -234,9 +236,9 @@ def _clean(scratch: Path, sandboxed: bool, dev: frozenset[str]) -> bool:
     return (fresh_sandbox(dev) and clean) if sandboxed else clean
 
 
-def _judge(job: dict, guard: Guard, shell, timeout: float, mem_mb, emit, scratch: Path,
+def _judge(job: dict, guard: Guard, zygote: Zygote, timeout: float, emit, scratch: Path,
            sandboxed: bool, dev: frozenset[str] = frozenset()) -> None:
-    """Fork a child for one job, feed it the cells, and emit the verdicts."""
+    """Have the zygote fork a child for one job, feed it the cells, and emit the verdicts."""
     baseline = guard.digest()
     req_r, req_w = os.pipe()
     rep_r, rep_w = os.pipe()
@@ -245,16 +247,13 @@ def _judge(job: dict, guard: Guard, shell, timeout: float, mem_mb, emit, scratch
     def beat() -> None:
         emit(event="alive")
 
-    def child() -> None:  # only its own two pipe ends, /dev/null for fds 0-2
-        os.setpgid(0, 0)
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
-        os.chdir(scratch)
-        apply_limits(mem_mb)
-        _child(os.fdopen(req_r, "r"), rep_w, guard, shell, timeout)
-
-    pid = fork_child([req_r, rep_w], child)
+    try:
+        pid = zygote.spawn([req_r, rep_w])
+    except ZygoteGone as exc:  # no student code ran: the grader's failure, not the student's
+        for fd in (req_r, req_w, rep_r, rep_w):
+            os.close(fd)
+        emit(event="cannot-fork", reason=str(exc))
+        return
     os.close(req_r)
     os.close(rep_w)
     replies = wire.LineReader(rep_r)
@@ -326,14 +325,31 @@ def _judge(job: dict, guard: Guard, shell, timeout: float, mem_mb, emit, scratch
     os.close(req_w)
     os.close(rep_r)
     if sandboxed:  # in its own PID namespace: whatever else is alive, the student started
-        kill_namespace_leftovers()
+        kill_namespace_leftovers(spare=(zygote.pid,))
     else:
         try:
             os.killpg(pid, signal.SIGKILL)
         except OSError:
             pass
+    _reap_orphans(zygote.pid)
     if not _clean(scratch, sandboxed, dev):  # the next student gets a fresh server
         emit(event="unclean")
+
+
+def _reap_orphans(zygote: int, wait_s: float = 2.0) -> None:
+    """The server is the children's subreaper (zygote.py): what a student's processes left is
+    reparented to it when they die, and must be collected (a zombie still counts as a task)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid:
+            continue
+        if set(children(os.getpid())) <= {zygote} or time.monotonic() > deadline:
+            return
+        time.sleep(0.01)
 
 
 def _kind(failure: BaseException | None) -> str | None:
@@ -387,6 +403,21 @@ def _reap(pid: int, timeout: float) -> str | None:
     return None
 
 
+def _child_main(guard: Guard, shell, timeout: float, mem_mb, scratch: Path):
+    """What each child runs, forked by the zygote: only its two pipe ends, /dev/null for 0-2."""
+
+    def child(req_r: int, rep_w: int) -> None:
+        os.setpgid(0, 0)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.chdir(scratch)
+        apply_limits(mem_mb)
+        _child(os.fdopen(req_r, "r"), rep_w, guard, shell, timeout)
+
+    return child
+
+
 def serve(results_fd: int, timeout: float, mem_mb: int | None, check_modules: list[str],
           scratch: Path, sandboxed: bool) -> None:
     """The server's loop: read jobs (JSON lines) on stdin, write events on ``results_fd``."""
@@ -396,6 +427,8 @@ def serve(results_fd: int, timeout: float, mem_mb: int | None, check_modules: li
     dev = dev_entries()  # bwrap's /dev, before any student code could add to it
     shell = _import_checks(check_modules)
     guard = Guard()  # after the imports and IPython's own set-up, before any student code
+    # Before the first job is read: every child is a copy of this pristine state (zygote.py).
+    zygote = Zygote(_child_main(guard, shell, timeout, mem_mb, scratch), fork_child)
 
     def emit(**event) -> None:
         wire.write(results_fd, event)
@@ -404,8 +437,11 @@ def serve(results_fd: int, timeout: float, mem_mb: int | None, check_modules: li
     for line in sys.stdin:
         if line.strip():
             job = json.loads(line)
-            _judge(job, guard, shell, timeout, mem_mb, emit, scratch, sandboxed, dev)
+            _judge(job, guard, zygote, timeout, emit, scratch, sandboxed, dev)
+            if not zygote.healthy():  # a student's process stopped or killed it
+                emit(event="unclean")
             emit(event="end-job", student=job["student"])
+    zygote.close()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from course_lib.grading.inside import wire
+from course_lib.grading.inside.hygiene import children, state
 from course_lib.grading.sandbox.policy import Sandbox
 from course_lib.grading.sandbox.supervisor import new_cage, program_pid, run_sandboxed
 
@@ -156,40 +157,56 @@ class RecheckServer:
 
     # -------------------------------------------------------------- one job
     def _cage_server(self, student: str):
-        """Move the server into a new cage for this job: the child it forks for the student,
-        and all that child starts, live there (whole-job caps; killed at once afterwards)."""
+        """Move the server and its zygote into a new cage for this job: the child the zygote
+        forks for the student, and all that child starts, live there (whole-job caps; killed at
+        once afterwards). Returns (the cage, the processes moved)."""
         box, run_cage = self.box, self._outcome.get("cage")
         proc = self._outcome.get("proc")
         if box is None or run_cage is None or proc is None:
-            return None, None
+            return None, []
         server = program_pid(proc.pid)
+        # Between jobs the server's only live child is its zygote (inside/zygote.py).
+        moved = ([server, *(p for p in children(server) if state(p) not in (None, "Z"))]
+                 if server is not None else [])
         cage = new_cage(f"recheck-{student}", box.limits)
-        if cage is not None and (server is None or not cage.add(server)):
+        if cage is not None and (not moved or not all(cage.add(pid) for pid in moved)):
+            if run_cage is not None:
+                for pid in moved:
+                    run_cage.add(pid)
             cage.close()
             cage = None
-        return cage, server
+        return cage, moved
 
-    def _uncage_server(self, cage, server: int | None) -> list[str]:
+    def _uncage_server(self, cage, moved: list[int]) -> list[str]:
         """Back to the server's own cage; kill what the job left in its cage; the caps hit."""
         if cage is None:
             return []
         run_cage = self._outcome.get("cage")
-        if run_cage is not None and server is not None:
-            run_cage.add(server)
+        if run_cage is not None:
+            for pid in moved:
+                run_cage.add(pid)
         hits = cage.hits()
         cage.close()
         return hits
 
     def judge(self, job: dict, budget_s: float) -> list[dict]:
         """The server's events for one job (``start``, ``cell``, ``forged``, ``exit``, ``done``);
-        within ``budget_s`` seconds, else an ``exit`` event that says so."""
-        if not self._ready:
-            self._start()
-        cage, server = self._cage_server(str(job.get("student", "job")))
-        try:
-            events = self._judge(job, budget_s)
-        finally:
-            hits = self._uncage_server(cage, server)
+        within ``budget_s`` seconds, else an ``exit`` event that says so. A server whose zygote
+        is gone is replaced once before any student code ran (then: RecheckUnavailable)."""
+        for attempt in (1, 2):
+            if not self._ready:
+                self._start()
+            cage, moved = self._cage_server(str(job.get("student", "job")))
+            try:
+                events = self._judge(job, budget_s)
+            finally:
+                hits = self._uncage_server(cage, moved)
+            cannot = [e for e in events if e.get("event") == "cannot-fork"]
+            if not cannot:
+                break
+            self.close(kill=True)
+            if attempt == 2:
+                raise RecheckUnavailable(f"the re-check could not start: {cannot[0]['reason']}")
         if "memory" in hits:
             limit = self.box.limits.mem_mb
             for event in events:

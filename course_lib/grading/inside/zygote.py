@@ -1,0 +1,116 @@
+"""A pristine process that forks the re-check's children (issue 21: clean processes).
+
+Why: a child forked by the re-check's server carries the server's whole heap, and the server has
+read every earlier student's job (their code, the hidden tests) from its input: freed objects and
+buffers stay in memory, and a student's code that reads ``/proc/self/mem`` finds them. The zygote
+is forked from the server after the imports and before the first job, and never reads anything but
+a request to fork: every child starts from a copy of that pristine state.
+
+How: the server sends the two pipe ends the child keeps (``SCM_RIGHTS``); the zygote forks an
+intermediate process, which forks the child and exits. The server has made itself a child
+subreaper, so the orphaned child becomes the *server's* child: the server waits for it and kills
+its process group as before. The zygote answers with the child's PID only after the intermediate
+has exited (the child is the server's by then). Standard library only.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import select
+import signal
+import socket
+import struct
+from typing import Callable
+
+PR_SET_CHILD_SUBREAPER = 36
+SPAWN_TIMEOUT_S = 10.0  # a zygote that does not answer in this time was stopped or killed
+
+
+class ZygoteGone(RuntimeError):
+    """The zygote did not answer (a student process stopped or killed it): the server cannot fork
+    a clean child any more and must be replaced."""
+
+
+def become_subreaper() -> bool:
+    """Orphans of this process's descendants become its children (PR_SET_CHILD_SUBREAPER)."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+class Zygote:
+    """Fork the zygote now (call this before reading any job); :meth:`spawn` then forks a child
+    that runs ``child(*fds)`` with only ``fds`` and 0-2 open."""
+
+    def __init__(self, child: Callable[..., None], fork_child) -> None:
+        if not become_subreaper():
+            raise OSError("PR_SET_CHILD_SUBREAPER is not allowed here")
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.pid = os.fork()
+        if self.pid == 0:
+            mine.close()
+            try:
+                _serve(theirs, child, fork_child)
+            finally:
+                os._exit(0)
+        theirs.close()
+        self._sock = mine
+
+    def spawn(self, fds: list[int]) -> int:
+        """A new child holding ``fds`` (the server keeps its own copies); returns its PID."""
+        try:
+            socket.send_fds(self._sock, [b"f"], fds)
+            ready, _, _ = select.select([self._sock], [], [], SPAWN_TIMEOUT_S)
+            reply = self._sock.recv(4) if ready else b""
+        except OSError:
+            reply = b""
+        pid = struct.unpack("i", reply)[0] if len(reply) == 4 else -1
+        if pid <= 0:
+            raise ZygoteGone("the re-check's zygote did not answer (stopped or killed)")
+        return pid
+
+    def healthy(self) -> bool:
+        """Alive and running (after a job: its processes may have stopped or killed it)."""
+        try:
+            os.kill(self.pid, signal.SIGCONT)
+            done, _ = os.waitpid(self.pid, os.WNOHANG)
+        except OSError:
+            return False
+        return done == 0
+
+    def close(self) -> None:
+        self._sock.close()
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        except OSError:
+            pass
+
+
+def _serve(sock: socket.socket, child: Callable[..., None], fork_child) -> None:
+    """The zygote's loop: one child per request, until the server closes the socket."""
+    while True:
+        try:
+            message, fds, _, _ = socket.recv_fds(sock, 1, 4)
+        except OSError:
+            return
+        if not message:
+            return
+        found_r, found_w = os.pipe()
+        middle = os.fork()
+        if middle == 0:
+            os.close(found_r)
+            pid = fork_child(list(fds), lambda: child(*fds))
+            os.write(found_w, struct.pack("i", pid))
+            os._exit(0)
+        os.close(found_w)
+        for fd in fds:
+            os.close(fd)
+        found = os.read(found_r, 4)
+        os.close(found_r)
+        os.waitpid(middle, 0)  # the child is the server's now (see the module's docstring)
+        try:
+            sock.sendall(found if len(found) == 4 else struct.pack("i", -1))
+        except OSError:
+            return
