@@ -30,37 +30,50 @@ def repo() -> Path:
 
 
 # ------------------------------------------------------------------ background jobs
-# `nbgrader validate` runs (the solutions, the student variants) and the wheel's install into a
-# venv need no other fixture, and most tests use one core: they start in background threads as
-# soon as the session's tests are collected, on the core the test process leaves idle, and the
-# tests that need them wait.
+# Some expensive results need no other fixture, and run in background threads while the tests
+# go on; the tests that read them wait (BACKGROUND.result). When they start matters, because the
+# suite is CPU-bound (measured per test from /proc/stat, 2 cores):
+# * `nbgrader validate` of the solutions and of the student variants starts as soon as the
+#   session's tests are collected: the first tests use one core;
+# * building the book (it executes the chapters one kernel at a time), installing the wheel into
+#   a venv (pip) and autograding the whole course with plain nbgrader take one core each for one
+#   to two minutes. They start with the first test marked `one_core` (the one-worker grading runs,
+#   which leave about 40 % of the machine idle), not at collection, when the fast tests and the
+#   validations keep both cores busy. The tests that read the book and the wheel run last.
 class _Background:
     def __init__(self) -> None:
         self.results: dict[str, object] = {}
         self.threads: dict[str, object] = {}
+        self.folders: list[Path] = []  # removed at the session's end (a built book, a venv)
 
-    def start(self, jobs: dict) -> None:
+    def start(self, names: list[str]) -> None:
+        """Run the jobs ``names`` one after the other in a new thread."""
         import threading
 
         def run() -> None:
-            for name, job in jobs.items():
+            for name in names:
                 try:
-                    self.results[name] = job()
+                    self.results[name] = JOBS[name]()
                 except BaseException as exc:  # raised in the test that reads it
                     self.results[name] = exc
 
-        thread = threading.Thread(target=run, daemon=True, name="validation")
-        self.threads.update({name: thread for name in jobs})
+        thread = threading.Thread(target=run, daemon=True, name="+".join(names))
+        self.threads.update({name: thread for name in names})
         thread.start()
 
     def result(self, name: str):
-        if name not in self.threads:  # not started at collection: start it now
-            self.start(_validation_jobs([name]))
+        if name not in self.threads:  # not started in the background: start it now
+            self.start([name])
         self.threads[name].join()
         result = self.results[name]
         if isinstance(result, BaseException):
             raise result
         return result
+
+    def folder(self, prefix: str, parent: str | None = None) -> Path:
+        made = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+        self.folders.append(made)
+        return made
 
 
 BACKGROUND = _Background()
@@ -73,107 +86,42 @@ def _validate_solutions() -> dict:
                                 cell_timeout=120) for a in ASSIGNMENTS}
 
 
+def _validate_variants():
+    from exercise_variants import validate_variants
+
+    return validate_variants()
+
+
+def _build_book() -> Path:
+    """The whole book, built exactly as the README says (warnings are errors), into a temporary
+    folder; returns the HTML folder."""
+    out = BACKGROUND.folder("course-book-")
+    proc = subprocess.run(
+        [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build",
+         str(REPO), "-W", "-n", "--keep-going", "--path-output", str(out)],
+        capture_output=True, text=True, timeout=1800, cwd=REPO)
+    if proc.returncode != 0:
+        pytest.fail(f"jupyter-book build failed (exit {proc.returncode}):\n"
+                    f"{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
+    return out / "_build" / "html"
+
+
 def _install_wheel():
     from test_deployments import install_wheel_in_a_venv_under_tmp
 
-    return install_wheel_in_a_venv_under_tmp()
+    return install_wheel_in_a_venv_under_tmp(BACKGROUND.folder)
 
 
-def _validation_jobs(names) -> dict:
-    from exercise_variants import validate_variants
-
-    jobs = {"solutions": _validate_solutions, "variants": validate_variants,
-            "wheel venv": _install_wheel}
-    return {n: jobs[n] for n in names}
-
-
-# ------------------------------------------------------------------ the book, built aside
-# Building the book executes its chapters one kernel at a time: about 100 s of ONE core. It starts
-# as a subprocess when collection ends, beside the first tests (mostly one core too), and the tests
-# that read the book run last, when it is long built.
-class _BookBuild:
-    def __init__(self) -> None:
-        self.proc: subprocess.Popen | None = None
-        self.out: Path | None = None
-
-    def start(self) -> None:
-        self.out = Path(tempfile.mkdtemp(prefix="course-book-"))
-        # The README's command (warnings are errors). Output to a file: nobody reads a pipe
-        # while it runs, and a full pipe would stop the build.
-        with open(self.out / "build.log", "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build",
-                 str(REPO), "-W", "-n", "--keep-going", "--path-output", str(self.out)],
-                stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-
-    def html(self) -> Path:
-        """The built book's HTML folder (builds it now if it was not started)."""
-        if self.proc is None:
-            self.start()
-        try:
-            code = self.proc.wait(timeout=1800)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise
-        if code != 0:
-            log = (self.out / "build.log").read_text(errors="replace")
-            pytest.fail(f"jupyter-book build failed (exit {code}):\n{log[-12000:]}")
-        return self.out / "_build" / "html"
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        if self.out is not None:
-            shutil.rmtree(self.out, ignore_errors=True)
-
-
-BOOK = _BookBuild()
-
-
-def _uses_book(item) -> bool:
-    return "built_book" in getattr(item, "fixturenames", ())
-
-
-def pytest_collection_modifyitems(session, config, items) -> None:
-    """The tests that read the built book run last (see _BookBuild); the order is otherwise kept."""
-    items.sort(key=_uses_book)
-
-
-def pytest_collection_finish(session) -> None:
-    """Start the validation runs and the book build the selected tests will read (see
-    _Background and _BookBuild)."""
-    if session.config.option.collectonly:
-        return
-    names = {item.name.split("[")[0] for item in session.items}
-    wanted = [job for job, test in (("solutions", "test_solution_passes_nbgrader_validate"),
-                                    ("variants", "test_validate_and_autograde_agree_on_every_cell"),
-                                    ("variants", "test_honest_variants_are_not_reported"))
-              if test in names]
-    if wanted:
-        BACKGROUND.start(_validation_jobs(wanted))
-    if any(_uses_book(item) for item in session.items):
-        BOOK.start()
-    if "test_wheel_in_a_venv_under_tmp" in names:  # pip: a minute of one core, in a thread
-        BACKGROUND.start(_validation_jobs(["wheel venv"]))
-
-
-def pytest_sessionfinish(session, exitstatus) -> None:
-    BOOK.stop()
-    test_deployments = sys.modules.get("test_deployments")
-    for folder in getattr(test_deployments, "INSTALLS", []):  # 2 GB each
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def graded_course(tmp_path_factory) -> Path:
+def _grade_course() -> Path:
     """A temporary nbgrader course with every assignment generated, its solution submitted by one
     student, its blank release by another and each student variant of tests/exercise_variants.py
     by one more, all autograded in one real ``nbgrader autograde``."""
     import nbformat
     from exercise_variants import variant_notebook, variant_students
 
-    course = tmp_path_factory.mktemp("course")
+    root = BACKGROUND.folder("course-graded-")
+    course = root / "course"
+    course.mkdir()
     shutil.copy(REPO / "nbgrader_config.py", course / "nbgrader_config.py")
     for assignment in ASSIGNMENTS:
         shutil.copytree(REPO / "solutions" / assignment, course / "solutions" / assignment,
@@ -185,10 +133,10 @@ def graded_course(tmp_path_factory) -> Path:
                        REPO / "solutions" / assignment / grading.notebook_name(assignment))
         grading.submit(course, assignment, BLANK_STUDENT,
                        grading.release_path(course, assignment))
-    variants = tmp_path_factory.mktemp("variants")
+    variants = root / "variants"
     for student, (assignment, changes) in variant_students(ASSIGNMENTS).items():
         path = variants / student / grading.notebook_name(assignment)
-        path.parent.mkdir()
+        path.parent.mkdir(parents=True)
         nbformat.write(variant_notebook(assignment, changes), path)
         grading.submit(course, assignment, student, path)
     # Autograde as the grading pipeline does: sandboxed kernels forked from a warm nursery (one
@@ -199,17 +147,71 @@ def graded_course(tmp_path_factory) -> Path:
     if policy.bwrap_path() is None:
         grading.run_nbgrader(command, cwd=course, timeout=3000)
         return course
-    with broker.warm_kernels(tmp_path_factory.mktemp("kernels"), hide=[course, variants, REPO],
+    kernels = root / "kernels"
+    kernels.mkdir()
+    with broker.warm_kernels(kernels, hide=[course, variants, REPO],
                               modules=[f"course_lib.checks.{a}" for a in ASSIGNMENTS]) as (env, args):
         grading.run_nbgrader(command + args, cwd=course, timeout=3000, env=env)
     return course
 
 
+JOBS = {"solutions": _validate_solutions, "variants": _validate_variants,
+        "book": _build_book, "wheel venv": _install_wheel, "graded course": _grade_course}
+DEFERRED: list[list[str]] = []  # threads of jobs that start with the first `one_core` test
+
+
+def _uses(item, fixture: str) -> bool:
+    return fixture in getattr(item, "fixturenames", ())
+
+
+def _uses_wheel(item) -> bool:
+    return item.name == "test_wheel_in_a_venv_under_tmp"
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    """The tests that read the book and the wheel run last; the order is otherwise kept."""
+    items.sort(key=lambda item: _uses(item, "built_book") or _uses_wheel(item))
+
+
+def pytest_collection_finish(session) -> None:
+    """Start the validations the selected tests will read; defer the other jobs (see above)."""
+    if session.config.option.collectonly:
+        return
+    names = {item.name.split("[")[0] for item in session.items}
+    wanted = [job for job, test in (("solutions", "test_solution_passes_nbgrader_validate"),
+                                    ("variants", "test_validate_and_autograde_agree_on_every_cell"),
+                                    ("variants", "test_honest_variants_are_not_reported"))
+              if test in names]
+    if wanted:
+        BACKGROUND.start(list(dict.fromkeys(wanted)))
+    # Two threads: the book then the graded course (one core each, in turn), and pip.
+    one_core = [job for job, fixture in (("book", "built_book"), ("graded course", "graded_course"))
+                if any(_uses(item, fixture) for item in session.items)]
+    DEFERRED.extend(j for j in (one_core, ["wheel venv"] if any(map(_uses_wheel, session.items))
+                                else []) if j)
+
+
+def pytest_runtest_setup(item) -> None:
+    if item.get_closest_marker("one_core"):
+        while DEFERRED:
+            BACKGROUND.start(DEFERRED.pop(0))
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    for folder in BACKGROUND.folders:  # a built book, a course, a venv of 2 GB
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def graded_course() -> Path:
+    """The course every assignment was autograded in (started in the background: _grade_course)."""
+    return BACKGROUND.result("graded course")
+
+
 @pytest.fixture(scope="session")
 def built_book() -> Path:
-    """The whole book, built once exactly as the README says (warnings are errors) into a
-    temporary folder (started when collection ended: _BookBuild); returns the HTML folder."""
-    return BOOK.html()
+    """The built book's HTML folder (started in the background: _build_book)."""
+    return BACKGROUND.result("book")
 
 
 # ----------------------------------------------------------------------------- a graded class

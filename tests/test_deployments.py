@@ -30,7 +30,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import nbformat
@@ -284,21 +283,17 @@ def _pins() -> list[str]:
 @pytest.mark.slow
 def test_wheel_in_a_venv_under_tmp():
     """(a) + (c): a venv under /tmp, course_lib installed from its wheel (not editable) with
-    the grading extra, the course a copy elsewhere. The install (a minute of one core) started in
-    the background when collection ended (conftest, :func:`install_wheel_in_a_venv_under_tmp`)."""
+    the grading extra, the course a copy elsewhere. The install (a minute of one core) starts in
+    the background with the first `one_core` test (conftest); this test runs last."""
     tmp, python, installed, env = BACKGROUND.result("wheel venv")
-    try:
-        _deployment(python, tmp, env, installed)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    _deployment(python, tmp, env, installed)
 
 
-def install_wheel_in_a_venv_under_tmp() -> tuple[Path, str, Path, dict]:
-    """Build course_lib's wheel, make a venv under /tmp (even with --basetemp) and install the
-    wheel with its grading extra and the course's pins; returns (the folder to remove, the
-    venv's python, the installed course_lib, the environment to run it in)."""
-    tmp = Path(tempfile.mkdtemp(prefix="cl-deploy-", dir="/tmp"))
-    INSTALLS.append(tmp)
+def install_wheel_in_a_venv_under_tmp(new_folder) -> tuple[Path, str, Path, dict]:
+    """Build course_lib's wheel, make a venv in ``new_folder(prefix, "/tmp")`` (under /tmp even
+    with --basetemp) and install the wheel with its grading extra and the course's pins; returns (the
+    folder, the venv's python, the installed course_lib, the environment to run it in)."""
+    tmp = new_folder("cl-deploy-", "/tmp")
     dist = tmp / "dist"
     built = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--wheel",
                             "--outdir", str(dist), str(REPO)], capture_output=True,
@@ -323,9 +318,6 @@ def install_wheel_in_a_venv_under_tmp() -> tuple[Path, str, Path, dict]:
     assert installed.is_relative_to(venv) and "site-packages" in installed.parts
     assert where[1].split("+")[0] == _pin("torch"), "pip must keep the course's torch"
     return tmp, python, installed, env
-
-
-INSTALLS: list[Path] = []  # removed at the session's end whatever happened (conftest)
 
 
 def _pin(name: str) -> str:

@@ -36,6 +36,7 @@ def test_pending_cells_are_left_out_of_the_decision():
 
 
 @pytest.mark.slow
+@pytest.mark.one_core  # one worker: the deferred one-core jobs start here
 def test_a_blank_ex07_gets_nothing_for_the_gpu_part_on_a_cpu_grader(tmp_path):
     course = grading.new_course(tmp_path / "course", [ASSIGNMENT], root=REPO)
     folder = tmp_path / "submitted" / "blank" / ASSIGNMENT

@@ -36,6 +36,7 @@ def test_results_of_grader_errors_are_never_reused(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.one_core  # one worker: the deferred one-core jobs start here
 def test_a_broken_grader_scores_nobody_says_so_and_stops_early(tmp_path, capsys):
     course = grading.new_course(tmp_path / "course", [ASSIGNMENT], root=REPO)
     submitted = tmp_path / "submitted"

@@ -3,10 +3,11 @@ items 4 and 5), through the real pipeline with the sandbox on.
 
 One batch, graded once: every ingest trick (a notebook symlinked to the instructor's solution, an
 assignment folder symlinked to ``solutions/<assignment>``, a symlink to a classmate's notebook, to
-a non-JSON file, to ``/dev/zero``, a FIFO as the notebook) beside honest classmates, one of them
-under a 250-character folder name, one honest solution that also prints a 20 MB line, its
-sandbox's environment, and displays HTML/JavaScript, and one that looks for a classmate's code in
-its own memory (issue 21, attack 7) in nbgrader's kernel and in the re-check. The tricks are refused with a reason (they
+a non-JSON file, to ``/dev/zero``, a FIFO, a socket or a device node as the notebook, a hard link
+to the solution, a notebook over the size limit) beside honest classmates: one under a
+250-character folder name, one that also prints a 20 MB line, its sandbox's environment, and
+displays HTML/JavaScript, and one that looks for a classmate's code in its own memory (issue 21,
+attack 7), in nbgrader's kernel and in the re-check. The tricks are refused with a reason (they
 never reach a kernel, so they cost nothing), the honest students keep full marks, and every page
 is free of student script and bounded in size.
 """
@@ -17,16 +18,19 @@ import csv
 import json
 import os
 import re
+import socket
+import stat
 from pathlib import Path
 
 import nbformat
 import pytest
 
 from course_lib import grading
-from course_lib.grading import feedback, pipeline
-from test_grading_caps import CLASSMATE_SECRET, MEMORY_SCAN
+from course_lib.grading import feedback, ingest, pipeline, sandbox
+from test_grading_caps import (CLASSMATE_SECRET, MEMORY_SCAN, needs_caps, needs_filter,
+                               resource_hog)
 from test_grading_ingest import _Markup
-from test_grading_pipeline import (ASSIGNMENT, CELL_TIMEOUT, MEM_MB, REPO, SOURCE, TOTAL,
+from test_grading_pipeline import (ASSIGNMENT, CELL_TIMEOUT, MEM_MB, REPO, TOTAL,
                                    _solved_release)
 
 NB = grading.notebook_name(ASSIGNMENT)
@@ -35,6 +39,7 @@ LONG = "Zoë " + "x" * 246          # 250 characters
 BIG_LINE = 20_000_000              # characters printed on one line
 SCANNER = "zz_memory_scan"          # graded last, by the same kernels and re-check server
 HONEST = ("alice", LONG, "html_and_big_print", SCANNER)
+HOG = "a_hog"  # test_grading_caps.py's resource attacks, graded before alice
 TRICKS = {  # submitted name -> words its reason must have
     "link_to_solution": ("symbolic link", "outside"),
     "linked_assignment_folder": ("assignment folder is a symbolic link",),
@@ -42,7 +47,12 @@ TRICKS = {  # submitted name -> words its reason must have
     "link_to_text_file": ("symbolic link", "outside"),
     "link_to_dev_zero": ("symbolic link", "outside"),
     "fifo_notebook": ("named pipe", "not opened"),
+    "hard_link_to_solution": ("hard-linked", "outside"),
+    "socket_notebook": ("a socket",),
+    "huge_notebook": ("MiB limit", "not read"),
 }
+if os.geteuid() == 0:  # making a device node needs root (CI's machines have it)
+    TRICKS["device_notebook"] = ("a device",)
 LOUD = """import sys
 print(open('/proc/self/environ', 'rb').read().decode(errors='replace'))
 from IPython.display import HTML, Javascript, display
@@ -87,10 +97,13 @@ def batch(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("safety")
     course = grading.new_course(tmp / "course", [ASSIGNMENT], root=REPO)
     submitted = tmp / "submitted"
+    limits = sandbox.Limits(mem_mb=MEM_MB)
     for name in HONEST:
         folder = submitted / name / ASSIGNMENT
         folder.mkdir(parents=True)
         nbformat.write(_honest(name), folder / NB)
+    (submitted / HOG / ASSIGNMENT).mkdir(parents=True)
+    nbformat.write(resource_hog(limits), submitted / HOG / ASSIGNMENT / NB)
     secret = tmp / "instructor-notes.txt"
     secret.write_text(f"{SECRET}: not a notebook\n")
     solution = course / "solutions" / ASSIGNMENT
@@ -103,9 +116,34 @@ def batch(tmp_path_factory):
     (submitted / "linked_assignment_folder" / ASSIGNMENT).symlink_to(solution)
     (submitted / "fifo_notebook" / ASSIGNMENT).mkdir(parents=True)
     os.mkfifo(submitted / "fifo_notebook" / ASSIGNMENT / NB)
+    _other_files(submitted, solution / NB)
+    # The memory attack takes seconds on a loaded machine (3 GiB written before the OOM killer).
     result = pipeline.grade_class(ASSIGNMENT, submitted, course, workers=1, out=tmp / "out",
-                                  cell_timeout=CELL_TIMEOUT, mem_mb=MEM_MB, quiet=True)
+                                  cell_timeout=max(40, CELL_TIMEOUT), mem_mb=MEM_MB,
+                                  limits=limits, quiet=True)
     return result, course, submitted
+
+
+def _other_files(submitted: Path, solution: Path) -> None:
+    """A hard link to the instructor's solution, a socket, a device node (as root) and a sparse
+    notebook over the size limit, each where a student's notebook belongs."""
+    def home(name: str) -> Path:
+        (submitted / name / ASSIGNMENT).mkdir(parents=True)
+        return submitted / name / ASSIGNMENT / NB
+
+    os.link(solution, home("hard_link_to_solution"))
+    listener = socket.socket(socket.AF_UNIX)
+    cwd = os.getcwd()
+    os.chdir(home("socket_notebook").parent)  # a socket's path is limited to 107 bytes
+    try:
+        listener.bind(NB)
+    finally:
+        os.chdir(cwd)
+        listener.close()  # the socket file stays
+    if "device_notebook" in TRICKS:
+        os.mknod(home("device_notebook"), 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null's
+    with open(home("huge_notebook"), "wb") as f:  # sparse: no disk used, stat says 65 MiB
+        f.truncate(ingest.MAX_NOTEBOOK_BYTES + 2**20)
 
 
 def _rows(result) -> dict[str, dict]:
@@ -116,7 +154,7 @@ def _rows(result) -> dict[str, dict]:
 def test_tricks_are_refused_with_a_reason_and_honest_classmates_keep_full_marks(batch):
     result, _, _ = batch
     rows = _rows(result)
-    assert sorted(rows) == sorted([*HONEST, *TRICKS]), "one row per submitted name"
+    assert sorted(rows) == sorted([*HONEST, *TRICKS, HOG]), "one row per submitted name"
     assert len({r["student"] for r in rows.values()}) == len(rows)
     for name in HONEST:
         assert (rows[name]["status"], float(rows[name]["score"])) == ("ok", TOTAL), \
@@ -170,3 +208,22 @@ def test_feedback_runs_no_student_script_and_is_bounded(batch):
         assert path.stat().st_size < 1_000_000, path
     # The box's environment (printed above, in the page) names no instructor folder.
     assert str(course) not in page and str(submitted) not in page
+
+
+@pytest.mark.slow
+@needs_caps
+@needs_filter
+def test_resource_attacks_are_bounded_and_the_next_classmate_keeps_full_marks(batch):
+    """The hog (test_grading_caps.py) loses nothing if every cap held; alice, graded after it by
+    the same warm kernels and re-check server, keeps full marks and hits no cap."""
+    result, _, _ = batch
+    subs = {s.submitted_as: s for s in result.submissions}
+    # Each attack sits in a part that is lost if its cap did not hold (see resource_hog).
+    assert subs[HOG].score == TOTAL, subs[HOG].problems
+    assert subs["alice"].score == TOTAL, subs["alice"].problems
+    problems = " | ".join(subs[HOG].problems)
+    assert "memory cap" in problems and "processes and threads" in problems, problems
+    peak = float(problems.split("peak ")[1].split(" MiB")[0])
+    assert peak <= MEM_MB
+    assert not any("cap" in p for p in subs["alice"].problems), subs["alice"].problems
+    assert "limits enforced here" in result.report.read_text()
