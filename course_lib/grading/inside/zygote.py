@@ -47,13 +47,14 @@ class Zygote:
         if not become_subreaper():
             raise OSError("PR_SET_CHILD_SUBREAPER is not allowed here")
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.pid = os.fork()
-        if self.pid == 0:
-            mine.close()
-            try:
-                _serve(theirs, child, fork_child)
-            finally:
-                os._exit(0)
+
+        def zygote() -> None:  # only its socket: not the server's job input or event pipe
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            _serve(theirs, child, fork_child)
+
+        self.pid = fork_child([theirs.fileno()], zygote)
         theirs.close()
         self._sock = mine
 
