@@ -157,20 +157,21 @@ def _grade_course() -> Path:
 
 JOBS = {"solutions": _validate_solutions, "variants": _validate_variants,
         "book": _build_book, "wheel venv": _install_wheel, "graded course": _grade_course}
-DEFERRED: list[list[str]] = []  # threads of jobs that start with the first `one_core` test
+# The deferred jobs, by the fixture that reads each, in two threads: the book then the graded
+# course (one core, in turn), and pip.
+DEFERRED_THREADS = ({"book": "built_book", "graded course": "graded_course"},
+                    {"wheel venv": "wheel_venv"})
+RUN_LAST = ("built_book", "wheel_venv")
+DEFERRED: list[list[str]] = []  # what starts with the first `one_core` test
 
 
 def _uses(item, fixture: str) -> bool:
     return fixture in getattr(item, "fixturenames", ())
 
 
-def _uses_wheel(item) -> bool:
-    return item.name == "test_wheel_in_a_venv_under_tmp"
-
-
 def pytest_collection_modifyitems(session, config, items) -> None:
     """The tests that read the book and the wheel run last; the order is otherwise kept."""
-    items.sort(key=lambda item: _uses(item, "built_book") or _uses_wheel(item))
+    items.sort(key=lambda item: any(_uses(item, f) for f in RUN_LAST))
 
 
 def pytest_collection_finish(session) -> None:
@@ -184,11 +185,11 @@ def pytest_collection_finish(session) -> None:
               if test in names]
     if wanted:
         BACKGROUND.start(list(dict.fromkeys(wanted)))
-    # Two threads: the book then the graded course (one core each, in turn), and pip.
-    one_core = [job for job, fixture in (("book", "built_book"), ("graded course", "graded_course"))
+    for thread in DEFERRED_THREADS:
+        jobs = [job for job, fixture in thread.items()
                 if any(_uses(item, fixture) for item in session.items)]
-    DEFERRED.extend(j for j in (one_core, ["wheel venv"] if any(map(_uses_wheel, session.items))
-                                else []) if j)
+        if jobs:
+            DEFERRED.append(jobs)
 
 
 def pytest_runtest_setup(item) -> None:
@@ -212,6 +213,13 @@ def graded_course() -> Path:
 def built_book() -> Path:
     """The built book's HTML folder (started in the background: _build_book)."""
     return BACKGROUND.result("book")
+
+
+@pytest.fixture(scope="session")
+def wheel_venv() -> tuple[Path, str, Path, dict]:
+    """course_lib's wheel installed into a venv under /tmp (started in the background:
+    test_deployments.install_wheel_in_a_venv_under_tmp)."""
+    return BACKGROUND.result("wheel venv")
 
 
 # ----------------------------------------------------------------------------- a graded class

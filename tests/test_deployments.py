@@ -41,7 +41,6 @@ from course_lib.grading import course, gradebook, sandbox
 from course_lib.grading.inside.guard import Guard
 from course_lib.grading.sandbox import check as sandbox_check
 from course_lib.grading.sandbox import policy
-from conftest import BACKGROUND
 from test_grading_pipeline import POINTS, TOTAL, _hostile, _solved_release
 
 REPO = Path(__file__).resolve().parents[1]
@@ -281,18 +280,18 @@ def _pins() -> list[str]:
 
 
 @pytest.mark.slow
-def test_wheel_in_a_venv_under_tmp():
+def test_wheel_in_a_venv_under_tmp(wheel_venv):
     """(a) + (c): a venv under /tmp, course_lib installed from its wheel (not editable) with
     the grading extra, the course a copy elsewhere. The install (a minute of one core) starts in
     the background with the first `one_core` test (conftest); this test runs last."""
-    tmp, python, installed, env = BACKGROUND.result("wheel venv")
+    tmp, python, installed, env = wheel_venv
     _deployment(python, tmp, env, installed)
 
 
 def install_wheel_in_a_venv_under_tmp(new_folder) -> tuple[Path, str, Path, dict]:
     """Build course_lib's wheel, make a venv in ``new_folder(prefix, "/tmp")`` (under /tmp even
-    with --basetemp) and install the wheel with its grading extra and the course's pins; returns (the
-    folder, the venv's python, the installed course_lib, the environment to run it in)."""
+    with --basetemp) and install the wheel with its grading extra and the course's pins; returns
+    (the folder, the venv's python, the installed course_lib, the environment to run it in)."""
     tmp = new_folder("cl-deploy-", "/tmp")
     dist = tmp / "dist"
     built = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--wheel",

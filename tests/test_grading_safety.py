@@ -30,8 +30,8 @@ from course_lib.grading import feedback, ingest, pipeline, sandbox
 from test_grading_caps import (CLASSMATE_SECRET, MEMORY_SCAN, needs_caps, needs_filter,
                                resource_hog)
 from test_grading_ingest import _Markup
-from test_grading_pipeline import (ASSIGNMENT, CELL_TIMEOUT, MEM_MB, REPO, TOTAL,
-                                   _solved_release)
+from test_grading_pipeline import (ASSIGNMENT, CELL_TIMEOUT, MEM_MB, REPO, TOTAL, _cells_by_id,
+                                   _solved_release, _with)
 
 NB = grading.notebook_name(ASSIGNMENT)
 SECRET = "INSTRUCTOR-ONLY-SECRET-4711"
@@ -63,10 +63,7 @@ print("z" * %d)
 
 
 def _with_part1(extra: str) -> nbformat.NotebookNode:
-    nb = copy.deepcopy(_solved_release())
-    cell = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "part1")
-    cell.source += "\n" + extra
-    return nb
+    return _with({"part1": _cells_by_id(_solved_release())["part1"].source + "\n" + extra})
 
 
 def _honest(name: str) -> nbformat.NotebookNode:
