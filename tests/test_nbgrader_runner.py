@@ -74,3 +74,39 @@ def test_warm_feedback_pages_are_nbgraders_own(graded_course):
             assert ok, log
             assert page.read_bytes() == stock
             page.unlink()
+
+
+def test_the_compiled_schema_check_raises_what_jsonschema_raises():
+    """The runner's cached validation (nbgrader_runner.compiled_schema_validate) against
+    jsonschema's own validate on nbgrader's cell-metadata schema: valid metadata passes both;
+    every broken one fails both, with the same message and path."""
+    import json
+    from pathlib import Path
+
+    import jsonschema
+    import nbgrader.nbgraderformat as formats
+
+    from course_lib.grading.nbgrader_runner import compiled_schema_validate
+
+    schema = json.loads((Path(formats.__file__).parent / "v3.json").read_text())
+    good = {"schema_version": 3, "grade": True, "solution": False, "locked": True,
+            "points": 2, "grade_id": "part1-tests"}
+    cases = [good, {**good, "points": "two"}, {**good, "grade": "yes"},
+             {k: v for k, v in good.items() if k != "grade_id"}, {**good, "task": 1},
+             {**good, "grade_id": 7}, {}, {"schema_version": 3}]
+    validate = compiled_schema_validate()
+    outcomes = set()
+    for metadata in cases * 2:  # the second round uses the compiled validator
+        try:
+            jsonschema.validate(metadata, schema)
+            expected = None
+        except jsonschema.ValidationError as exc:
+            expected = (exc.message, list(exc.path))
+        try:
+            validate(metadata, schema)
+            got = None
+        except jsonschema.ValidationError as exc:
+            got = (exc.message, list(exc.path))
+        assert got == expected, metadata
+        outcomes.add(expected is None)
+    assert outcomes == {True, False}  # both kinds were seen

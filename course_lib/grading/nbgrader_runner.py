@@ -75,6 +75,32 @@ def _warm_html_exporter():
     return WarmHTMLExporter
 
 
+def compiled_schema_validate():
+    """A drop-in ``jsonschema.validate`` that checks and compiles each schema once.
+
+    nbgrader checks every cell's metadata with ``jsonschema.validate(metadata, schema)``, which
+    first checks the schema itself against its meta-schema, on every call: two thirds of
+    nbgrader's own CPU before a notebook's kernel starts (profiled). The runner process gives
+    nbgrader this one instead; it raises the same error for the same metadata
+    (tests/test_nbgrader_runner.py)."""
+    import jsonschema
+
+    compiled: dict[str, object] = {}
+
+    def validate(instance, schema) -> None:
+        key = json.dumps(schema, sort_keys=True)
+        validator = compiled.get(key)
+        if validator is None:
+            cls = jsonschema.validators.validator_for(schema)
+            cls.check_schema(schema)
+            validator = compiled[key] = cls(schema)
+        error = jsonschema.exceptions.best_match(validator.iter_errors(instance))
+        if error is not None:
+            raise error
+
+    return validate
+
+
 def _serve(course: Path, assignment: str, overrides: dict) -> None:
     """The runner process's loop."""
     from nbgrader.apps import NbGraderAPI
@@ -82,6 +108,11 @@ def _serve(course: Path, assignment: str, overrides: dict) -> None:
     from traitlets.config import Config
     from traitlets.config.loader import PyFileConfigLoader
 
+    import types
+
+    from nbgrader.nbgraderformat import common
+
+    common.jsonschema = types.SimpleNamespace(validate=compiled_schema_validate())
     os.chdir(course)
     config = PyFileConfigLoader("nbgrader_config.py", path=str(course)).load_config()
     config.CourseDirectory.root = str(course)
