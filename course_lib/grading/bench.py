@@ -1,7 +1,7 @@
 """Benchmark the class-grading pipeline on N generated submissions of one assignment.
 
-    python -m course_lib.grading.bench --n 200 --workers 2 [--assignment ex01_standard]
-    python -m course_lib.grading.bench --n 40 --workers 1,2          # scaling, runs interleaved
+    python -m course_lib.grading.bench --n 200 --workers 3 [--assignment ex01_standard]
+    python -m course_lib.grading.bench --n 40 --workers 1,2,3        # scaling, runs interleaved
     python -m course_lib.grading.bench --n 200 --scheduler tcp://HOST:8786   # an existing cluster
 
 Generates a class in a temporary course (a seeded mix: complete solutions, blank releases, and

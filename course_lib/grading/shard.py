@@ -330,6 +330,8 @@ class GradingSession:
                                              - sum(phases.values()))
         else:
             timing["autograde, other"] = t1 - t0
+        if self.broker is not None:  # its last kernel's report is written after nbgrader returns
+            self.broker.wait_idle(60)
         runs = kernel_runs(self.box, student) if self.box is not None else []
         problems += sandbox_problems(runs)
         incidents = sandbox_incidents(runs)

@@ -63,6 +63,10 @@ class Broker:
         self._listener = None
         self._thread = None
         self._stopping = False
+        # Set while no kernel is being served: a kernel's report is written after nbgrader has
+        # already seen it end (it kills the launcher), so its reader waits for this (wait_idle).
+        self._idle = threading.Event()
+        self._idle.set()
 
     # -------------------------------------------------------------- life cycle
     def __enter__(self) -> "Broker":
@@ -99,6 +103,7 @@ class Broker:
                 conn, _ = self._listener.accept()
             except OSError:
                 return
+            self._idle.clear()
             with conn:
                 try:
                     self._serve_launcher(conn)
@@ -107,6 +112,12 @@ class Broker:
 
                     self._log(f"kernel request failed: {exc!r}\n{traceback.format_exc()}")
                     self._stop_nursery()
+                finally:
+                    self._idle.set()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until the kernel being served (if any) is over and its report written."""
+        return self._idle.wait(timeout)
 
     # -------------------------------------------------------------- the nursery's sandbox
     def _start_nursery(self) -> bool:
