@@ -212,6 +212,35 @@ def _hostile_outputs() -> nbformat.NotebookNode:
     return nb
 
 
+def test_ingest_a_class_of_one_student_folder_is_that_student(tmp_path):
+    """``<student>/<notebook>.ipynb`` with one student: that student (not a zip's wrapper folder
+    whose notebook name is read as an LMS file ``<student>_...``), renamed notebook or not; and
+    one student in nbgrader's layout."""
+    _honest(tmp_path / "one" / "ada_lovelace")
+    renamed = tmp_path / "renamed" / "grace"
+    renamed.mkdir(parents=True)
+    nbformat.write(_solved_release(), renamed / "my copy.ipynb")
+    _honest(tmp_path / "nbgrader" / "submitted" / "alan" / ASSIGNMENT)
+    for root, name in (("one", "ada_lovelace"), ("renamed", "grace"), ("nbgrader", "alan")):
+        subs = _ingest(tmp_path / root, tmp_path / f"work-{root}")
+        assert list(subs) == [name], (root, list(subs))
+        assert subs[name].notebook is not None and subs[name].notebook.is_file()
+
+
+def test_ingest_a_zip_wrapping_student_folders_reads_every_student(tmp_path):
+    """A zip whose one top-level folder holds the student folders, each with its notebook
+    directly inside (or in nbgrader's assignment folder): every student is read."""
+    archive = tmp_path / "class.zip"
+    text = nbformat.writes(_solved_release())
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr(f"class/alice/{NB}", text)
+        zf.writestr("class/bob/renamed.ipynb", text)
+        zf.writestr(f"class/carol/{ASSIGNMENT}/{NB}", text)
+    subs = _ingest(archive, tmp_path / "work")
+    assert sorted(subs) == ["alice", "bob", "carol"]
+    assert all(s.notebook is not None and s.notebook.is_file() for s in subs.values())
+
+
 def test_feedback_rewrite_makes_student_markup_text_and_bounds_outputs():
     nb = _hostile_outputs()
     feedback.make_safe(nb, {})

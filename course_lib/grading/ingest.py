@@ -118,16 +118,24 @@ def _plain_entries(folder: Path) -> list[Path]:
         return []
 
 
+def _only_wraps(folder: Path, assignment: str) -> bool:
+    """Is this lone folder a wrapper of the submitted names (a zip's one top-level folder holding
+    student folders or flat LMS files), not one student's own folder? A student's folder holds
+    the assignment's folder (nbgrader's layout) or the assignment's notebook, maybe renamed: a
+    notebook named after the assignment or without an LMS ``<student>_`` prefix."""
+    if not _plain_entries(folder) or _lstat(folder / assignment) is not None:
+        return False
+    stem = Path(notebook_name(assignment)).stem
+    return not [p for p in _notebooks(folder) if p.name.startswith(stem) or "_" not in p.name]
+
+
 def submissions_root(root: Path, assignment: str) -> Path:
     """The folder whose entries are the submitted names: ``root``, its ``submitted/``, or the
     one top-level folder a zip wraps them in."""
     if _is_real_dir(root / "submitted"):
         root = root / "submitted"
     entries = [p for p in _plain_entries(root) if not p.name.startswith((".", "__MACOSX"))]
-    if len(entries) == 1 and _is_real_dir(entries[0]) \
-            and not any(_is_real_dir(d) and any(_notebooks(d))
-                        for d in _plain_entries(entries[0])) \
-            and not (entries[0] / assignment).exists() and _plain_entries(entries[0]):
+    if len(entries) == 1 and _is_real_dir(entries[0]) and _only_wraps(entries[0], assignment):
         return submissions_root(entries[0], assignment)  # a zip with one top-level folder
     return root
 
