@@ -41,6 +41,14 @@ def warm_up_tracebacks(modules: list[str]) -> None:
             *sys.exc_info())
 
 
+def warm_up_matplotlib() -> None:
+    """matplotlib lists the system's fonts the first time it is imported where it finds no font
+    cache, and every kernel's /tmp (its config folder) starts empty: seconds, and two ``fc-list``
+    processes that the kernel's audit would report as the student's. Listed once here."""
+    import matplotlib.font_manager  # noqa: F401
+    import matplotlib.pyplot  # noqa: F401
+
+
 def preload(modules: list[str]) -> None:
     """Everything the children share, imported before any student code (no threads started:
     they would not survive ``fork``)."""
@@ -51,6 +59,7 @@ def preload(modules: list[str]) -> None:
     for name in modules:
         importlib.import_module(name)
     warm_up_flop_counter()
+    warm_up_matplotlib()
     warm_up_tracebacks([*modules, "course_lib.checks"])
 
 
