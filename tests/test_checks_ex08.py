@@ -319,3 +319,22 @@ def test_part5_messages_never_let_the_answers_be_recovered(trained):
             msg = failure(checks.check_versus_pca, model, *answers)
             found = recoverable(msg, value, given)
             assert found is None, f"answer {i} = {given!r}: {msg!r} shows {found}"
+
+
+def test_while_autograded_the_retraining_is_never_taken_from_the_cache(trained, monkeypatch):
+    """At home a re-run reuses the check's training (the cache); while a notebook is autograded
+    the check trains again every time, so nothing planted in the cache (by student code running
+    between two calls of the check) is ever used, and the check itself leaves the module's
+    dicts as they were (the grader's re-check guards them)."""
+    from types import SimpleNamespace
+
+    planted = (torch.nn.Identity(), SimpleNamespace(train_loss=[1.0, 0.0]))
+    key = (id(student_build), tuple(sorted(RECIPE.items())), 0)
+    assert checks.retrain(student_build, RECIPE, 0) is trained  # at home: the cached training
+    monkeypatch.setitem(checks._RETRAINED, key, planted)
+    monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
+    before = dict(checks._RETRAINED)
+    model, history = checks.retrain(student_build, RECIPE, 0)
+    assert model is not planted[0] and history is not planted[1]
+    assert history.train_loss == trained[1].train_loss  # the same seeded training, done again
+    assert checks._RETRAINED == before
