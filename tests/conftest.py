@@ -22,6 +22,7 @@ ASSIGNMENTS = [a for a in grading.assignments(REPO)
 # Student ids used in the graded course fixture.
 SOLUTION_STUDENT = "reference_solution"
 BLANK_STUDENT = "blank_release"
+PIPELINE_SOLUTION_STUDENT = "reference_solution_by_the_pipeline"  # graded with the variants
 
 
 @pytest.fixture(scope="session")
@@ -114,8 +115,12 @@ def _install_wheel():
 
 def _grade_course() -> Path:
     """A temporary nbgrader course with every assignment generated, its solution submitted by one
-    student, its blank release by another and each student variant of tests/exercise_variants.py
-    by one more, all autograded in one real ``nbgrader autograde``."""
+    student and its blank release by another, autograded in one real ``nbgrader autograde``; and
+    each student variant of tests/exercise_variants.py graded by the pipeline itself
+    (``grade_class``, one class per assignment) into the same gradebook. What the pipeline
+    reported for each variant is in :func:`variant_reports`."""
+    import json
+
     import nbformat
     from exercise_variants import variant_notebook, variant_students
 
@@ -133,26 +138,53 @@ def _grade_course() -> Path:
                        REPO / "solutions" / assignment / grading.notebook_name(assignment))
         grading.submit(course, assignment, BLANK_STUDENT,
                        grading.release_path(course, assignment))
-    variants = root / "variants"
-    for student, (assignment, changes) in variant_students(ASSIGNMENTS).items():
-        path = variants / student / grading.notebook_name(assignment)
-        path.parent.mkdir(parents=True)
-        nbformat.write(variant_notebook(assignment, changes), path)
-        grading.submit(course, assignment, student, path)
     # Autograde as the grading pipeline does: sandboxed kernels forked from a warm nursery (one
-    # `import torch` for all 35 notebooks instead of one each); stock kernels without bwrap.
+    # `import torch` for all the notebooks instead of one each); stock kernels without bwrap.
+    from course_lib.grading.pipeline import grade_class
     from course_lib.grading.sandbox import broker, policy
 
     command = ["autograde", "ex*", "--create", "--force"]
-    if policy.bwrap_path() is None:
+    sandboxed = policy.bwrap_path() is not None
+    if not sandboxed:
         grading.run_nbgrader(command, cwd=course, timeout=3000)
-        return course
-    kernels = root / "kernels"
-    kernels.mkdir()
-    with broker.warm_kernels(kernels, hide=[course, variants, REPO],
-                              modules=[f"course_lib.checks.{a}" for a in ASSIGNMENTS]) as (env, args):
-        grading.run_nbgrader(command + args, cwd=course, timeout=3000, env=env)
+    else:
+        kernels = root / "kernels"
+        kernels.mkdir()
+        with broker.warm_kernels(kernels, hide=[course, REPO],
+                                  modules=[f"course_lib.checks.{a}" for a in ASSIGNMENTS]
+                                  ) as (env, args):
+            grading.run_nbgrader(command + args, cwd=course, timeout=3000, env=env)
+    variants = root / "variants"
+    for student, (assignment, changes) in variant_students(ASSIGNMENTS).items():
+        path = variants / assignment / student / grading.notebook_name(assignment)
+        path.parent.mkdir(parents=True)
+        nbformat.write(variant_notebook(assignment, changes), path)
+    for assignment in ASSIGNMENTS:  # and each solution: full marks through the pipeline too
+        name = grading.notebook_name(assignment)
+        path = variants / assignment / PIPELINE_SOLUTION_STUDENT / name
+        path.parent.mkdir(parents=True)
+        shutil.copy(REPO / "solutions" / assignment / name, path)
+    reports = {}
+    for folder in sorted(variants.iterdir()):
+        # As plain nbgrader grades them here: GPU parts on CPU (their checks pass with a note).
+        result = grade_class(folder.name, folder, course, out=root / "pipeline" / folder.name,
+                             quiet=True, use_sandbox=sandboxed, gpu_parts_on_cpu=True)
+        reports[folder.name] = {
+            "rows": {s.submitted_as: {"status": s.status.value, "problems": s.problems,
+                                      "score": s.score} for s in result.submissions},
+            "max_score": result.info.max_score,
+            "problems.txt": result.problems.read_text(), "notes": result.dispatch.notes}
+    (root / "variant_reports.json").write_text(json.dumps(reports, indent=1))
     return course
+
+
+def variant_reports(course: Path) -> dict:
+    """What the pipeline reported for the student variants and the solutions graded into
+    ``course`` (_grade_course): assignment -> {"rows": {student: {status, problems, score}},
+    "max_score", "problems.txt", "notes"}."""
+    import json
+
+    return json.loads((course.parent / "variant_reports.json").read_text())
 
 
 JOBS = {"solutions": _validate_solutions, "variants": _validate_variants,

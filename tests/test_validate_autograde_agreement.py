@@ -1,20 +1,21 @@
 """No surprises: for every student variant of tests/exercise_variants.py (alternative valid
 solutions, typical wrong answers, partly right notebooks), ``nbgrader validate`` (what a student
-sees before handing in) and ``nbgrader autograde`` (what the grade is) agree on every test cell: a
-cell validate passes scores full marks, a cell it fails scores less.
+sees before handing in) and the grade (the grading pipeline's: nbgrader's autograde and the
+re-check) agree on every test cell: a cell validate passes scores full marks, a cell it fails
+scores less. And the pipeline reports nothing for any of them: they are honest work.
 
-Cost: the variants ride along in the shared graded course (one ``nbgrader autograde`` for the whole
-suite, tests/conftest.py); their validation (one process, one nbgrader import, one kernel per
-notebook: exercise_variants.validate_variants) starts in the background when the session's tests
-are collected (conftest.BACKGROUND), on the core the other tests leave idle.
+Cost: the variants are graded in the shared graded course (tests/conftest.py: one pipeline class
+per assignment, into the same gradebook); their validation (one process, one nbgrader import, one
+kernel per notebook: exercise_variants.validate_variants) starts in the background when the
+session's tests are collected (conftest.BACKGROUND), on the core the other tests leave idle.
 """
 from __future__ import annotations
 
 import pytest
 
 from course_lib import grading
-from conftest import ASSIGNMENTS, BACKGROUND, REPO
-from exercise_variants import autograded_cells
+from conftest import ASSIGNMENTS, BACKGROUND, PIPELINE_SOLUTION_STUDENT, REPO, variant_reports
+from exercise_variants import autograded_cells, variant_students
 
 pytestmark = pytest.mark.slow
 
@@ -69,3 +70,25 @@ def test_variants_score_what_they_deserve(graded_course):
         lost = {cell for cell, (score, maximum) in cells(student, assignment).items()
                 if score < maximum and cell in autograded_cells(assignment)}
         assert lost == failing, f"{student} lost points in {sorted(lost)}"
+
+
+def test_the_pipeline_reports_nothing_for_any_variant(graded_course):
+    """Every variant and every solution graded by ``grade_class`` is a row with status ok and no
+    problem, each solution scores full marks, and each assignment's problems.txt is its summary
+    line ("0 with problems") and the batch's notes alone (ex07: its GPU parts graded on CPU, as
+    asked)."""
+    expected: dict[str, set[str]] = {a: {PIPELINE_SOLUTION_STUDENT} for a in ASSIGNMENTS}
+    for student, (assignment, _) in variant_students(ASSIGNMENTS).items():
+        expected[assignment].add(student)
+    reports = variant_reports(graded_course)
+    assert set(reports) == set(expected)
+    for assignment, report in reports.items():
+        assert set(report["rows"]) == expected[assignment], assignment
+        flagged = {student: row for student, row in report["rows"].items()
+                   if row["status"] != "ok" or row["problems"]}
+        assert not flagged, (assignment, flagged)
+        assert report["rows"][PIPELINE_SOLUTION_STUDENT]["score"] == report["max_score"], \
+            (assignment, report["rows"][PIPELINE_SOLUTION_STUDENT])
+        lines = report["problems.txt"].strip().splitlines()
+        assert f"{len(expected[assignment])} submissions, 0 with problems" in lines[0], lines
+        assert lines[1:] == [f"NOTE: {note}" for note in report["notes"]], lines
