@@ -31,7 +31,6 @@ import argparse
 import shutil
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Collection
@@ -45,7 +44,7 @@ from course_lib.grading.environment import EnvironmentMismatch, course_lib_hash
 from course_lib.grading.model import (Failure, Graded, GradingOptions, SourceInfo, Status,
                                       Submission, TaskSpec, Work)
 from course_lib.grading.resume import RESULTS, ResultCache
-from course_lib.grading.sandbox.check import check_available, check_sandbox, enforced_limits
+from course_lib.grading.sandbox.check import check_sandbox, enforced_limits
 from course_lib.grading.sandbox.kernelspec import install_kernelspec, kernel_env
 from course_lib.grading.sandbox.policy import Limits, SandboxUnavailable
 from course_lib.grading.shard import course_bundle
@@ -307,20 +306,16 @@ def grade_class(assignment: str, submissions: Path, course: Path, workers: int =
     submissions = Path(submissions).resolve()
     if not submissions.exists():
         raise FileNotFoundError(f"no submissions at {submissions}")
-    # The sandbox's check (the real box importing torch and every check module: seconds) runs
-    # while the coordinator prepares; its verdict is awaited before anything is graded.
-    sandbox_checked = None
     if use_sandbox:
-        check_available()  # bwrap itself, at once: the clear message comes before anything
-        checks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sandbox-check")
-        sandbox_checked = checks.submit(check_sandbox)
-        checks.shutdown(wait=False)
+        check_sandbox()
     interpreter_on_path()  # nbgrader runs `alembic` from PATH, here and in every subprocess
     db_url = db_url or gradebook.sqlite_url(course / "gradebook.db")
     gradebook.check(db_url)
     out = Path(out or course / "grading" / assignment).resolve()
-    work = out / "work"  # scratch; the earlier run's outputs are replaced once grading can start
-    shutil.rmtree(work, ignore_errors=True)
+    for old in (out.iterdir() if out.is_dir() else []):  # keep the results: resume
+        if old.name != RESULTS:
+            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+    work = out / "work"
     work.mkdir(parents=True)
     lib_hash = course_lib_hash()
     batch_problems = [] if use_sandbox else [
@@ -346,15 +341,6 @@ def grade_class(assignment: str, submissions: Path, course: Path, workers: int =
             scoring.record(sub, scoring.for_unreadable(info, sub.unreadable))
 
     # 3. grade
-    if sandbox_checked is not None:
-        try:
-            sandbox_checked.result()
-        except SandboxUnavailable:  # says what to fix; the earlier run's outputs stay
-            shutil.rmtree(work, ignore_errors=True)
-            raise
-    for old in out.iterdir():  # keep the results: resume
-        if old.name not in (RESULTS, work.name):
-            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
     gradable = [s for s in subs if s.notebook is not None]
     hide = [course, out, submissions if submissions.is_dir() else submissions.parent]
     bar = tqdm(total=len(gradable), desc="graded", file=sys.stdout, unit="nb", disable=quiet)

@@ -4,8 +4,8 @@ A :class:`GradingSession` is what a worker keeps warm for one batch: a private c
 (config, sources, release, gradebook, from the coordinator's :func:`course_bundle`), the box
 (:mod:`.sandbox`) with its warm kernel nursery, the re-check's server and nbgrader itself
 (:mod:`.nbgrader_runner`), all started once. :meth:`GradingSession.grade` then takes one
-notebook at a time: nbgrader's autograde in a sandboxed kernel and, beside it, the re-check ->
-the decision (:mod:`.scoring`) -> nbgrader's feedback with the final scores, and returns it all as data
+notebook at a time: nbgrader's autograde in a sandboxed kernel -> the re-check -> the decision
+(:mod:`.scoring`) -> nbgrader's feedback with the final scores, and returns it all as data
 (:class:`~.model.Graded`). Because nothing is started per notebook, a task can be one notebook,
 and a slow notebook holds only its own worker.
 """
@@ -15,7 +15,6 @@ import datetime
 import json
 import re
 import shutil
-import threading
 import time
 from pathlib import Path
 
@@ -214,31 +213,6 @@ def sandbox_incidents(runs: list[dict]) -> set[Incident]:
     return found
 
 
-class _InThread:
-    """``fn(*args)`` in a thread of its own; :meth:`result` waits and returns or raises what it did."""
-
-    def __init__(self, fn, *args) -> None:
-        self.seconds = 0.0
-        self._value = self._error = None
-
-        def run() -> None:
-            started = time.monotonic()
-            try:
-                self._value = fn(*args)
-            except BaseException as exc:  # re-raised in the caller's thread
-                self._error = exc
-            self.seconds = time.monotonic() - started
-
-        self._thread = threading.Thread(target=run, daemon=True, name="recheck")
-        self._thread.start()
-
-    def result(self):
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
-
-
 class GradingSession:
     """A worker's warm grading set-up for one batch (see the module docstring). Use as a context
     manager; ``hide``: folders of the coordinator to mask where they exist on this host."""
@@ -308,11 +282,6 @@ class GradingSession:
         timing: dict[str, float] = {}
 
         t0 = time.time()
-        # The re-check runs beside nbgrader's autograde, not after it: both only read the
-        # submitted notebook, and a notebook that sleeps (legal, up to its budget) then holds its
-        # worker for one run of its cells instead of two.
-        recheck = _InThread(self.recheck.judge, recheck_job(student, submitted, info),
-                            self.budget)
         ok, _ = self.nbgrader.run("autograde", student,
                                   self.budget + self.options.NBGRADER_MARGIN_S)
         t1 = time.time()
@@ -339,15 +308,14 @@ class GradingSession:
 
         grader_error = None
         try:
-            events = recheck.result()
+            events = self.recheck.judge(recheck_job(student, submitted, info), self.budget)
             outcome = scoring.read_recheck(events, info, self.options.cell_timeout)
             problems += outcome.problems
             incidents |= outcome.incidents
         except RecheckUnavailable as exc:
             outcome, grader_error = None, str(exc)
         t2 = time.time()
-        timing["recheck"] = t2 - t1  # what the re-check added after the autograde ended
-        timing["recheck, beside autograde"] = recheck.seconds
+        timing["recheck"] = t2 - t1
         decision = scoring.decide(info, nbgrader, outcome, kernel_started, grader_error)
         feedback = None
         if decision.status is not Status.GRADER_ERROR and nbgrader is not None:
