@@ -50,14 +50,20 @@ def _become_kernel(request: dict, audit_fd: int) -> None:
 # What ipykernel's IPKernelApp.initialize() imports on its own (its kernel, shell and debugger
 # classes are named by strings, imported at start): 0.37 s of CPU in each forked kernel
 # (profiled), once here. None of them starts a thread at import.
+# (IPython 9 adds its debugger, oinspect and storemagic; a name a version lacks is skipped.)
 KERNEL_MODULES = ("ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zmqshell",
-                  "ipykernel.debugger", "IPython.core.completerlib", "tornado.platform.asyncio",
-                  "faulthandler")
+                  "ipykernel.debugger", "IPython.core.completerlib", "IPython.core.debugger",
+                  "IPython.core.debugger_backport", "IPython.core.oinspect",
+                  "IPython.extensions.storemagic", "IPython.utils.wildcard",
+                  "tornado.platform.asyncio", "faulthandler")
 
 
 def preload_kernel() -> None:
     for name in KERNEL_MODULES:
-        importlib.import_module(name)
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
 
 
 def serve(fd: int, modules: list[str]) -> None:

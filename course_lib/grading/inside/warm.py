@@ -37,8 +37,7 @@ def warm_up_tracebacks(modules: list[str]) -> None:
     try:
         raise NotImplementedError("warm-up")
     except NotImplementedError:
-        ultratb.AutoFormattedTB(mode="Context", color_scheme="Neutral").structured_traceback(
-            *sys.exc_info())
+        ultratb.AutoFormattedTB(mode="Context").structured_traceback(*sys.exc_info())
 
 
 def warm_up_matplotlib() -> None:
@@ -59,8 +58,11 @@ def preload(modules: list[str]) -> None:
     for name in modules:
         importlib.import_module(name)
     warm_up_flop_counter()
-    warm_up_matplotlib()
-    warm_up_tracebacks([*modules, "course_lib.checks"])
+    for warm_up in (warm_up_matplotlib, lambda: warm_up_tracebacks([*modules, "course_lib.checks"])):
+        try:  # only ever a speed-up: a library that changed its API must not stop the server
+            warm_up()
+        except Exception:
+            pass
 
 
 def fork_child(keep: list[int], child) -> int:
