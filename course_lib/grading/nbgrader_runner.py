@@ -103,14 +103,13 @@ def compiled_schema_validate():
 
 def _serve(course: Path, assignment: str, overrides: dict) -> None:
     """The runner process's loop."""
-    from nbgrader.apps import NbGraderAPI
-    from nbgrader.coursedir import CourseDirectory
-    from traitlets.config import Config
-    from traitlets.config.loader import PyFileConfigLoader
-
     import types
 
+    from nbgrader.apps import NbGraderAPI
+    from nbgrader.coursedir import CourseDirectory
     from nbgrader.nbgraderformat import common
+    from traitlets.config import Config
+    from traitlets.config.loader import PyFileConfigLoader
 
     common.jsonschema = types.SimpleNamespace(validate=compiled_schema_validate())
     os.chdir(course)

@@ -3,6 +3,7 @@ paid once before any student code, and the fork of a clean child per student.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 
@@ -58,11 +59,11 @@ def preload(modules: list[str]) -> None:
     for name in modules:
         importlib.import_module(name)
     warm_up_flop_counter()
-    for warm_up in (warm_up_matplotlib, lambda: warm_up_tracebacks([*modules, "course_lib.checks"])):
-        try:  # only ever a speed-up: a library that changed its API must not stop the server
-            warm_up()
-        except Exception:
-            pass
+    # Only ever speed-ups: a library that changed its API (IPython 9 did) must not stop a server.
+    with contextlib.suppress(Exception):
+        warm_up_matplotlib()
+    with contextlib.suppress(Exception):
+        warm_up_tracebacks([*modules, "course_lib.checks"])
 
 
 def fork_child(keep: list[int], child) -> int:
