@@ -119,8 +119,6 @@ def _grade_course() -> Path:
     each student variant of tests/exercise_variants.py graded by the pipeline itself
     (``grade_class``, one class per assignment) into the same gradebook. What the pipeline
     reported for each variant is in :func:`variant_reports`."""
-    import json
-
     import nbformat
     from exercise_variants import variant_notebook, variant_students
 
@@ -140,7 +138,6 @@ def _grade_course() -> Path:
                        grading.release_path(course, assignment))
     # Autograde as the grading pipeline does: sandboxed kernels forked from a warm nursery (one
     # `import torch` for all the notebooks instead of one each); stock kernels without bwrap.
-    from course_lib.grading.pipeline import grade_class
     from course_lib.grading.sandbox import broker, policy
 
     command = ["autograde", "ex*", "--create", "--force"]
@@ -164,18 +161,40 @@ def _grade_course() -> Path:
         path = variants / assignment / PIPELINE_SOLUTION_STUDENT / name
         path.parent.mkdir(parents=True)
         shutil.copy(REPO / "solutions" / assignment / name, path)
+    # In a process of its own: two dask clusters in one process (this thread's and a test's in
+    # the main thread) share asyncio state and break each other.
+    proc = subprocess.run([sys.executable, "-c", GRADE_VARIANTS, str(variants), str(course),
+                           str(root / "pipeline"), str(root / "variant_reports.json"),
+                           "1" if sandboxed else ""],
+                          capture_output=True, text=True, timeout=3000, cwd=root,
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                              [str(REPO)] + os.environ.get("PYTHONPATH", "").split(os.pathsep))))
+    if proc.returncode != 0:
+        raise RuntimeError(f"grading the variants failed:\n{proc.stderr[-4000:]}")
+    return course
+
+
+# Grades each assignment's folder of variants with grade_class (argv: variants, course, out,
+# reports JSON, sandboxed) as plain nbgrader grades them here: GPU parts on CPU (their checks
+# pass with a note); writes what it reported per assignment.
+GRADE_VARIANTS = """
+import json, sys
+from pathlib import Path
+from course_lib.grading.pipeline import grade_class
+
+if __name__ == "__main__":
+    variants, course, out, reports_path, sandboxed = sys.argv[1:]
     reports = {}
-    for folder in sorted(variants.iterdir()):
-        # As plain nbgrader grades them here: GPU parts on CPU (their checks pass with a note).
-        result = grade_class(folder.name, folder, course, out=root / "pipeline" / folder.name,
-                             quiet=True, use_sandbox=sandboxed, gpu_parts_on_cpu=True)
+    for folder in sorted(Path(variants).iterdir()):
+        result = grade_class(folder.name, folder, Path(course), out=Path(out) / folder.name,
+                             quiet=True, use_sandbox=bool(sandboxed), gpu_parts_on_cpu=True)
         reports[folder.name] = {
             "rows": {s.submitted_as: {"status": s.status.value, "problems": s.problems,
                                       "score": s.score} for s in result.submissions},
             "max_score": result.info.max_score,
             "problems.txt": result.problems.read_text(), "notes": result.dispatch.notes}
-    (root / "variant_reports.json").write_text(json.dumps(reports, indent=1))
-    return course
+    Path(reports_path).write_text(json.dumps(reports, indent=1))
+"""
 
 
 def variant_reports(course: Path) -> dict:
