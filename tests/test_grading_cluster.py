@@ -254,7 +254,8 @@ def test_a_batch_stops_early_when_its_first_results_fail_alike():
 
 def test_benchmark_breakdown_divides_each_phase_by_the_submissions():
     """Three submissions, two worker sessions: notebook phases summed over notebooks, session
-    start-ups over sessions, each divided by the submissions."""
+    start-ups over sessions, each divided by the submissions; the re-check's time beside the
+    autograde is reported on its own, not added to the phases (it overlaps them)."""
     from course_lib.grading import bench
 
     result = pipeline.Dispatch(
@@ -263,7 +264,8 @@ def test_benchmark_breakdown_divides_each_phase_by_the_submissions():
                  "b": {"kernel start": 1.0, "imports": 2.0, "student cells": 0.5, "checks": 1.5,
                        "autograde, other": 0.25, "recheck": 2.5, "feedback": 1.0},
                  "c": {"kernel start": 0.0, "imports": 2.0, "student cells": 0.5, "checks": 0.5,
-                       "autograde, other": 0.75, "recheck": 1.5, "feedback": 1.0}},
+                       "autograde, other": 0.75, "recheck": 1.5, "feedback": 1.0,
+                       "recheck, beside autograde": 4.5}},
         stages=[{"session start-up": 12.0}, {"session start-up": 6.0}, {"session start-up": 0.0}])
     phases = bench.breakdown(result, 3)
     assert phases["imports"] == 2.0 and phases["checks"] == 1.0
@@ -272,6 +274,7 @@ def test_benchmark_breakdown_divides_each_phase_by_the_submissions():
     assert phases["autograde, other"] == 0.5
     assert phases["session start-up"] == 6.0
     assert abs(sum(phases.values()) - (1 + 6 + 1.5 + 3 + 1.5 + 6 + 3 + 18) / 3) < 0.01
+    assert bench.overlapped(result, 3) == {"recheck, beside autograde": 1.5}
 
 
 # ----------------------------------------------------------------------------- the pipeline

@@ -7,14 +7,15 @@
 
 The stages, in order (:func:`grade_class`; book/instructor_guide.md explains each):
 
-1. **prepare** — the sandbox works here (:mod:`.sandbox.check`), the gradebook opens
-   (:mod:`.gradebook`), the assignment is generated privately (the template every worker's
-   course is copied from) and known to the course's gradebook;
+1. **prepare** — the gradebook opens (:mod:`.gradebook`); then, at once, the sandbox is checked
+   here (:mod:`.sandbox.check`), the assignment is generated privately (the template every
+   worker's course is copied from) and made known to the course's gradebook, and the workers
+   start;
 2. **ingest** every submission (:mod:`.ingest`): one record per submitted name, always, each
    with its own student id, recorded in the gradebook and kept by later batches
    (:mod:`.identities`, :func:`.gradebook.identify`);
 3. **grade** on dask workers (:mod:`.dispatch`, :mod:`.worker`, :mod:`.shard`): nbgrader's
-   autograde in sandboxed warm kernels, the re-check, the decision (:mod:`.scoring`) and
+   autograde in sandboxed warm kernels with the re-check beside it, the decision (:mod:`.scoring`) and
    nbgrader's feedback, one submission per task; results already graded with the same inputs are
    taken from ``OUT/results`` unless anything about them is suspect or a regrade is asked for
    (:mod:`.resume`); a batch whose first results are all the same grader error stops early;
@@ -31,6 +32,7 @@ import argparse
 import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Collection
@@ -44,7 +46,7 @@ from course_lib.grading.environment import EnvironmentMismatch, course_lib_hash
 from course_lib.grading.model import (Failure, Graded, GradingOptions, SourceInfo, Status,
                                       Submission, TaskSpec, Work)
 from course_lib.grading.resume import RESULTS, ResultCache
-from course_lib.grading.sandbox.check import check_sandbox, enforced_limits
+from course_lib.grading.sandbox.check import check_available, check_sandbox, enforced_limits
 from course_lib.grading.sandbox.kernelspec import install_kernelspec, kernel_env
 from course_lib.grading.sandbox.policy import Limits, SandboxUnavailable
 from course_lib.grading.shard import course_bundle
@@ -307,44 +309,57 @@ def grade_class(assignment: str, submissions: Path, course: Path, workers: int =
     if not submissions.exists():
         raise FileNotFoundError(f"no submissions at {submissions}")
     if use_sandbox:
-        check_sandbox()
+        check_available()  # bwrap itself, at once: the clear message comes before anything
     interpreter_on_path()  # nbgrader runs `alembic` from PATH, here and in every subprocess
     db_url = db_url or gradebook.sqlite_url(course / "gradebook.db")
     gradebook.check(db_url)
     out = Path(out or course / "grading" / assignment).resolve()
-    for old in (out.iterdir() if out.is_dir() else []):  # keep the results: resume
-        if old.name != RESULTS:
-            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
-    work = out / "work"
+    work = out / "work"  # scratch; the earlier run's outputs are replaced once grading can start
+    shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     lib_hash = course_lib_hash()
     batch_problems = [] if use_sandbox else [
         "graded WITHOUT the sandbox (--no-sandbox): student code ran as the grader, with the "
         "course, the gradebook and other submissions in reach"]
 
-    # 1. prepare
+    # 1. prepare. Three set-ups of seconds each run at once: the sandbox's check (the real box
+    # importing torch and every check module) and the assignment's generation (an nbgrader
+    # process) in threads, the workers' start here; grading waits for all three.
     env = kernel_env(install_kernelspec(work / "jupyter-setup", None, mem_mb))
     template = work / "template"
-    info = prepare_template(course, assignment, template, db_url, env)
-    options = GradingOptions(float(cell_timeout), mem_mb, use_sandbox,  # 60 is 60.0: one cache key
-                             (limits or Limits(mem_mb=mem_mb)) if use_sandbox else None,
-                             gpu_parts_on_cpu=gpu_parts_on_cpu)
-    options.for_assignment(info.code_cells)
-
-    # 2. ingest
-    subs = ingest.ingest(submissions, info, work, lambda names: identify(db_url, names))
-    if len({s.student for s in subs}) != len(subs):  # identities.assign guarantees it
-        raise RuntimeError("two submissions were given one student id: please report this bug")
-    regrade = regrade_ids(regrade, subs)
-    for sub in subs:
-        if sub.unreadable is not None:
-            scoring.record(sub, scoring.for_unreadable(info, sub.unreadable))
-
-    # 3. grade
-    gradable = [s for s in subs if s.notebook is not None]
-    hide = [course, out, submissions if submissions.is_dir() else submissions.parent]
-    bar = tqdm(total=len(gradable), desc="graded", file=sys.stdout, unit="nb", disable=quiet)
+    setups = ThreadPoolExecutor(max_workers=2, thread_name_prefix="prepare")
+    sandbox_checked = setups.submit(check_sandbox) if use_sandbox else None
+    prepared = setups.submit(prepare_template, course, assignment, template, db_url, env)
+    setups.shutdown(wait=False)
     with Engine(workers, scheduler, log=lambda line: None if quiet else print(line)) as engine:
+        info = prepared.result()
+        options = GradingOptions(float(cell_timeout), mem_mb, use_sandbox,  # 60 is 60.0: one key
+                                 (limits or Limits(mem_mb=mem_mb)) if use_sandbox else None,
+                                 gpu_parts_on_cpu=gpu_parts_on_cpu)
+        options.for_assignment(info.code_cells)
+
+        # 2. ingest
+        subs = ingest.ingest(submissions, info, work, lambda names: identify(db_url, names))
+        if len({s.student for s in subs}) != len(subs):  # identities.assign guarantees it
+            raise RuntimeError("two submissions were given one student id: please report this bug")
+        regrade = regrade_ids(regrade, subs)
+        for sub in subs:
+            if sub.unreadable is not None:
+                scoring.record(sub, scoring.for_unreadable(info, sub.unreadable))
+
+        # 3. grade
+        if sandbox_checked is not None:
+            try:
+                sandbox_checked.result()
+            except SandboxUnavailable:  # says what to fix; the earlier run's outputs stay
+                shutil.rmtree(work, ignore_errors=True)
+                raise
+        for old in out.iterdir():  # keep the results: resume
+            if old.name not in (RESULTS, work.name):
+                shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+        gradable = [s for s in subs if s.notebook is not None]
+        hide = [course, out, submissions if submissions.is_dir() else submissions.parent]
+        bar = tqdm(total=len(gradable), desc="graded", file=sys.stdout, unit="nb", disable=quiet)
         dispatch = grade_on_workers(engine, subs, info, template, out, options, hide,
                                     chunk_size, bar.update, regrade)
     bar.close()

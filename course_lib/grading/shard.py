@@ -4,10 +4,10 @@ A :class:`GradingSession` is what a worker keeps warm for one batch: a private c
 (config, sources, release, gradebook, from the coordinator's :func:`course_bundle`), the box
 (:mod:`.sandbox`) with its warm kernel nursery, the re-check's server and nbgrader itself
 (:mod:`.nbgrader_runner`), all started once. :meth:`GradingSession.grade` then takes one
-notebook at a time: nbgrader's autograde in a sandboxed kernel -> the re-check -> the decision
-(:mod:`.scoring`) -> nbgrader's feedback with the final scores, and returns it all as data
-(:class:`~.model.Graded`). Because nothing is started per notebook, a task can be one notebook,
-and a slow notebook holds only its own worker.
+notebook at a time: nbgrader's autograde in a sandboxed kernel and, beside it, the
+re-check -> the decision (:mod:`.scoring`) -> nbgrader's feedback with the final scores, and
+returns it all as data (:class:`~.model.Graded`). Because nothing is started per notebook, a
+task can be one notebook, and a slow notebook holds only its own worker.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import json
 import re
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
@@ -213,6 +214,12 @@ def sandbox_incidents(runs: list[dict]) -> set[Incident]:
     return found
 
 
+def _timed(fn, *args):
+    """``fn(*args)`` and the seconds it took."""
+    started = time.monotonic()
+    return fn(*args), time.monotonic() - started
+
+
 class GradingSession:
     """A worker's warm grading set-up for one batch (see the module docstring). Use as a context
     manager; ``hide``: folders of the coordinator to mask where they exist on this host."""
@@ -248,6 +255,7 @@ class GradingSession:
         self.nbgrader.start_soon()
         self.recheck.start_soon()
         self.budget = self.options.notebook_budget_s(self.info.code_cells)
+        self.beside = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recheck")
 
     def __enter__(self) -> "GradingSession":
         return self
@@ -256,6 +264,7 @@ class GradingSession:
         self.close()
 
     def close(self) -> None:
+        self.beside.shutdown(wait=False)
         self.nbgrader.close()
         self.recheck.close()
         if self.broker is not None:
@@ -282,6 +291,11 @@ class GradingSession:
         timing: dict[str, float] = {}
 
         t0 = time.time()
+        # The re-check runs beside nbgrader's autograde, not after it: both only read the
+        # submitted notebook, and a notebook that sleeps (legal, up to its budget) then holds its
+        # worker for one run of its cells instead of two.
+        recheck = self.beside.submit(_timed, self.recheck.judge,
+                                     recheck_job(student, submitted, info), self.budget)
         ok, _ = self.nbgrader.run("autograde", student,
                                   self.budget + self.options.NBGRADER_MARGIN_S)
         t1 = time.time()
@@ -308,14 +322,14 @@ class GradingSession:
 
         grader_error = None
         try:
-            events = self.recheck.judge(recheck_job(student, submitted, info), self.budget)
+            events, timing["recheck, beside autograde"] = recheck.result()
             outcome = scoring.read_recheck(events, info, self.options.cell_timeout)
             problems += outcome.problems
             incidents |= outcome.incidents
         except RecheckUnavailable as exc:
             outcome, grader_error = None, str(exc)
         t2 = time.time()
-        timing["recheck"] = t2 - t1
+        timing["recheck"] = t2 - t1  # what the re-check added after the autograde ended
         decision = scoring.decide(info, nbgrader, outcome, kernel_started, grader_error)
         feedback = None
         if decision.status is not Status.GRADER_ERROR and nbgrader is not None:
