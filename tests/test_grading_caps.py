@@ -171,6 +171,38 @@ def test_tasks_are_capped(box):
     assert "tasks" in report.caps_hit
 
 
+# Processes that keep changing PID: each forks and exits at once, six chains side by side.
+PID_CHAINS = """
+import os
+for _ in range(5):
+    if os.fork() == 0:
+        break
+while True:
+    if os.fork():
+        os._exit(0)
+"""
+
+
+@pytest.mark.skipif(not (cgroups.hierarchy().version == 2 or
+                         cgroups.FREEZER in cgroups.hierarchy().bases),
+                    reason="neither cgroup v2 nor the v1 freezer on this machine")
+def test_one_kill_pass_ends_processes_that_keep_changing_pid():
+    """A PID read from the cage names a process that may already have forked its successor and
+    exited, so one pass of SIGKILL over the PIDs misses the successors (every time, on these
+    machines). Frozen first (v1) or killed by the kernel (v2's cgroup.kill), the cage empties
+    in one pass, three times out of three."""
+    for _ in range(3):
+        cage = cgroups.Cage.create("pid-chains", None, None, None)
+        proc = subprocess.Popen(cage.argv() + [sys.executable, "-c", PID_CHAINS])
+        try:
+            time.sleep(0.3)  # the chains run
+            assert len(cage.pids()) >= 6
+            assert cage.kill_all(rounds=1), "processes survived one kill pass"
+        finally:
+            cage.close()
+            proc.wait()
+
+
 def test_check_says_which_limits_are_enforced():
     from course_lib.grading.sandbox.check import enforced_limits
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import os
 import shlex
+import signal
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from pathlib import Path
 from course_lib.grading.inside.hygiene import kill_until_gone
 
 CONTROLLERS = ("memory", "pids", "cpu")
+FREEZER = "freezer"  # cgroup v1 only: no cap, it stops a cage's processes so all die at once
+FREEZE_WAIT_S = 1.0  # a process in uninterruptible sleep can delay freezing; then kill anyway
 GROUP = "course-grading"  # the folder below the grader's own group that holds the cages
 CGROUP_ENV = "COURSE_GRADING_CGROUP"  # cgroup v2: a folder for the cages, delegated to the grader
 CPU_PERIOD_US = 100_000
@@ -40,12 +43,13 @@ class Hierarchy:
 
     @property
     def controllers(self) -> list[str]:
-        return [c for c in CONTROLLERS if c in self.bases]
+        return [c for c in (*CONTROLLERS, FREEZER) if c in self.bases]
 
     def describe(self) -> str:
         if not self.bases:
             return f"no whole-notebook caps on this machine ({self.why})"
-        names = {"memory": "memory", "pids": "tasks", "cpu": "CPU"}
+        names = {"memory": "memory", "pids": "tasks", "cpu": "CPU",
+                 FREEZER: "frozen before a kill"}
         text = (f"whole-notebook caps with cgroup v{self.version}: "
                 f"{', '.join(names[c] for c in self.controllers)}")
         return text + (f" (not: {self.why})" if self.why else "")
@@ -159,7 +163,7 @@ def hierarchy() -> Hierarchy:
                     return Hierarchy(2, bases, "")
                 reasons.append(why)
     bases = {}
-    for controller in CONTROLLERS:
+    for controller in (*CONTROLLERS, FREEZER):
         for root, point, kind, options in mounts:
             if kind == "cgroup" and controller in options and controller in groups:
                 own = _inside(root, point, groups[controller])
@@ -168,7 +172,7 @@ def hierarchy() -> Hierarchy:
                     bases[controller] = base
                     break
     if bases:
-        missing = [c for c in CONTROLLERS if c not in bases]
+        missing = [c for c in (*CONTROLLERS, FREEZER) if c not in bases]
         return Hierarchy(1, bases, f"no writable v1 {', '.join(missing)} hierarchy"
                          if missing else "")
     reasons.append("no writable cgroup v1 memory, pids or cpu hierarchy (run the grader as "
@@ -292,12 +296,39 @@ class Cage:
         return round(int(text) / 2**20, 1) if text.strip().isdigit() else None
 
     def kill_all(self, rounds: int = 200) -> bool:
-        """SIGKILL everything in the cage until it is empty (a process that forks while it is
-        killed is caught in a later round); whether it emptied."""
+        """Kill everything in the cage; whether it emptied. cgroup v2's ``cgroup.kill`` kills the
+        group at once. On v1 the freezer first stops every process in it, so that none can fork
+        or exit (and come back under a new PID) while its siblings are killed; the killed
+        processes die when the group thaws. Then a SIGKILL loop (``rounds``) catches anything
+        left (a process that forks between two looks is caught in a later round): all there is
+        where neither works."""
         kill_file = self.folders.get("memory", next(iter(self.folders.values()))) / "cgroup.kill"
         if self.tree.version == 2 and kill_file.exists():
             _write(kill_file, "1")
+        elif self._freeze():
+            for pid in self.pids():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            _write(self.folders[FREEZER] / "freezer.state", "THAWED")
+            deadline = time.monotonic() + FREEZE_WAIT_S
+            while self.pids() and time.monotonic() < deadline:  # dying: milliseconds
+                time.sleep(0.005)
         return kill_until_gone(self.pids, rounds)
+
+    def _freeze(self) -> bool:
+        """Freeze the v1 cage; whether every process in it stopped (the kernel freezes them
+        one by one: the state reads FREEZING until the last has)."""
+        folder = self.folders.get(FREEZER)
+        if folder is None or not _write(folder / "freezer.state", "FROZEN"):
+            return False
+        deadline = time.monotonic() + FREEZE_WAIT_S
+        while _read(folder / "freezer.state").strip() != "FROZEN":
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.002)
+        return True
 
     def close(self) -> None:
         """Kill what is left and remove the cage (its folders go once the last process is

@@ -133,7 +133,10 @@ def enforced_limits(limits: Limits) -> str:
     tree = cgroups.hierarchy()
     if tree.bases:
         caps = {"memory": f"{lim.mem_mb} MiB of memory (all processes and shared memory)",
-                "pids": f"{lim.tasks} tasks", "cpu": "an equal share of the CPU" + (f", at most {lim.cpus:g} CPU" if lim.cpus else "")}
+                "pids": f"{lim.tasks} tasks",
+                "cpu": "an equal share of the CPU" + (f", at most {lim.cpus:g} CPU" if lim.cpus
+                                                      else ""),
+                cgroups.FREEZER: "all its processes frozen, then killed together, at its end"}
         parts.append(f"per notebook (cgroup v{tree.version}): "
                      + ", ".join(caps[c] for c in tree.controllers))
         if tree.why:
