@@ -107,6 +107,24 @@ def test_sandbox_check_imports_inside_and_names_what_is_missing(monkeypatch):
         assert f"{module}" not in message.split("needs:")[1].split("The sandbox")[0], message
 
 
+def test_a_passed_check_is_not_repeated_until_what_it_checked_changes(monkeypatch):
+    """Grading several assignments from one process checks the box once: a second check starts
+    no box; one with another module to import (or other masks) starts it again, and fails."""
+    summary = sandbox_check.check_sandbox()
+    started = []
+    real = sandbox_check.run_sandboxed
+    monkeypatch.setattr(sandbox_check, "run_sandboxed",
+                        lambda *args, **kwargs: started.append(args[2]) or real(*args, **kwargs))
+    assert sandbox_check.check_sandbox() == summary and started == []
+    monkeypatch.setattr(sandbox_check, "INSIDE_MODULES",
+                        (*sandbox_check.INSIDE_MODULES, "course_lib_missing_helper"))
+    with pytest.raises(sandbox.SandboxUnavailable, match="course_lib_missing_helper"):
+        sandbox_check.check_sandbox()
+    with pytest.raises(sandbox.SandboxUnavailable):  # a failed check is never remembered
+        sandbox_check.check_sandbox()
+    assert started == ["check", "check"]
+
+
 def test_sandbox_check_says_when_the_interpreter_is_not_visible(monkeypatch):
     """What a venv under /tmp looked like before the mounts came after /tmp: the interpreter
     missing inside. The check says so, and where the sandbox looks."""

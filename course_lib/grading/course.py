@@ -44,13 +44,19 @@ def notebook_name(assignment: str) -> str:
     return f"{assignment}.ipynb"
 
 
+# `python -m nbgrader`, without the import the grader's processes leave out (see
+# course_lib/grading/__init__.py).
+NBGRADER_MAIN = ("import sys; sys.modules.setdefault('rfc3987_syntax', None); "
+                 "from nbgrader.apps.nbgraderapp import main; sys.exit(main())")
+
+
 def run_nbgrader(args: list[str], cwd: Path, timeout: float = 1800,
                  check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m nbgrader ARGS`` in ``cwd`` (the course directory) and capture its output.
 
     ``env`` replaces the environment (e.g. :func:`course_lib.grading.sandbox.kernelspec.kernel_env`)."""
     env = nbgrader_env(env)
-    proc = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=cwd, env=env,
+    proc = subprocess.run([sys.executable, "-c", NBGRADER_MAIN, *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise GradingError(f"nbgrader {' '.join(args)} failed with exit code {proc.returncode}:\n"

@@ -3,12 +3,11 @@ submission to get the same grade everywhere, and how a difference is told to the
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import platform
-from pathlib import Path
 
 import course_lib
+from course_lib.grading.sources import checks_hash, course_lib_hash
 
 
 class EnvironmentMismatch(RuntimeError):
@@ -20,28 +19,6 @@ def _version(package: str) -> str:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return "not installed"
-
-
-def course_lib_hash() -> str:
-    """Hash of every source file of course_lib (an edited working copy keeps its version number;
-    a submission that rewrote them on disk would change every later grade)."""
-    folder = Path(course_lib.__file__).parent
-    digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*.py")):
-        digest.update(str(path.relative_to(folder)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def checks_hash(assignment: str) -> str:
-    """Hash of the checks the assignment is graded with, as this process imports them."""
-    folder = Path(course_lib.__file__).parent / "checks"
-    digest = hashlib.sha256()
-    for name in ("__init__.py", "cases.py", f"{assignment}.py"):
-        path = folder / name
-        digest.update(name.encode())
-        digest.update(path.read_bytes() if path.is_file() else b"")
-    return digest.hexdigest()[:16]
 
 
 def fingerprint(assignment: str, sandboxed: bool = True) -> dict[str, str]:

@@ -42,7 +42,7 @@ from tqdm import tqdm
 from course_lib.grading import gradebook, ingest, outputs, scoring
 from course_lib.grading.course import interpreter_on_path, notebook_name, run_nbgrader
 from course_lib.grading.dispatch import ClusterError, Engine, chunked, gpu_tests, route
-from course_lib.grading.environment import EnvironmentMismatch, course_lib_hash
+from course_lib.grading.environment import EnvironmentMismatch
 from course_lib.grading.model import (Failure, Graded, GradingOptions, SourceInfo, Status,
                                       Submission, TaskSpec, Work)
 from course_lib.grading.resume import RESULTS, ResultCache
@@ -50,6 +50,7 @@ from course_lib.grading.sandbox.check import check_available, check_sandbox, enf
 from course_lib.grading.sandbox.kernelspec import install_kernelspec, kernel_env
 from course_lib.grading.sandbox.policy import Limits, SandboxUnavailable
 from course_lib.grading.shard import course_bundle
+from course_lib.grading.sources import course_lib_hash
 from course_lib.grading.worker import drop_sessions, grade_task
 
 DEFAULT_MEM_MB = 4096

@@ -42,6 +42,8 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
+import importlib.util
 import io
 import json
 import os
@@ -90,10 +92,26 @@ class _Capture(io.TextIOBase):
         return "".join(self.parts)
 
 
+@functools.lru_cache(maxsize=None)
+def nbgrader_utils() -> types.ModuleType:
+    """nbgrader's own ``utils`` module (its ``determine_grade`` is the rule), run from its file
+    alone: ``import nbgrader.utils`` first runs the package's ``__init__``, which imports its
+    Jupyter server extensions, 2 s of CPU in every re-check server that grading never uses."""
+    if "nbgrader.utils" in sys.modules:  # imported already (outside the box): the same module
+        return sys.modules["nbgrader.utils"]
+    package = importlib.util.find_spec("nbgrader")  # finds it without running its __init__
+    path = Path(package.submodule_search_locations[0]) / "utils.py"
+    spec = importlib.util.spec_from_file_location("course_lib_nbgrader_utils", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def grade(points: float, error: bool, stderr: str, result_text: str | None) -> float:
     """nbgrader's determine_grade on the outputs the cell would have had."""
     import nbformat
-    from nbgrader.utils import determine_grade
+
+    determine_grade = nbgrader_utils().determine_grade
 
     outputs = []
     if error:
@@ -220,7 +238,7 @@ def _import_checks(modules: list[str]):
     from IPython.core.interactiveshell import InteractiveShell
 
     import nbformat  # noqa: F401
-    import nbgrader.utils  # noqa: F401
+    nbgrader_utils()
     preload(modules)
     from traitlets.config import Config
 

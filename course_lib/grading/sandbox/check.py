@@ -10,13 +10,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from course_lib.grading.sandbox import cgroups, seccomp
+from course_lib.grading.sandbox import cgroups, policy, seccomp
 from course_lib.grading.sandbox.policy import (NOBODY, SYSTEM_DIRS, Limits, Sandbox,
                                                SandboxUnavailable, require_bwrap)
 from course_lib.grading.sandbox.supervisor import run_sandboxed
+from course_lib.grading.sources import course_lib_hash
 
 # What every run in the box imports: the kernel, the nursery, the re-check and what they preload.
-INSIDE_MODULES = ("torch", "ipykernel.kernelapp", "nbgrader.utils",
+INSIDE_MODULES = ("torch", "ipykernel.kernelapp",
                   "course_lib.grading.inside.kernel", "course_lib.grading.inside.nursery",
                   "course_lib.grading.inside.recheck")
 
@@ -48,20 +49,40 @@ import course_lib.checks
 found = {"python": sys.executable, "course_lib": course_lib.checks.__file__, "failed": {},
          "seccomp": [l.split()[1] for l in open("/proc/self/status") if l.startswith("Seccomp:")]}
 names = %r + [f"course_lib.checks.{m.name}" for m in pkgutil.iter_modules(course_lib.checks.__path__)]
-for name in names:
-    try:
-        importlib.import_module(name)
+for name in names + ["nbgrader.utils"]:
+    try:  # nbgrader's utils as the re-check loads them (recheck.nbgrader_utils)
+        if name == "nbgrader.utils":
+            from course_lib.grading.inside.recheck import nbgrader_utils
+            nbgrader_utils()
+        else:
+            importlib.import_module(name)
     except BaseException as exc:
         found["failed"][name] = traceback.format_exception_only(type(exc), exc)[-1].strip()[:300]
 print("PROBE " + json.dumps(found))
 """
 
 
+# The checks that passed in this process, by what they depend on: grading several assignments
+# from one process (a script, a notebook) starts the box and imports torch there once, not once
+# per class (seconds of CPU each).
+_PASSED: dict[tuple, str] = {}
+
+
 def check_sandbox(hide: list[Path] = ()) -> str:
     """Start the REAL sandbox, with this interpreter and the mounts grading uses, and import the
     modules that run inside it (:data:`INSIDE_MODULES` and every assignment's checks). Returns
-    a summary; raises :class:`SandboxUnavailable` saying what to fix when anything fails."""
+    a summary; raises :class:`SandboxUnavailable` saying what to fix when anything fails. A check
+    that passed is not repeated in this process while bwrap, the interpreter, its folders, the
+    masks, the modules and course_lib's sources stay the same."""
     check_available()
+    key = (require_bwrap(), sys.executable, tuple(map(str, hide)), tuple(policy.python_dirs()),
+           INSIDE_MODULES, course_lib_hash())
+    if key not in _PASSED:
+        _PASSED[key] = _check_in_the_box(hide)
+    return _PASSED[key]
+
+
+def _check_in_the_box(hide: list[Path]) -> str:
     with tempfile.TemporaryDirectory(prefix="cl-sandbox-check-") as tmp:
         box = Sandbox.for_batch(Path(tmp) / "work", hide=list(hide), limits=Limits(wall_s=300))
         scratch = box.new_scratch("check")
