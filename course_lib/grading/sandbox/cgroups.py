@@ -325,7 +325,8 @@ class Cage:
             return False
         deadline = time.monotonic() + FREEZE_WAIT_S
         while _read(folder / "freezer.state").strip() != "FROZEN":
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline:  # thawed again, or a SIGKILL would never land
+                _write(folder / "freezer.state", "THAWED")
                 return False
             time.sleep(0.002)
         return True
