@@ -35,17 +35,8 @@ this subpackage is the trust boundary. Module map, in the order a class is grade
 The names of :mod:`.course` are re-exported here (``from course_lib import grading;
 grading.new_course(...)``).
 """
-import sys
-
-# Every process of the grader imports nbformat, which imports jsonschema, which imports
-# `rfc3987_syntax` where it is installed (jupyter-events pulls it in) for its "iri" format
-# checker; that module builds a parser when imported: 1.2 of the 1.3 s of CPU `import nbformat`
-# takes, in each of the ten or so processes a class starts. No schema nbformat or nbgrader checks
-# uses that format, so the grader's processes leave it out (jsonschema skips a checker whose
-# module is missing); so do the nbgrader commands it runs (course.NBGRADER_MAIN).
-sys.modules.setdefault("rfc3987_syntax", None)
-
-from course_lib.grading.course import (  # noqa: E402,F401
+# Imported first: it also leaves out an import every grading process would pay for (see there).
+from course_lib.grading.course import (  # noqa: F401
     ASSIGNMENT_PATTERN, GradingError, ValidationResult, assignments, autograde, new_course,
     notebook_name, release_path, repo_root, run_nbgrader, scores, submit, validate)
 

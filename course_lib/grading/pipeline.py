@@ -15,10 +15,11 @@ The stages, in order (:func:`grade_class`; book/instructor_guide.md explains eac
    with its own student id, recorded in the gradebook and kept by later batches
    (:mod:`.identities`, :func:`.gradebook.identify`);
 3. **grade** on dask workers (:mod:`.dispatch`, :mod:`.worker`, :mod:`.shard`): nbgrader's
-   autograde in sandboxed warm kernels with the re-check beside it, the decision (:mod:`.scoring`) and
-   nbgrader's feedback, one submission per task; results already graded with the same inputs are
-   taken from ``OUT/results`` unless anything about them is suspect or a regrade is asked for
-   (:mod:`.resume`); a batch whose first results are all the same grader error stops early;
+   autograde in sandboxed warm kernels with the re-check beside it, the decision
+   (:mod:`.scoring`) and nbgrader's feedback, one submission per task; results already graded
+   with the same inputs are taken from ``OUT/results`` unless anything about them is suspect or
+   a regrade is asked for (:mod:`.resume`); a batch whose first results are all the same
+   grader error stops early;
 4. **record** the final automatic scores in the course's gradebook (rows the grader could not
    grade get no score; what a person graded in formgrader stays);
 5. **outputs** (:mod:`.outputs`): ``grades.csv``, ``report.html``, ``problems.txt``, feedback.
