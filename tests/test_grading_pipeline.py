@@ -88,6 +88,90 @@ def _with(edits: dict[str, str]) -> nbformat.NotebookNode:
 
 WRONG_UNFOLD = "def conv2d_unfold(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):\n"
 
+# Issue 21: attacks on a check that shares the student's process. Each fools nbgrader's kernel;
+# the re-check runs these tests in its server (value-only checking), where none of them reaches.
+ZEROS_UNFOLD = WRONG_UNFOLD + (  # the right shape, all zeros
+    "    oh = conv_output_size(x.shape[2], weight.shape[2], stride, padding, dilation)\n"
+    "    ow = conv_output_size(x.shape[3], weight.shape[3], stride, padding, dilation)\n"
+    "    return torch.zeros(x.shape[0], weight.shape[0], oh, ow)\n")
+AUDIT_HOOK = ZEROS_UNFOLD + '''
+import ast, sys
+def _blank_tests(event, args):
+    if event == "compile" and args and isinstance(args[0], (ast.Module, ast.Interactive)) \\
+            and "checks.check" in ast.unparse(args[0]):
+        args[0].body[:] = [ast.Pass(lineno=1, col_offset=0, end_lineno=1, end_col_offset=4)]
+sys.addaudithook(_blank_tests)
+'''
+TORCH_MODE = ZEROS_UNFOLD + '''
+from torch.overrides import TorchFunctionMode
+class _Constant(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if "conv" in getattr(func, "__name__", "") and isinstance(out, torch.Tensor):
+            return torch.zeros_like(out)
+        return out
+_constant = _Constant()
+_constant.__enter__()
+'''
+FAKE_CHECKS = '''
+import sys, types
+import course_lib.checks
+_fake = types.ModuleType("course_lib.checks.ex01_standard")
+_fake.__getattr__ = lambda name: (lambda *args, **kwargs: None)
+sys.modules["course_lib.checks.ex01_standard"] = _fake
+course_lib.checks.ex01_standard = _fake
+'''
+LYING_NUMBER = '''
+import numbers, sys
+class _Sly:
+    def item(self):
+        frame = sys._getframe(1)
+        while frame is not None:
+            if "expected" in frame.f_locals:
+                return frame.f_locals["expected"]
+            frame = frame.f_back
+        return 0
+_Sly.__module__ = "numpy"
+numbers.Real.register(_Sly)
+def conv_output_size(size, kernel_size, stride=1, padding=0, dilation=1):
+    return _Sly()
+'''
+ZERO_THE_CASES = WRONG_UNFOLD + '''    import sys
+    frame = sys._getframe(1)
+    while frame is not None:
+        for value in list(frame.f_locals.values()):
+            for case in (value if isinstance(value, list) else [value]):
+                for name in ("x", "weight", "bias"):
+                    tensor = getattr(case, name, None)
+                    if isinstance(tensor, torch.Tensor):
+                        tensor.detach().zero_()
+        frame = frame.f_back
+    oh = conv_output_size(x.shape[2], weight.shape[2], stride, padding, dilation)
+    ow = conv_output_size(x.shape[3], weight.shape[3], stride, padding, dilation)
+    return torch.zeros(x.shape[0], weight.shape[0], oh, ow)
+'''
+READ_HIDDEN_TESTS = '''
+import gc
+def _hidden_tests_in_memory():
+    marker = "BEGIN HIDDEN " + "TESTS"  # built here: this cell's own text must not count
+    for container in gc.get_objects():
+        items = container.values() if isinstance(container, dict) else \\
+            container if isinstance(container, (list, tuple)) else ()
+        for item in list(items):
+            if isinstance(item, str) and marker in item:
+                return True
+    return False
+def conv_output_size(size, kernel_size, stride=1, padding=0, dilation=1):
+    if not _hidden_tests_in_memory():
+        return 0
+    return (size + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1
+'''
+
+def _inserted_first(source: str, nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """``nb`` with a code cell of the student's before every other cell (the setup cell too)."""
+    nb.cells.insert(0, nbformat.v4.new_code_cell(source))
+    return nb
+
 
 def _hostile(paths: dict[str, str]) -> dict[str, tuple[object, float]]:
     """Submissions that attack the course, the grader or classmates (they know the instructor's
@@ -211,6 +295,20 @@ procs = [subprocess.Popen(['sleep', '60']) for _ in range(200)]
         "spawn_daemon": (_with({"part1": daemon}), TOTAL),
         "fork_bomb": (_with({"part4": fork_bomb}), p["part1-tests"] + p["part2-tests"]),
         "slow_cells": (_with({"part2": slow}), TOTAL),
+        # Issue 21, value-only checking: an audit hook that blanks test cells as they compile, a
+        # TorchFunctionMode that zeroes every convolution (the check's reference too), a fake
+        # checks module installed before the setup cell, a number whose .item() reads the
+        # expected value from the check's frame, a function that zeroes the check's cases in
+        # place, a function right only where the hidden tests are in its process's memory.
+        "audit_hook": (_with({"part4": AUDIT_HOOK}), TOTAL - p["part4-tests"]),
+        "torch_mode": (_with({"part4": TORCH_MODE}), TOTAL - p["part4-tests"]),
+        "fake_checks": (_inserted_first(FAKE_CHECKS, _with({"part4": ZEROS_UNFOLD})),
+                        TOTAL - p["part4-tests"]),
+        # conv_output_size is wrong, and part 4 uses it (part 5 is answered with literals).
+        "lying_number": (_with({"part1": LYING_NUMBER}), p["part2-tests"] + p["part5-tests"]),
+        "zero_the_cases": (_with({"part4": ZERO_THE_CASES}), TOTAL - p["part4-tests"]),
+        "read_hidden_tests": (_with({"part1": READ_HIDDEN_TESTS}),
+                              p["part2-tests"] + p["part5-tests"]),
         # Honest students whose names clean to the same id (they differ in spacing): both graded.
         "Jane Doe": (_solved_release(), TOTAL),
         "Jane  Doe": (_with({"part4": part4_wrong}), TOTAL - p["part4-tests"]),
@@ -426,6 +524,9 @@ PROBLEM_WORDS = {
     "forge_recheck": "forged", "input_transformer": "nbgrader gave",
     "patch_layer": "replaced protected objects", "spawn_daemon": "started processes",
     "fork_bomb": "processes", "slow_cells": "of its", "Jane  Doe": "graded as student id",
+    **{attack: "nbgrader gave" for attack in ("audit_hook", "torch_mode", "fake_checks",
+                                              "lying_number", "zero_the_cases",
+                                              "read_hidden_tests")},
 }
 
 

@@ -23,6 +23,10 @@ arguments), and what is wrong (type, shape, value and where). Rules they follow:
 * Public checks take their cases as arguments: visible test cells use the defaults, hidden test
   cells in ``solutions/`` pass their own (seeds, shapes, rates), which the released package never
   contains.
+* A check that touches the student's objects only through :func:`call_student` and reads only
+  data from them is marked :func:`value_only`: the re-check then runs its test cells in a
+  process that never runs student code, the student's functions answering from their own
+  process by value (:mod:`.remote`).
 * "Implement it" parts run the student's function under :func:`refusing`: PyTorch's convolution
   (caught at the dispatcher, whatever alias reached it) and course_lib's own implementations refuse
   with advice.
@@ -47,6 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from course_lib.checks.remote import StudentObject, value_only  # noqa: F401 (value_only: API)
 
 # PyTorch references captured at import time (see the module docstring); every check module uses
 # these, never the names a notebook can reassign.
@@ -147,30 +153,61 @@ def _fresh(value: Any) -> Any:
     return value.detach().clone() if type(value) is torch.Tensor else value
 
 
+def student_outcome(fn: Callable[..., Any], args: tuple, kwargs: dict) -> tuple[str, Any]:
+    """Run a student's call quietly: ``("returned", value)``, or the category of its failure
+    (``not-implemented``, ``check-failed``, ``exited``, ``memory``, ``raised``) and the exception.
+    The re-check's child runs this too, for a check in the server (:mod:`.remote`)."""
+    try:
+        with quiet():
+            return "returned", fn(*args, **kwargs)
+    except NotImplementedError as exc:
+        return "not-implemented", exc
+    except CheckFailed as exc:
+        return "check-failed", exc
+    except (SystemExit, KeyboardInterrupt) as exc:
+        return "exited", exc
+    except Exception as exc:  # any student bug: reported with the input that triggered it
+        return ("memory" if out_of_memory(exc) else "raised"), exc
+
+
+def _fail_call(label: str, call: str, category: str, kind_name: str, text: str,
+               kind: str) -> NoReturn:
+    """The message for a student's call that did not return (see :func:`student_outcome`)."""
+    if category == "not-implemented":
+        fail(f"{label} is not implemented yet: replace `raise NotImplementedError()` with your "
+             f"code (failed on {call}).", "not-implemented")
+    if category == "check-failed":
+        fail(text, kind or "wrong")
+    if category == "exited":
+        fail(f"{label} raised {kind_name} on {call}; a function must return its result.",
+             "exited")
+    fail(f"{label} raised {kind_name} on {call}: {text}",
+         "memory" if category == "memory" else "raised")
+
+
 def call_student(fn: Callable[..., Any], *args: Any, name: str | None = None,
                  **kwargs: Any) -> Any:
     """Call a student's function quietly, on copies of its tensor arguments; turn its exceptions
-    into an actionable message. Call it BEFORE computing the expected value (module docstring)."""
+    into an actionable message. Call it BEFORE computing the expected value (module docstring).
+    A function in the student's process (:class:`.remote.StudentFunction`, in the re-check) is
+    called there, with the refusals now in force, on copies sent by value."""
     label = name or getattr(fn, "__name__", "your function")
     if not callable(fn):
         fail(f"{label} should be a function, but it is a {type(fn).__name__}.", "type")
     call = describe_call(label, args, kwargs)
+    if isinstance(fn, StudentObject):
+        category, result = fn.call_in_student_process(args, kwargs, list(_REFUSALS))
+        if category == "returned":
+            return result
+        _fail_call(label, call, category, *result)
     args = tuple(_fresh(a) for a in args)
     kwargs = {k: _fresh(v) for k, v in kwargs.items()}
-    try:
-        with quiet():
-            return fn(*args, **kwargs)
-    except NotImplementedError:
-        fail(f"{label} is not implemented yet: replace `raise NotImplementedError()` with your "
-             f"code (failed on {call}).", "not-implemented")
-    except CheckFailed:
-        raise
-    except (SystemExit, KeyboardInterrupt) as exc:
-        fail(f"{label} raised {type(exc).__name__} on {call}; a function must return its result.",
-             "exited")
-    except Exception as exc:  # any student bug: report it with the input that triggered it
-        fail(f"{label} raised {type(exc).__name__} on {call}: {exc}",
-             "memory" if out_of_memory(exc) else "raised")
+    category, result = student_outcome(fn, args, kwargs)
+    if category == "returned":
+        return result
+    if category == "check-failed":
+        raise result
+    _fail_call(label, call, category, type(result).__name__, str(result), "")
 
 
 def call_each(fn: Callable[..., Any], calls: Iterable[tuple[tuple, dict]],
@@ -244,10 +281,17 @@ def tensors_match(actual: Any, other: torch.Tensor, atol: float = 1e-4,
 def plain_number(value: Any) -> Any:
     """A student's number as a plain Python int/float, read without running any method the
     student's class may define: types are tested with ``type()`` (``isinstance`` would consult a
-    ``__class__`` property) and ints read with ``int.__int__`` (not an overridden ``__int__``)."""
-    kind = type(value)
-    if kind is torch.Tensor and value.numel() == 1:
+    ``__class__`` property) and ints read with ``int.__int__`` (not an overridden ``__int__``);
+    a one-element tensor counts as its number."""
+    if type(value) is torch.Tensor and value.numel() == 1:
         return value.item()
+    return plain_scalar(value)
+
+
+def plain_scalar(value: Any) -> Any:
+    """A Python or NumPy number (or bool) as the plain type (see :func:`plain_number`); any
+    other value as it is."""
+    kind = type(value)
     if kind is bool:
         return value
     if issubclass(kind, bool):
@@ -256,7 +300,8 @@ def plain_number(value: Any) -> Any:
         return int.__int__(value)
     if issubclass(kind, float):
         return float.__float__(value)
-    if kind.__module__ == "numpy" and issubclass(kind, numbers.Real):
+    if kind.__module__ == "numpy" and (issubclass(kind, numbers.Real)
+                                       or kind.__name__ in ("bool_", "bool")):
         return value.item()
     return value
 
@@ -459,7 +504,13 @@ def refusing(advice: str, *, convolutions: bool | str = False, named_padding: bo
     * ``references``: course_lib functions and classes (see :func:`references_in`). Their code
       objects are swapped, so every alias and every wrapper of them refuses too.
 
-    Everything is restored on exit: checks compute their own references afterwards."""
+    Everything is restored on exit: checks compute their own references afterwards. The
+    refusals in force are also recorded (:data:`_REFUSALS`), so that a call into the student's
+    process (:func:`call_student`) applies them there."""
+    references = list(references)
+    _REFUSALS.append({"advice": advice, "convolutions": convolutions,
+                      "named_padding": named_padding,
+                      "references": [[r.__module__, r.__qualname__] for r in references]})
     swapped = []
     try:
         for reference in references:
@@ -477,8 +528,28 @@ def refusing(advice: str, *, convolutions: bool | str = False, named_padding: bo
                     advice, convolutions if isinstance(convolutions, str) else "all"))
             yield
     finally:
+        _REFUSALS.pop()
         for function, code in reversed(swapped):
             function.__code__ = code
+
+
+# What refusing() has in force now, innermost last, as data (see refusing and call_student).
+_REFUSALS: list[dict] = []
+
+
+def refusing_as_recorded(specs: list[dict]) -> contextlib.ExitStack:
+    """The refusals ``specs`` (recorded by :func:`refusing` in another process) in force here:
+    references named by module and name are looked up among this process's course_lib."""
+    import importlib
+
+    stack = contextlib.ExitStack()
+    for spec in specs:
+        references = [getattr(importlib.import_module(module), name)
+                      for module, name in spec["references"] if module.startswith("course_lib.")]
+        stack.enter_context(refusing(str(spec["advice"]), convolutions=spec["convolutions"],
+                                     named_padding=bool(spec["named_padding"]),
+                                     references=references))
+    return stack
 
 
 def course_references(*names: str) -> list[Any]:

@@ -12,7 +12,7 @@ from torch import nn
 
 from course_lib.checks import (COUNT_ADVICE, REFERENCE, as_int, call_student, course_references,
                                describe_call, expect_int, expect_tensor, fail, named_mistakes,
-                               passed, refusing, tensors_match)
+                               passed, refusing, tensors_match, value_only)
 from course_lib.checks.cases import conv_cases
 
 VISIBLE_SEED = 101
@@ -61,6 +61,7 @@ def _output_size_hints(size: int, k: int, s: int, p: int, d: int) -> dict[int, s
     return {v: h for v, h in named_mistakes(pairs).items() if v != right}
 
 
+@value_only
 def check_output_size(conv_output_size: Callable,
                       cases: Sequence[tuple[int, int, int, int, int]] = OUTPUT_SIZE_CASES) -> None:
     """``conv_output_size(size, kernel_size, stride, padding, dilation)`` against PyTorch; cases
@@ -79,6 +80,7 @@ _UNFOLD_ADVICE = ("conv2d_unfold must compute the convolution itself: build it f
                   "torch.ops.aten.convolution or course_lib's conv2d_unfold.")
 
 
+@value_only
 def check_conv2d_unfold(conv2d_unfold: Callable, seed: int = VISIBLE_SEED, count: int = 6) -> None:
     """``conv2d_unfold(x, weight, bias, stride, padding, dilation, groups)`` against F.conv2d, with
     every convolution refused while it runs; ``count`` random cases from ``seed`` (square and
@@ -107,6 +109,7 @@ def check_conv2d_unfold(conv2d_unfold: Callable, seed: int = VISIBLE_SEED, count
            f"(rectangular kernels, stride, padding, dilation, groups).")
 
 
+@value_only
 def check_conv_params(conv_params: Callable,
                       cases: Sequence[tuple[int, int, int, bool]] = LAYER_CASES) -> None:
     """``conv_params(in_channels, out_channels, kernel_size, bias)`` against nn.Conv2d; cases are
@@ -128,6 +131,7 @@ def check_conv_params(conv_params: Callable,
     passed(f"conv_params matches nn.Conv2d on {len(cases)} layers.")
 
 
+@value_only
 def check_conv_macs(conv_macs: Callable,
                     cases: Sequence[tuple[int, int, int, int, int]] = MACS_CASES) -> None:
     """``conv_macs(in_channels, out_channels, kernel_size, out_h, out_w)`` against the
@@ -151,6 +155,7 @@ def check_conv_macs(conv_macs: Callable,
     passed(f"conv_macs matches a measured FlopCounterMode count on {len(cases)} layers.")
 
 
+@value_only
 def check_conv_costs(conv_params: Callable, conv_macs: Callable,
                      param_cases: Sequence[tuple[int, int, int, bool]] = LAYER_CASES,
                      macs_cases: Sequence[tuple[int, int, int, int, int]] = MACS_CASES) -> None:
@@ -160,6 +165,7 @@ def check_conv_costs(conv_params: Callable, conv_macs: Callable,
     check_conv_macs(conv_macs, macs_cases)
 
 
+@value_only
 def check_layer_answers(out_size: object, params: object, macs: object) -> None:
     """Part 3, by number: the output size, parameters and mult-adds of :data:`LAYER` (with bias),
     measured on a real layer."""

@@ -17,7 +17,7 @@ from torch import nn
 from course_lib.checks import (COUNT_ADVICE, REFERENCE, as_int, as_number, call_student,
                                course_references, describe_call, expect_close, expect_int,
                                expect_tensor, fail, named_mistakes, passed, refusing,
-                               tensors_match)
+                               tensors_match, value_only)
 from course_lib.pointwise import input_positions_used
 
 VISIBLE_SEED = 202
@@ -51,6 +51,7 @@ def pointwise_cases(seed: int, count: int) -> list[tuple[torch.Tensor, torch.Ten
     return cases
 
 
+@value_only
 def check_pointwise_matmul(pointwise_matmul: Callable, seed: int = VISIBLE_SEED,
                            count: int = 5) -> None:
     """Part 1: ``pointwise_matmul(x, weight, bias=None)`` equals ``F.conv2d`` with a 1x1 kernel,
@@ -134,6 +135,7 @@ def check_pointwise_via_linear(pointwise_via_linear: Callable, seed: int = VISIB
     passed(f"pointwise_via_linear equals a 1x1 convolution on {len(cases)} random cases.")
 
 
+@value_only
 def check_pointwise_params(pointwise_params: Callable,
                            cases: Sequence[tuple[int, int, bool]] = PARAM_CASES) -> None:
     """Part 3a: ``pointwise_params(in_channels, out_channels, bias=True)`` against nn.Conv2d;
@@ -151,6 +153,7 @@ def check_pointwise_params(pointwise_params: Callable,
     passed(f"pointwise_params matches nn.Conv2d(C, M, 1) on {len(cases)} layers.")
 
 
+@value_only
 def check_pointwise_macs(pointwise_macs: Callable,
                          cases: Sequence[tuple[int, int, int, int]] = MACS_CASES) -> None:
     """Part 3b: ``pointwise_macs(in_channels, out_channels, out_h, out_w)`` (the output size)
@@ -173,6 +176,7 @@ def check_pointwise_macs(pointwise_macs: Callable,
     passed(f"pointwise_macs matches a measured FlopCounterMode count on {len(cases)} layers.")
 
 
+@value_only
 def check_pointwise_costs(pointwise_params: Callable, pointwise_macs: Callable,
                           param_cases: Sequence[tuple[int, int, bool]] = PARAM_CASES,
                           macs_cases: Sequence[tuple[int, int, int, int]] = MACS_CASES) -> None:
@@ -186,6 +190,7 @@ def _read_mask(size: int, stride: int) -> torch.Tensor:
     return input_positions_used(nn.Conv2d(2, 2, 1, stride=stride), (1, 2, size, size))
 
 
+@value_only
 def check_strided_answers(read_fraction: object, read_positions: object,
                           macs_ratio: object) -> None:
     """Part 4, by number, each measured on a real layer:

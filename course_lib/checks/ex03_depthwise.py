@@ -17,7 +17,7 @@ from torch import nn
 from course_lib.checks import (COUNT_ADVICE, REFERENCE, as_int, as_number, call_student,
                                course_references, describe_call, expect_close, expect_int,
                                expect_tensor, fail, named_mistakes, passed, refusing,
-                               tensors_match)
+                               tensors_match, value_only)
 from course_lib.checks.cases import conv_cases
 
 VISIBLE_SEED = 303
@@ -39,6 +39,7 @@ def multiplier_first(t: torch.Tensor, channels: int, axis: int) -> torch.Tensor:
     return t.reshape(split).transpose(axis, axis + 1).reshape(t.shape)
 
 
+@value_only
 def check_depthwise_conv2d(depthwise_conv2d: Callable, seed: int = VISIBLE_SEED,
                            count: int = 5) -> None:
     """Part 1: ``depthwise_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1)`` with
@@ -89,6 +90,7 @@ def keras_order_reference(kernel: torch.Tensor) -> torch.Tensor:
     return weight
 
 
+@value_only
 def check_keras_to_torch(keras_to_torch: Callable,
                          shapes: Sequence[tuple[int, int, int, int]] = KERAS_SHAPES,
                          seed: int = VISIBLE_SEED + 1) -> None:
@@ -121,6 +123,7 @@ def check_keras_to_torch(keras_to_torch: Callable,
     passed(f"keras_to_torch keeps TensorFlow's channel order on {len(cases)} kernels.")
 
 
+@value_only
 def check_depthwise_params(depthwise_params: Callable,
                            cases: Sequence[tuple[int, int, int, int, int, bool]] = COST_CASES
                            ) -> None:
@@ -145,6 +148,7 @@ def check_depthwise_params(depthwise_params: Callable,
     passed(f"depthwise_params matches nn.Conv2d(groups=C) on {len(cases)} layers.")
 
 
+@value_only
 def check_depthwise_macs(depthwise_macs: Callable,
                          cases: Sequence[tuple[int, int, int, int, int, bool]] = COST_CASES
                          ) -> None:
@@ -176,6 +180,7 @@ def check_depthwise_macs(depthwise_macs: Callable,
     passed(f"depthwise_macs matches a measured FlopCounterMode count on {len(cases)} layers.")
 
 
+@value_only
 def check_depthwise_costs(depthwise_params: Callable, depthwise_macs: Callable,
                           cases: Sequence[tuple[int, int, int, int, int, bool]] = COST_CASES
                           ) -> None:
@@ -185,6 +190,7 @@ def check_depthwise_costs(depthwise_params: Callable, depthwise_macs: Callable,
     check_depthwise_macs(depthwise_macs, cases)
 
 
+@value_only
 def check_depthwise_layer(dw_params: object, dw_macs: object,
                           standard_over_depthwise: object) -> None:
     """Part 4, by number: the depthwise layer of :data:`LAYER` (no bias) and how many times more

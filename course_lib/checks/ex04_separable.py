@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from course_lib.checks import (COUNT_ADVICE, REFERENCE, as_int, as_number, call_student,
                                course_references, describe_call, expect_close, expect_int,
                                expect_tensor, fail, how_wrong, named_mistakes, passed, quiet,
-                               refusing, tensors_match)
+                               refusing, tensors_match, value_only)
 
 VISIBLE_SEED = 404
 # (in_channels, out_channels, kernel_size, depth_multiplier): the worked example first
@@ -36,6 +36,7 @@ def _reference_params(c: int, m: int, k: int, d: int) -> int:
     return sum(p.numel() for layer in (depthwise, pointwise) for p in layer.parameters())
 
 
+@value_only
 def check_separable_params(separable_params: Callable,
                            cases: Sequence[tuple[int, int, int, int]] = LAYER_CASES) -> None:
     """``separable_params(in_channels, out_channels, kernel_size, depth_multiplier)`` (no bias)
@@ -72,6 +73,7 @@ def _measured_macs(c: int, m: int, k: int, out_h: int, out_w: int, d: int) -> in
     return counter.get_total_flops() // 2
 
 
+@value_only
 def check_separable_macs(separable_macs: Callable,
                          cases: Sequence[tuple[int, int, int, int, int, int]] = MACS_CASES) -> None:
     """``separable_macs(in_channels, out_channels, kernel_size, out_h, out_w, depth_multiplier)``
@@ -178,6 +180,7 @@ def check_separable_block(SeparableConv2d: Callable,
            f"(groups, stride, values, cost).")
 
 
+@value_only
 def check_separable_to_full(separable_to_full: Callable,
                             shapes: Sequence[tuple[int, int, int]] = FULL_SHAPES,
                             seed: int = VISIBLE_SEED + 4) -> None:
@@ -207,6 +210,7 @@ def check_separable_to_full(separable_to_full: Callable,
     passed(f"separable_to_full gives the equivalent standard kernel on {len(shapes)} cases.")
 
 
+@value_only
 def check_separable_costs(separable_params: Callable, separable_macs: Callable,
                           param_cases: Sequence[tuple[int, int, int, int]] = LAYER_CASES,
                           macs_cases: Sequence[tuple[int, int, int, int, int, int]] = MACS_CASES
@@ -216,6 +220,7 @@ def check_separable_costs(separable_params: Callable, separable_macs: Callable,
     check_separable_macs(separable_macs, macs_cases)
 
 
+@value_only
 def check_numbers(standard_weights: Any, separable_weights: Any, mac_saving: Any,
                   exact_depth_multiplier: Any) -> None:
     """By number, for the layer of :data:`NUMBERS` (no bias): the weights of the standard and

@@ -9,10 +9,10 @@ from torch import nn
 
 from course_lib import xception
 from course_lib.separable import DepthwiseSeparableConv2d
-from course_lib.checks import (COUNT_ADVICE, REFERENCE, CheckFailed, as_int, as_number,
+from course_lib.checks import (COUNT_ADVICE, CheckFailed, REFERENCE, as_int, as_number,
                                call_student, course_references, describe_call, expect_close,
                                expect_int, expect_tensor, fail, named_mistakes, passed, refusing,
-                               tensors_match)
+                               tensors_match, value_only)
 from course_lib.checks.cases import ConvCase
 
 VISIBLE_SEED = 505
@@ -28,6 +28,7 @@ Q_CHANNELS = 384                 # first_cheaper_groups, extreme_params
 Q_ORDER_IN, Q_ORDER_OUT = 96, 240    # order_difference
 
 
+@value_only
 def check_grouped_params(grouped_conv_params: Callable,
                          cases: Sequence[tuple[int, int, int, int, bool]] = PARAM_CASES) -> None:
     """``grouped_conv_params(in_channels, out_channels, kernel_size, groups, bias)`` against the
@@ -76,6 +77,7 @@ def grouped_cases(seed: int, count: int) -> list[ConvCase]:
     return cases
 
 
+@value_only
 def check_grouped_conv(grouped_conv: Callable, seed: int = VISIBLE_SEED, count: int = 5) -> None:
     """``grouped_conv(x, weight, bias, stride, padding, dilation, groups)`` against F.conv2d,
     with grouped convolutions refused (at the dispatcher) while it runs; ``count`` random cases
@@ -111,6 +113,7 @@ def check_grouped_conv(grouped_conv: Callable, seed: int = VISIBLE_SEED, count: 
            f"in_channels != out_channels.")
 
 
+@value_only
 def check_towers_to_grouped(towers_to_grouped: Callable,
                             cases: Sequence[tuple[int, int, int]] = INCEPTION_CASES,
                             seed: int = VISIBLE_SEED) -> None:
@@ -163,6 +166,7 @@ def _spectrum_answer() -> int:
                 if r.params < pointwise)
 
 
+@value_only
 def check_first_cheaper_groups(first_cheaper_groups: object) -> None:
     answer = as_int(first_cheaper_groups, "first_cheaper_groups")
     expected = _spectrum_answer()
@@ -176,6 +180,7 @@ def check_first_cheaper_groups(first_cheaper_groups: object) -> None:
     passed(f"from groups = {expected} on, the grouped 3x3 conv is cheaper than the 1x1 conv.")
 
 
+@value_only
 def check_extreme_params(extreme_params: object) -> None:
     answer = as_int(extreme_params, "extreme_params")
     module = xception.GroupedInception(Q_CHANNELS, Q_CHANNELS, 1, bias=False, activation=None)
@@ -189,6 +194,7 @@ def check_extreme_params(extreme_params: object) -> None:
     passed(f"the extreme Inception module ({c} -> {c}) has {expected:,} parameters.")
 
 
+@value_only
 def check_order_difference(order_difference: object) -> None:
     answer = as_int(order_difference, "order_difference")
     c, m = Q_ORDER_IN, Q_ORDER_OUT
@@ -203,6 +209,7 @@ def check_order_difference(order_difference: object) -> None:
     passed(f"pointwise-first has {expected:,} more parameters ({c} -> {m}, 3x3).")
 
 
+@value_only
 def check_middle_flow_share(middle_flow_share: object) -> None:
     """The middle flow's share of Xception's parameters, to within 0.0005: close enough for any
     rounding to 3 decimals, tight enough that leaving out BatchNorm's parameters (0.0015 less)

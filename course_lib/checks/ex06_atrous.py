@@ -13,9 +13,9 @@ from typing import Any, Callable, Sequence
 import torch
 
 from course_lib import atrous
-from course_lib.checks import (REFERENCE, CheckFailed, answer, as_int, call_each, call_student,
+from course_lib.checks import (CheckFailed, REFERENCE, answer, as_int, call_each, call_student,
                                course_references, describe_call, expect_int, expect_tensor, fail,
-                               named_mistakes, passed, refusing)
+                               named_mistakes, passed, refusing, value_only)
 
 VISIBLE_SEED = 606
 # (out_channels, in_channels, K_h, K_w, rate) for part 1: square AND rectangular kernels
@@ -100,6 +100,7 @@ def _wrong_receptive_fields(layers: list[tuple[int, int, int]]) -> dict[int, str
     }
 
 
+@value_only
 def check_receptive_field(receptive_field: Callable,
                           stacks: Sequence[Sequence[tuple[int, int, int]]] = STACKS) -> None:
     """``receptive_field(layers) -> (size, jump)`` against a gradient measurement; ``stacks`` are
@@ -140,6 +141,7 @@ def same_cases(pairs: Sequence[tuple[int, int]], seed: int
     return cases
 
 
+@value_only
 def check_atrous_conv_same(atrous_conv_same: Callable,
                            pairs: Sequence[tuple[int, int]] = SAME_PAIRS,
                            seed: int = VISIBLE_SEED + 3) -> None:
@@ -174,6 +176,7 @@ def check_atrous_conv_same(atrous_conv_same: Callable,
     passed(f"atrous_conv_same keeps H x W and matches F.conv2d on {len(cases)} cases.")
 
 
+@value_only
 def check_gridding(equal_field: Any, equal_read: Any, hybrid_read: Any) -> None:
     """3x3 convs at the rates :data:`EQUAL_RATES`: field width and pixels read; at
     :data:`HYBRID_RATES`: pixels read. Measured from the gradient of one output pixel."""
@@ -210,6 +213,7 @@ def branch_macs() -> tuple[int, int]:
     return result.full_macs, result.separable_macs
 
 
+@value_only
 def check_branch_costs(full_macs: Any, separable_macs: Any) -> None:
     """MACs of the atrous branch :data:`BRANCH` (no bias): a full atrous conv and an atrous
     separable one."""

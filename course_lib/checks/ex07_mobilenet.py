@@ -22,7 +22,7 @@ from torch import nn
 from course_lib import bench, costs
 from course_lib.checks import (CheckFailed, as_number, call_student, course_references,
                                describe_call, expect_close, fail, how_wrong, passed, plain_number,
-                               quiet, refusing)
+                               quiet, refusing, value_only)
 from course_lib.mobilenet import ConvMobileNet, MobileNetV1, layer_specs, total_macs
 from course_lib.timing import benchmark
 
@@ -148,6 +148,7 @@ def _check_mobilenet(build: Callable, cases: Sequence[tuple[float, int, int]]) -
            f"= {[c for c in cases]}.")
 
 
+@value_only
 def check_paper_costs(macs_m: Any, conv_macs_ratio: Any) -> None:
     """``macs_m``: {alpha: million mult-adds at 224} for alpha 1, .75, .5, .25 (paper Table 6);
     ``conv_macs_ratio``: ConvMobileNet's mult-adds / MobileNetV1's at alpha 1, 224 (Table 4)."""
@@ -387,6 +388,7 @@ def check_cpu_measurements(mobilenet_ms: Any, conv_mobilenet_ms: Any, measured_s
            f"{r:.2f}x fewer mult-adds.")
 
 
+@value_only
 def check_intensity(ai_depthwise: Any, ai_pointwise: Any) -> None:
     """FLOP/byte of a 3x3 depthwise and a 1x1 pointwise layer, 512 channels, 14x14, batch 1,
     fp32, minimal traffic (input, weights and output each moved once)."""

@@ -18,7 +18,7 @@ from torch import nn
 
 from course_lib.checks import (REFERENCE, as_int, as_number, call_student, course_references,
                                describe_call, expect_close, expect_int, fail, named_mistakes,
-                               passed, quiet, refusing, tensors_match)
+                               passed, quiet, refusing, tensors_match, value_only)
 
 VISIBLE_SEED = 808
 # (size, num_blocks) for part 1a: even and odd sizes
@@ -71,6 +71,7 @@ def _true_downsampled(size: int, num_blocks: int) -> int:
     return x.shape[-1]
 
 
+@value_only
 def check_downsampled_size(downsampled_size: Callable,
                            cases: Sequence[tuple[int, int]] = DOWN_CASES) -> None:
     """``downsampled_size(size, num_blocks)``: spatial size after ``num_blocks`` stride-2 blocks
@@ -96,6 +97,7 @@ def _true_transposed(size: int, k: int, s: int, p: int, op: int) -> int:
     return _CONV_TRANSPOSE(x, w, stride=(1, s), padding=(0, p), output_padding=(0, op)).shape[-1]
 
 
+@value_only
 def check_transposed_output_size(transposed_output_size: Callable,
                                  cases: Sequence[tuple[int, int, int, int, int]]
                                  = TRANSPOSED_CASES) -> None:
@@ -216,6 +218,7 @@ def _mean_not_added(x_train: torch.Tensor, x: torch.Tensor, k: int) -> torch.Ten
     return (((x.reshape(len(x), -1).double() - mean) @ vh.T) @ vh).float().reshape(x.shape)
 
 
+@value_only
 def check_pca_reconstruct(pca_reconstruct: Callable, ks: Sequence[int] = (8, 2),
                           seed: int = VISIBLE_SEED + 2) -> None:
     """``pca_reconstruct(x_train, x, k)`` against scikit-learn's PCA (fit on x_train), for each

@@ -53,6 +53,30 @@ def notebook_name(assignment: str) -> str:
     return f"{assignment}.ipynb"
 
 
+def where_tests_run(assignment: str, root: Path | None = None) -> dict[str, float | None]:
+    """Each graded test cell of an assignment's source notebook, by grade id: its points where
+    the re-check runs it in its server (value-only checking: checker.py), None where it runs in
+    the student's process under the guard (its check needs the student's objects themselves)."""
+    import importlib
+
+    import nbformat
+
+    from course_lib.grading.inside.checker import tests_run_in_server
+
+    importlib.import_module(f"course_lib.checks.{assignment}")  # as the re-check's server does
+    path = Path(root or repo_root()) / "solutions" / assignment / notebook_name(assignment)
+    cells, points = [], {}
+    for cell in nbformat.read(path, as_version=4).cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if cell.cell_type == "code" and meta.get("grade_id"):
+            test = bool(meta.get("grade")) and not meta.get("solution")
+            cells.append({"id": meta["grade_id"], "kind": "test" if test else "code",
+                          "source": cell.source, "locked": bool(meta.get("locked"))})
+            points[meta["grade_id"]] = float(meta.get("points", 0))
+    return {gid: points[gid] if in_server else None
+            for gid, in_server in tests_run_in_server(cells).items()}
+
+
 # `python -m nbgrader`, leaving out what the grader's processes leave out (above).
 NBGRADER_MAIN = (f"import sys; sys.modules.setdefault({LEFT_OUT!r}, None); "
                  "from nbgrader.apps.nbgraderapp import main; sys.exit(main())")

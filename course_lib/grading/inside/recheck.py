@@ -22,6 +22,12 @@ test cell passes. The re-check runs the notebook again, in three processes of di
    its own (memory addresses survive ``fork``), so a replacement made while the check was
    running zeroes that test whatever the child's own copy of the snapshot says.
 
+   A test cell whose checks are all value-only runs in the **server** instead (value-only
+   checking, :mod:`.checker`): the child is sent no source for it, only asked for the values of
+   the notebook's names and for calls of the student's functions on copies of the inputs, and
+   answers by value (:mod:`.values`); the expected values, cases and hidden tests never leave
+   the server.
+
 The server accepts a test's reply only with that cell's nonce, only once, and only after the child
 has acknowledged the *next* request (a reply forged by a student function that then kills its
 process is never confirmed). Scores follow nbgrader's rule (``nbgrader.utils.determine_grade``):
@@ -33,10 +39,11 @@ and System V IPC (if anything stays it says so, and the next student gets a fres
 it waits for the child it says "alive" every second, so the grader notices a stopped or wedged
 server in seconds. Outside, each job runs in a cgroup of its own (whole-job caps).
 
-Limits (also in book/instructor_guide.md): the checks run in the same process as the student's
-code, so a submission written against this module's own internals (ctypes, rewriting the child's
-driver) can still lie about its own tests; the final score is the lower of nbgrader's and the
-re-check's, and nothing it does reaches other students, the course, or the gradebook.
+Limits (also in book/instructor_guide.md): a test whose checks need the student's objects
+themselves (a model to build and train, a timing function) still runs in the child, beside the
+student's code, so a submission written against this module's own internals (ctypes, rewriting
+the child's driver) can still lie about those tests; the final score is the lower of nbgrader's
+and the re-check's, and nothing it does reaches other students, the course, or the gradebook.
 """
 from __future__ import annotations
 
@@ -55,7 +62,7 @@ import time
 import types
 from pathlib import Path
 
-from course_lib.grading.inside import wire
+from course_lib.grading.inside import checker, values, wire
 from course_lib.grading.inside.guard import Guard
 from course_lib.grading.inside.hygiene import (apply_limits, children, dev_entries, empty_folder,
                                                fresh_sandbox, kill_namespace_leftovers, no_ptrace)
@@ -133,25 +140,24 @@ class _Timeout(KeyboardInterrupt):
     """Raised in a cell that ran past its time (like nbgrader's kernel interrupt)."""
 
 
-def _run_plain(source: str, namespace: dict) -> object:
-    """Run a test cell with the plain interpreter; return its last expression's value."""
+def _run_plain(source: str, namespace: dict, names=None) -> object:
+    """Run a test cell with the plain interpreter; return its last expression's value.
+    ``names``: a mapping the cell's names are read from first (the checker's, checker.py)."""
     tree = ast.parse(source, filename="<test cell>")
     last = None
     if tree.body and isinstance(tree.body[-1], ast.Expr):
         last = ast.Expression(tree.body.pop().value)
-    exec(compile(tree, "<test cell>", "exec"), namespace)
+    exec(compile(tree, "<test cell>", "exec"), namespace, names)
     if last is not None:
-        return eval(compile(last, "<test cell>", "eval"), namespace)
+        return eval(compile(last, "<test cell>", "eval"), namespace, names)
     return None
 
 
 # ---------------------------------------------------------------------------- the child
 def _child(requests, replies, guard: Guard, shell, timeout: float) -> None:
     """Run cells as the server sends them; reply once per request (see module docstring)."""
-    send = os.write
-
     def reply(**event) -> None:
-        send(replies, (json.dumps(event) + "\n").encode())
+        wire.write(replies, event)
 
     protected_names: dict[str, object] = {}
     state = {"strikes": 0, "timed_out": False}
@@ -175,18 +181,14 @@ def _child(requests, replies, guard: Guard, shell, timeout: float) -> None:
         state.update(strikes=0, timed_out=False)
         is_test = cell["kind"] == "test"
         if is_test:
-            # Names and repairs only when the digest says something changed (the usual case:
-            # nothing did, and two digests per test are all it costs).
-            digest_before = guard.digest()
-            tampered_before = guard.changes() if digest_before != guard.reference else []
-            if digest_before != guard.reference:
-                guard.restore()
-                digest_before = guard.digest()
-            sys.settrace(None)
-            sys.setprofile(None)
-            threading.settrace(None)
-            threading.setprofile(None)
+            digest_before, tampered_before = _before_test(guard)
             shell.user_ns.update(protected_names)
+        if cell.get("checker"):  # the server runs this test: answer its lookups and calls
+            answered = _answer_checker(requests, reply, shell.user_ns, state)
+            reply(event="cell", nonce=nonce, cell=cell["id"], kind="test",
+                  digest_before=digest_before, tampered_before=tampered_before[:20],
+                  **_after_test(guard), **answered)
+            continue
         out, err = _Capture(), _Capture()
         sys.stdout, sys.stderr = out, err
         failure, value, timed_out = None, None, False
@@ -222,14 +224,109 @@ def _child(requests, replies, guard: Guard, shell, timeout: float) -> None:
                 text = None if value is None else repr(value)[:1000]
             except Exception:  # a student object whose repr raises
                 text = "?"
-            digest_after = guard.digest()
-            changed = digest_after != guard.reference
-            event.update(result=text, digest_before=digest_before, digest_after=digest_after,
-                         tampered_before=tampered_before,
-                         tampered_during=guard.changes()[:20] if changed else [])
-            if changed:
-                guard.restore()
+            event.update(result=text, digest_before=digest_before,
+                         tampered_before=tampered_before, **_after_test(guard))
         reply(**event)
+
+
+def _before_test(guard: Guard) -> tuple[str, list[str]]:
+    """Before a test cell: undo what student code replaced among the protected objects and stop
+    its tracers. Names and repairs only when the digest says something changed (the usual case:
+    nothing did, and two digests per test are all it costs)."""
+    digest_before = guard.digest()
+    tampered_before = guard.changes() if digest_before != guard.reference else []
+    if digest_before != guard.reference:
+        guard.restore()
+        digest_before = guard.digest()
+    sys.settrace(None)
+    sys.setprofile(None)
+    threading.settrace(None)
+    threading.setprofile(None)
+    return digest_before, tampered_before
+
+
+def _after_test(guard: Guard) -> dict:
+    """After a test cell: the protected objects' digest (the server compares it with its own)
+    and what was replaced while the test ran (then undone)."""
+    digest_after = guard.digest()
+    changed = digest_after != guard.reference
+    report = {"digest_after": digest_after,
+              "tampered_during": guard.changes()[:20] if changed else []}
+    if changed:
+        guard.restore()
+    return report
+
+
+def _answer_checker(requests, reply, namespace: dict, state: dict) -> dict:
+    """The child's side of a test cell the server runs (value-only checking, module docstring):
+    answer lookups of the notebook's names and calls of the student's objects, by value, until
+    the server says "end". The student's objects stay here, as handles (:mod:`.values`)."""
+    kept: list = []
+
+    def keep(value) -> int:
+        kept.append(value)
+        return len(kept) - 1
+
+    err, out_chars = _Capture(), 0
+    while True:
+        line = requests.readline()
+        if not line:
+            os._exit(0)  # the server is gone
+        op = json.loads(line)
+        if op.get("op") == "end":  # the cell's own reply follows (_child)
+            return {"stderr": err.value()[:2000], "stdout_chars": out_chars,
+                    "timed_out": state["timed_out"]}
+        if op.get("op") == "lookup":
+            name = op["name"]
+            answer = ({"missing": True} if name not in namespace
+                      else _encoded(namespace[name], keep))
+        else:
+            out = _Capture()
+            answer = _student_call(op, kept, keep, out, err, state)
+            out_chars += out.total
+        reply(event="answer", nonce=op["nonce"], timed_out=state["timed_out"], **answer)
+
+
+def _encoded(value, keep) -> dict:
+    """A value for the server, or why it could not be read (a student object can raise)."""
+    try:
+        return {"category": "returned", "value": values.encode(value, keep)}
+    except BaseException as exc:  # noqa: BLE001 (anything a student's object raises)
+        return {"category": "raised",
+                "failure": [type(exc).__name__[:80], "its result could not be read", ""]}
+
+
+def _student_call(op: dict, kept: list, keep, out, err, state: dict) -> dict:
+    """One call of a student's object, on the inputs the server sent, with its refusals in
+    force and the cell's remaining time on the clock (the alarm raises _Timeout in it)."""
+    from course_lib import checks
+
+    state.update(strikes=0)
+    try:
+        args = values.decode(op["args"], lambda message: kept[message["v"]])
+        kwargs = values.decode(op["kwargs"], lambda message: kept[message["v"]])
+        fn = kept[op["handle"]]
+    except (values.BadValue, LookupError, TypeError) as exc:
+        return {"category": "raised", "failure": ["BadValue", f"bad call: {exc}", ""]}
+    sys.stdout, sys.stderr = out, err
+    signal.setitimer(signal.ITIMER_REAL, max(0.01, float(op["timeout"])))
+    try:
+        with checks.refusing_as_recorded(op["refusals"]):
+            category, result = checks.student_outcome(fn, tuple(args), dict(kwargs))
+    except BaseException as exc:  # noqa: BLE001 (an interrupt outside the student's function)
+        category = "exited" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "raised"
+        result = exc
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+    if category == "returned":
+        return _encoded(result, keep)
+    try:
+        text, kind = str(result)[:2000], getattr(result, "kind", "")
+    except BaseException:  # noqa: BLE001 (a student's exception whose str raises)
+        text, kind = "", ""
+    return {"category": category,
+            "failure": [type(result).__name__[:80], text, kind if type(kind) is str else ""]}
 
 
 # ---------------------------------------------------------------------------- the server
@@ -274,20 +371,27 @@ def _judge(job: dict, guard: Guard, zygote: Zygote, timeout: float, emit, scratc
         return
     os.close(req_r)
     os.close(rep_w)
-    replies = wire.LineReader(rep_r)
+    os.set_blocking(req_w, False)  # a child that stops reading must not stop the server
+
+    def send(message: dict) -> bool:
+        return wire.write_within(req_w, message, timeout, beat, HEARTBEAT_S)
+
+    replies = wire.LineReader(rep_r, max_line=checker.MAX_REPLY)
     cells = job["cells"]
+    trusted = checker.trusted_modules(cells)  # the checks modules the locked cells import
     pending: dict | None = None  # a test verdict waiting for the child's next acknowledgement
     dead = None
     emit(event="start-job", student=job["student"])
     for cell in [*cells, None]:
         nonce = secrets.token_hex(16)
-        request = {"nonce": nonce, "finish": True} if cell is None else {"nonce": nonce,
-                                                                         "cell": cell}
+        in_server = (cell is not None and cell["kind"] == "test"
+                     and checker.runs_in_server(cell["source"], trusted))
+        request = ({"nonce": nonce, "finish": True} if cell is None else
+                   {"nonce": nonce, "cell": {"id": cell["id"], "kind": "test", "checker": True}}
+                   if in_server else {"nonce": nonce, "cell": cell})  # no source: not in the child
         if cell is not None:
             emit(event="start", cell=cell["id"])
-        try:
-            os.write(req_w, (json.dumps(request) + "\n").encode())
-        except OSError:
+        if not send(request):
             dead = "its process ended"
             break
         ack = _read_line(replies, timeout, beat)
@@ -303,6 +407,14 @@ def _judge(job: dict, guard: Guard, zygote: Zygote, timeout: float, emit, scratc
             pending = None
         if cell is None:
             break
+        if in_server:
+            try:
+                server_event = _check_in_server(cell, trusted, send, replies, timeout, beat)
+            except checker.ChildGone as exc:
+                dead = f"cell {cell['id']}: {exc}"
+                if "forged" in str(exc):
+                    emit(event="forged", cell=cell["id"])
+                break
         raw = _read_line(replies, 2 * timeout + 5, beat)
         try:
             event = json.loads(raw) if raw is not None else None
@@ -319,6 +431,8 @@ def _judge(job: dict, guard: Guard, zygote: Zygote, timeout: float, emit, scratc
             emit(event="forged", cell=cell["id"])
             break
         event.pop("nonce", None)
+        if in_server:  # the child's reply says only what happened to its own state
+            event = _with_child_part(server_event, event)
         if cell["kind"] == "test":
             forged_state = event.get("digest_after") != baseline
             restored_badly = event.get("digest_before") != baseline
@@ -352,6 +466,52 @@ def _judge(job: dict, guard: Guard, zygote: Zygote, timeout: float, emit, scratc
     _reap_orphans(zygote.pid)
     if not _clean(scratch, sandboxed, dev):  # the next student gets a fresh server
         emit(event="unclean")
+
+
+def _check_in_server(cell: dict, trusted: dict, send, replies: wire.LineReader, timeout: float,
+                     beat) -> dict:
+    """Run a test cell here, the student's names and calls answered by the child (checker.py);
+    the verdict's part of the cell's event. The child's own reply follows (read by _judge)."""
+    start = time.monotonic()
+    channel = checker.ChildChannel(send, lambda: _read_line(replies, 2 * timeout + 5, beat),
+                                   start + timeout)
+    out, err = _Capture(), _Capture()
+    sys.stdout, sys.stderr = out, err
+    try:
+        failure, value = checker.run_test_cell(cell["source"], trusted, channel, _run_plain)
+    finally:
+        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+    timed_out = channel.timed_out or isinstance(failure, checker.CellTimeout)
+    if failure is None and time.monotonic() - start > timeout:  # nbgrader would interrupt it
+        failure, timed_out = checker.CellTimeout(f"cell ran past {timeout:g} s"), True
+    channel.end()
+    try:
+        text = None if value is None else repr(value)[:1000]
+    except Exception:  # noqa: BLE001 (the server's own value: a check returns None)
+        text = "?"
+    return {"error": failure is not None,
+            "error_name": type(failure).__name__ if failure is not None else None,
+            "error_text": str(failure)[:2000] if failure is not None else None,
+            "error_kind": _kind(failure), "timed_out": timed_out, "stderr": err.value()[:2000],
+            "stdout_chars": out.total, "result": text, "checked_in": "server"}
+
+
+def _with_child_part(verdict: dict, reply: dict) -> dict:
+    """A test the server ran: its verdict, with what the server takes from the child's reply,
+    the guard's digests and findings, what the student's calls wrote to stderr outside the
+    checks' capture (it zeroes the test, as in nbgrader's kernel) and whether one ran out of
+    time. The rest of the reply (error, result) is not the child's to say."""
+    stderr = reply.get("stderr")
+    return {**verdict, "event": "cell", "cell": reply.get("cell"), "kind": "test",
+            "digest_before": reply.get("digest_before"), "digest_after": reply.get("digest_after"),
+            "tampered_before": _strings(reply.get("tampered_before")),
+            "tampered_during": _strings(reply.get("tampered_during")),
+            "stderr": (verdict["stderr"] + (stderr if type(stderr) is str else ""))[:2000],
+            "timed_out": verdict["timed_out"] or reply.get("timed_out") is True}
+
+
+def _strings(items) -> list[str]:
+    return [str(item)[:200] for item in items[:20]] if type(items) is list else []
 
 
 def _reap_orphans(zygote: int, wait_s: float = 2.0) -> None:

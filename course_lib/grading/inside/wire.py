@@ -33,8 +33,33 @@ def send(sock: socket.socket, message: dict, fds: list[int] = ()) -> None:
 
 
 def write(fd: int, message: dict) -> None:
-    """One message on a pipe."""
-    os.write(fd, encode(message))
+    """One message on a pipe, all of it (a signal can cut a large write short)."""
+    data = memoryview(encode(message))
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def write_within(fd: int, message: dict, wait_s: float, beat=None, every_s: float = 1.0) -> bool:
+    """One message on a non-blocking pipe whose reader may have stopped reading: False when it
+    did not all go in ``wait_s`` seconds or the pipe is closed; ``beat()`` every ``every_s``
+    while waiting."""
+    data = memoryview(encode(message))
+    deadline = time.monotonic() + wait_s
+    while data:
+        try:
+            data = data[os.write(fd, data):]
+            continue
+        except BlockingIOError:
+            pass
+        except OSError:
+            return False
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        _, ready, _ = select.select([], [fd], [], min(left, every_s))
+        if not ready and beat is not None:
+            beat()
+    return True
 
 
 class LineReader:

@@ -1,0 +1,194 @@
+"""Value-only checking (issue 21): what crosses between the re-check's server and the student's
+process, and which test cells the server runs itself.
+
+The attacks this stops are played end to end by the hostile class of test_grading_pipeline.py
+(audit hook, TorchFunctionMode, fake checks module, lying number, cases zeroed in place, hidden
+tests read from memory); here are the pieces they rely on.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+import torch
+
+import course_lib.checks.ex01_standard as ex01
+import course_lib.checks.ex07_mobilenet as ex07
+from course_lib import checks
+from course_lib.grading.inside import checker, values
+from course_lib.grading.inside.recheck import _run_plain
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _kept():
+    found: list = []
+
+    def keep(value) -> int:
+        found.append(value)
+        return len(found) - 1
+
+    return found, keep
+
+
+def _round_trip(value):
+    kept, keep = _kept()
+    return values.decode(values.encode(value, keep), lambda message: ("handle", message))
+
+
+@pytest.mark.parametrize("tensor", [
+    torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(0)),
+    torch.arange(24).reshape(4, 6)[:, ::2],           # not contiguous
+    torch.randn(3, 5).t(),                            # transposed
+    torch.tensor([True, False, True]),
+    torch.randn(4, dtype=torch.float64),
+    torch.randn(4).to(torch.bfloat16),
+    torch.randn(3, dtype=torch.complex64),
+    torch.tensor(7, dtype=torch.int32),               # 0-d
+    torch.zeros(0, 3),                                # empty
+])
+def test_a_tensor_arrives_equal_by_pytorchs_own_comparison(tensor):
+    arrived = _round_trip(tensor)
+    assert type(arrived) is torch.Tensor and arrived.dtype == tensor.dtype
+    assert arrived.shape == tensor.shape and torch.equal(arrived, tensor)
+    assert arrived.untyped_storage().data_ptr() != tensor.untyped_storage().data_ptr() \
+        or tensor.numel() == 0
+
+
+def test_data_arrives_as_data_and_everything_else_as_a_handle():
+    nested = (1, -2.5, float("inf"), None, True, "text", [torch.Size([2, 3]), {"k": (4,)}],
+              torch.float16, torch.device("cpu"))
+    arrived = _round_trip(nested)
+    assert arrived[:2] == (1, -2.5) and math.isinf(arrived[2]) and arrived[3:6] == (None, True,
+                                                                                      "text")
+    assert arrived[6] == [torch.Size([2, 3]), {"k": (4,)}] and type(arrived[6][0]) is torch.Size
+    assert arrived[7:] == (torch.float16, torch.device("cpu"))
+    assert math.isnan(_round_trip(float("nan")))
+    # NumPy numbers become plain numbers; a parameter stays a parameter (checks read its data).
+    assert [type(_round_trip(v)) for v in (np.int64(3), np.float32(0.5), np.bool_(True))] == \
+        [int, float, bool]
+    assert type(_round_trip(torch.nn.Parameter(torch.ones(2)))) is torch.nn.Parameter
+
+    class Sneaky(torch.Tensor):
+        pass
+
+    def student_function(x):
+        return x
+
+    for value in (student_function, torch.ones(2).as_subclass(Sneaky), np.ones(3),
+                  torch.nn.Linear(2, 2), object()):
+        kept, keep = _kept()
+        message = values.encode(value, keep)
+        assert message["t"] == "handle" and kept == [value]
+        assert message["type"] == type(value).__name__
+        assert message["callable"] is callable(value)
+
+
+def test_a_tensor_too_large_to_send_arrives_as_its_shape_alone(monkeypatch):
+    monkeypatch.setattr(values, "MAX_TENSOR_BYTES", 64)
+    arrived = _round_trip(torch.ones(5, 5))
+    assert arrived.device.type == "meta" and arrived.shape == (5, 5)
+
+
+@pytest.mark.parametrize("message", [
+    {"t": "tensor", "dtype": "object", "shape": [1], "device": "cpu", "data": "AAAA"},
+    {"t": "tensor", "dtype": "float32", "shape": [2], "device": "cpu", "data": "AAAA"},  # 3 bytes
+    {"t": "tensor", "dtype": "float32", "shape": [-1], "device": "cpu", "data": ""},
+    {"t": "tensor", "dtype": "float32", "shape": [1], "device": "cpu", "data": "not base64!"},
+    {"t": "tensor", "dtype": "float32", "shape": [1], "device": "nowhere", "data": "AAAAAA=="},
+    {"t": "pickle", "v": "gASVAAAAAAAAAAA="},
+    {"t": "float", "v": "1e308*10"},
+    [1, 2],
+])
+def test_the_loader_refuses_what_the_encoder_would_not_write(message):
+    with pytest.raises(values.BadValue):
+        values.decode(message, lambda m: m)
+
+
+def test_nesting_deeper_than_the_limit_is_refused():
+    message: object = 1
+    for _ in range(values.MAX_DEPTH + 3):
+        message = {"t": "list", "v": [message]}
+    with pytest.raises(values.BadValue):
+        values.decode(message, lambda m: m)
+
+
+def _ex01_cells() -> list[dict]:
+    nb = nbformat.read(REPO / "solutions" / "ex01_standard" / "ex01_standard.ipynb", 4)
+    cells = []
+    for cell in nb.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if cell.cell_type == "code":
+            cells.append({"id": meta.get("grade_id"), "source": cell.source,
+                          "locked": bool(meta.get("locked")),
+                          "kind": "test" if meta.get("grade") else "code"})
+    return cells
+
+
+def test_the_server_trusts_only_checks_modules_that_locked_cells_import():
+    cells = _ex01_cells()
+    assert checker.trusted_modules(cells) == {"checks": ex01}
+    student = {"id": "mine", "locked": False, "kind": "code",
+               "source": "import course_lib.checks.ex01_standard as mine"}
+    assert checker.trusted_modules([student]) == {}
+
+
+def test_which_test_cells_the_server_runs():
+    trusted = {"checks": ex01}
+    every_test = [c["source"] for c in _ex01_cells() if c["kind"] == "test"]
+    assert every_test and all(checker.runs_in_server(s, trusted) for s in every_test)
+    for source in [
+        "time_ms = checks.recorded(time_ms)",                       # binds a name
+        "checks.check_output_size(lambda *a: 1)",                   # computes an argument
+        "other.check_output_size(conv_output_size)",                # a module no locked cell bound
+        "checks.check_output_size(conv_output_size)\nprint(1)",     # something else too
+        "",                                                          # nothing
+        "checks.check_output_size(*sizes)",                          # unpacks a student value
+    ]:
+        assert not checker.runs_in_server(source, trusted), source
+    # A check not marked value-only (it needs the student's model itself) runs in the child.
+    assert not checker.runs_in_server("checks.check_mobilenet(mobilenet_v1)", {"checks": ex07})
+    assert checker.runs_in_server("checks.check_intensity(a, b)", {"checks": ex07})
+
+
+def test_every_value_only_check_is_marked_on_purpose():
+    """The marker is the decorator, nothing a test cell can set: a check module's other
+    functions (helpers, checks that need the student's objects) are not marked."""
+    marked = {name for name, fn in vars(ex07).items() if getattr(fn, "value_only", False)}
+    assert marked == {"check_paper_costs", "check_intensity"}
+    assert getattr(checks.call_student, "value_only", False) is False
+
+
+class _NotebookChannel:
+    """The child's side of lookups answered from a dict in this process (the real transport, the
+    re-check's pipes, is played end to end in test_grading_pipeline.py)."""
+
+    def __init__(self, notebook: dict) -> None:
+        self.notebook, self.asked = notebook, []
+
+    def lookup(self, name: str):
+        self.asked.append(name)
+        return self.notebook[name]
+
+
+def test_a_test_cell_reads_the_trusted_module_whatever_the_notebook_bound():
+    def conv_output_size(size, kernel_size, stride=1, padding=0, dilation=1):
+        return (size + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1
+
+    fake = type(ex01)("course_lib.checks.ex01_standard")
+    fake.check_output_size = lambda *args, **kwargs: None
+    cell = "checks.check_output_size(conv_output_size)"
+    channel = _NotebookChannel({"checks": fake, "conv_output_size": lambda *a: 0})
+    with pytest.raises(checks.CheckFailed):
+        _run_plain(cell, {"__builtins__": __builtins__},
+                   checker.StudentNames({"checks": ex01}, channel))
+    assert channel.asked == ["conv_output_size"]  # never "checks"
+    channel.notebook["conv_output_size"] = conv_output_size
+    assert _run_plain(cell, {"__builtins__": __builtins__},
+                      checker.StudentNames({"checks": ex01}, channel)) is None
+    with pytest.raises(NameError):  # a name the notebook does not have: as in nbgrader
+        _run_plain("checks.check_output_size(missing)", {"__builtins__": __builtins__},
+                   checker.StudentNames({"checks": ex01}, channel))
