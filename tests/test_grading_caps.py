@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -22,8 +23,10 @@ import pytest
 
 from course_lib.grading import sandbox
 from course_lib.grading.inside import wire
+from course_lib.grading.inside.hygiene import descendants
 from course_lib.grading.sandbox import cgroups, seccomp
 from course_lib.grading.sandbox.recheck_client import STALL_S, RecheckServer
+from course_lib.grading.sandbox.supervisor import program_pid
 
 MEM_MB = 3072
 needs_bwrap = pytest.mark.skipif(sandbox.bwrap_path() is None, reason="needs bubblewrap")
@@ -281,8 +284,8 @@ def test_recheck_leftovers_memory_and_a_stopped_server(box, tmp_path):
     """One re-check server: a student leaves files in /dev, /dev/shm, /tmp and the scratch
     folder; the next student's child sees none of them, and a later one finds nothing of the
     first student's code in its own memory (children come from a zygote that never read a job).
-    A student that stops the server (SIGSTOP) is noticed in seconds, not after its budget, and
-    the next student gets a fresh server."""
+    A server stopped by someone it cannot stop from inside (the grader's own machine) is noticed
+    in seconds, not after its budget, and the next student gets a fresh server."""
     with RecheckServer(box, cell_timeout=30, mem_mb=MEM_MB, check_modules=[],
                        log=tmp_path / "recheck.log") as server:
         left = server.judge(_job("alice", f"""
@@ -306,15 +309,73 @@ def test_recheck_leftovers_memory_and_a_stopped_server(box, tmp_path):
         cells = [e for e in scan if e.get("event") == "cell"]
         assert [e.get("score") for e in cells] == [None, 1.0], cells
         starts = server.starts
+        outer = server._outcome["proc"].pid  # bwrap, outside; the server is its program
+        stopper = threading.Timer(3, lambda: os.kill(program_pid(outer), signal.SIGSTOP))
+        stopper.start()
         start = time.monotonic()
-        stopped = server.judge(_job("mallory", "import os, signal\nos.kill(os.getppid(), "
-                                    "signal.SIGSTOP)", "pass"), budget_s=300)
+        stopped = server.judge(_job("mallory", "import time\ntime.sleep(8)", "pass"),
+                               budget_s=300)
         took = time.monotonic() - start
+        stopper.join()
         assert took < STALL_S + 10, f"noticed after {took:.0f} s"
         assert any("stopped answering" in e.get("reason", "") for e in stopped), stopped
         after = server.judge(_job("carol", "x = 1", "assert x == 1"), budget_s=120)
         assert [e.get("score") for e in after if e.get("event") == "cell"] == [None, 1.0], after
         assert server.starts == starts + 1
+
+
+# What a student's re-check child tries against the processes around it: signal every process it
+# can name (its parent, every PID in the box's /proc: SIGUSR1 ends a process that has no handler,
+# and this one has one, so hitting itself or its threads is harmless), stop its parent, start a
+# namespace of its own, and leave behind a chain of processes that fork and exit without pause.
+REACH_OUT = """
+import ctypes, os, signal, subprocess, sys
+me = os.getpid()
+signal.signal(signal.SIGUSR1, lambda *args: None)
+named = sorted({int(p) for p in os.listdir("/proc") if p.isdigit()} | {os.getppid()})
+for pid in named:
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except OSError:
+        pass
+os.kill(os.getppid(), signal.SIGSTOP)
+unshared = ctypes.CDLL(None, use_errno=True).unshare(0x10000000 | 0x20000000) == 0
+CHAIN = "import os\\nwhile True:\\n    if os.fork():\\n        os._exit(0)"
+subprocess.Popen([sys.executable, "-c", CHAIN], start_new_session=True)
+"""
+
+
+@needs_bwrap
+@pytest.mark.slow
+def test_a_recheck_child_has_a_pid_namespace_of_its_own(box, tmp_path):
+    """Each student's child is in a PID namespace of its own (issue 21, item 2): it can signal
+    no process outside it (not its server, not the zygote, not a classmate's child: a PID it
+    reads from the box's /proc names nothing, or a process of its own namespace, whose first
+    process takes no signal from inside), it cannot make namespaces (its filter is loaded before
+    its first cell), and one kill ends all it started, however fast it forks: nothing of it is
+    left in the box for the next student."""
+    with RecheckServer(box, cell_timeout=30, mem_mb=MEM_MB, check_modules=[],
+                       log=tmp_path / "recheck.log") as server:
+        warm = server.judge(_job("alice", "x = 1", "assert x == 1"), budget_s=120)
+        assert [e.get("score") for e in warm if e.get("event") == "cell"] == [None, 1.0], warm
+        outer = server._outcome["proc"].pid
+        before = set(descendants(outer))
+        starts = server.starts
+        reached = server.judge(_job("mallory", REACH_OUT, """
+            assert me == 2, f"not in a PID namespace of its own: pid {me}"
+            assert not unshared, "made a namespace"
+        """), budget_s=120)
+        cells = [e for e in reached if e.get("event") == "cell"]
+        assert [e.get("score") for e in cells] == [None, 1.0], reached
+        assert not [e for e in reached if e.get("event") in ("exit", "forged")], reached
+        time.sleep(0.5)
+        assert set(descendants(outer)) == before, "the chain outlived its job"
+        after = server.judge(_job("carol", "x = 1", "assert x == 1"), budget_s=120)
+        assert [e.get("score") for e in after if e.get("event") == "cell"] == [None, 1.0], after
+        assert server.starts == starts, "the server had to be replaced"
+    from course_lib.grading.sandbox.check import check_sandbox
+
+    assert "runs in a PID namespace of its own" in check_sandbox()  # and says so
 
 
 # ----------------------------------------------------------------------------- a graded batch

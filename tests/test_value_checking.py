@@ -192,3 +192,14 @@ def test_a_test_cell_reads_the_trusted_module_whatever_the_notebook_bound():
     with pytest.raises(NameError):  # a name the notebook does not have: as in nbgrader
         _run_plain("checks.check_output_size(missing)", {"__builtins__": __builtins__},
                    checker.StudentNames({"checks": ex01}, channel))
+
+
+def test_where_tests_run_follows_the_checks_marks():
+    """The guide's table: every test of exercise 1 runs in the server (with its points), none of
+    the capstone's (its checks train the student's model)."""
+    from course_lib.grading.course import where_tests_run
+
+    ex01_tests = {c["id"] for c in _ex01_cells() if c["kind"] == "test"}
+    places = where_tests_run("ex01_standard", REPO)
+    assert set(places) == ex01_tests and all(points and points > 0 for points in places.values())
+    assert set(where_tests_run("ex09_capstone", REPO).values()) == {None}

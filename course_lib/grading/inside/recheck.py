@@ -62,7 +62,7 @@ import time
 import types
 from pathlib import Path
 
-from course_lib.grading.inside import checker, values, wire
+from course_lib.grading.inside import checker, isolation, values, wire
 from course_lib.grading.inside.guard import Guard
 from course_lib.grading.inside.hygiene import (apply_limits, children, dev_entries, empty_folder,
                                                fresh_sandbox, kill_namespace_leftovers, no_ptrace)
@@ -352,7 +352,7 @@ def _clean(scratch: Path, sandboxed: bool, dev: frozenset[str]) -> bool:
 
 
 def _judge(job: dict, guard: Guard, zygote: Zygote, timeout: float, emit, scratch: Path,
-           sandboxed: bool, dev: frozenset[str] = frozenset()) -> None:
+           sandboxed: bool, dev: frozenset[str] = frozenset(), value_only: bool = True) -> None:
     """Have the zygote fork a child for one job, feed it the cells, and emit the verdicts."""
     baseline = guard.digest()
     req_r, req_w = os.pipe()
@@ -363,7 +363,7 @@ def _judge(job: dict, guard: Guard, zygote: Zygote, timeout: float, emit, scratc
         emit(event="alive")
 
     try:
-        pid = zygote.spawn([req_r, rep_w])
+        pid, isolated = zygote.spawn([req_r, rep_w])
     except ZygoteGone as exc:  # no student code ran: the grader's failure, not the student's
         for fd in (req_r, req_w, rep_r, rep_w):
             os.close(fd)
@@ -381,10 +381,10 @@ def _judge(job: dict, guard: Guard, zygote: Zygote, timeout: float, emit, scratc
     trusted = checker.trusted_modules(cells)  # the checks modules the locked cells import
     pending: dict | None = None  # a test verdict waiting for the child's next acknowledgement
     dead = None
-    emit(event="start-job", student=job["student"])
+    emit(event="start-job", student=job["student"], own_pid_namespace=isolated)
     for cell in [*cells, None]:
         nonce = secrets.token_hex(16)
-        in_server = (cell is not None and cell["kind"] == "test"
+        in_server = (value_only and cell is not None and cell["kind"] == "test"
                      and checker.runs_in_server(cell["source"], trusted))
         request = ({"nonce": nonce, "finish": True} if cell is None else
                    {"nonce": nonce, "cell": {"id": cell["id"], "kind": "test", "checker": True}}
@@ -448,7 +448,7 @@ def _judge(job: dict, guard: Guard, zygote: Zygote, timeout: float, emit, scratc
             pending = event
         else:
             emit(**event)
-    status = _reap(pid, timeout)
+    status = _reap(pid, timeout, isolated)
     if dead or status:  # a forged reply is the reason, whatever became of the process after
         emit(event="exit", reason=dead if "forged" in (dead or "") or "channel" in (dead or "")
              else status or dead)
@@ -557,8 +557,11 @@ def _read_line(replies: wire.LineReader, timeout: float, beat=None) -> bytes | N
                 beat()
 
 
-def _reap(pid: int, timeout: float) -> str | None:
-    """Wait briefly for the child; kill it if it lingers. Returns why it ended badly, if so."""
+def _reap(pid: int, timeout: float, isolated: bool = False) -> str | None:
+    """Wait briefly for the child; kill it if it lingers. Returns why it ended badly, if so.
+    ``isolated``: ``pid`` is the first process of the child's PID namespace (isolation.py): one
+    SIGKILL ends every process in it, and it exits with the child's status (a signal N as
+    ``SIGNALLED + N``)."""
     deadline = time.monotonic() + 2
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
@@ -566,18 +569,23 @@ def _reap(pid: int, timeout: float) -> str | None:
             break
         if time.monotonic() > deadline:
             try:
+                if isolated:
+                    raise OSError
                 os.killpg(pid, signal.SIGKILL)
             except OSError:
                 os.kill(pid, signal.SIGKILL)
             _, status = os.waitpid(pid, 0)
             return "killed: it did not finish its cell in time"
         time.sleep(0.01)
+    code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+    if isolated and code is not None and code > isolation.SIGNALLED:
+        return f"killed by signal {code - isolation.SIGNALLED}"
     if os.WIFSIGNALED(status):
         return f"killed by signal {os.WTERMSIG(status)}"
-    if os.WEXITSTATUS(status) == 3:
+    if code == 3:
         return f"a cell ran past {2 * timeout:g} s and ignored the interrupt"
-    if os.WEXITSTATUS(status):
-        return f"exited with code {os.WEXITSTATUS(status)}"
+    if code:
+        return f"exited with code {code}"
     return None
 
 
@@ -597,16 +605,23 @@ def _child_main(guard: Guard, shell, timeout: float, mem_mb, scratch: Path):
 
 
 def serve(results_fd: int, timeout: float, mem_mb: int | None, check_modules: list[str],
-          scratch: Path, sandboxed: bool) -> None:
-    """The server's loop: read jobs (JSON lines) on stdin, write events on ``results_fd``."""
+          scratch: Path, sandboxed: bool, child_seccomp: int | None = None,
+          checks_in_child: bool = False) -> None:
+    """The server's loop: read jobs (JSON lines) on stdin, write events on ``results_fd``.
+    ``child_seccomp``: a descriptor holding the system-call filter each child loads before any
+    student code, in namespaces of its own (isolation.py). ``checks_in_child``: every test runs
+    in the child, none in the server, and no namespaces (the sandbox's caps turned off, for
+    measuring what they cost)."""
     no_ptrace()
+    program = isolation.read_program(child_seccomp)
     # As in nbgrader's own kernels: a setup cell never pip-installs course_lib while grading.
     os.environ["NBGRADER_EXECUTION"] = "autograde"
     dev = dev_entries()  # bwrap's /dev, before any student code could add to it
     shell = _import_checks(check_modules)
     guard = Guard()  # after the imports and IPython's own set-up, before any student code
     # Before the first job is read: every child is a copy of this pristine state (zygote.py).
-    zygote = Zygote(_child_main(guard, shell, timeout, mem_mb, scratch), fork_child)
+    zygote = Zygote(_child_main(guard, shell, timeout, mem_mb, scratch), fork_child,
+                    isolate=sandboxed and not checks_in_child, program=program)
 
     def emit(**event) -> None:
         wire.write(results_fd, event)
@@ -615,7 +630,8 @@ def serve(results_fd: int, timeout: float, mem_mb: int | None, check_modules: li
     for line in sys.stdin:
         if line.strip():
             job = json.loads(line)
-            _judge(job, guard, zygote, timeout, emit, scratch, sandboxed, dev)
+            _judge(job, guard, zygote, timeout, emit, scratch, sandboxed, dev,
+                   value_only=not checks_in_child)
             if not zygote.healthy():  # a student's process stopped or killed it
                 emit(event="unclean")
             emit(event="end-job", student=job["student"])
@@ -633,8 +649,13 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--scratch", type=Path, required=True)
     s.add_argument("--sandboxed", action="store_true",
                    help="running in the sandbox: may empty /tmp and kill every other process")
+    s.add_argument("--child-seccomp", type=int, default=None,
+                   help="a descriptor holding the filter each child loads (isolation.py)")
+    s.add_argument("--checks-in-child", action="store_true",
+                   help="run every test in the child (for measuring value-only checking)")
     args = parser.parse_args(argv)
-    serve(args.fd, args.timeout, args.mem_mb, args.check, args.scratch, args.sandboxed)
+    serve(args.fd, args.timeout, args.mem_mb, args.check, args.scratch, args.sandboxed,
+          args.child_seccomp, args.checks_in_child)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ import socket
 import struct
 from typing import Callable
 
+from course_lib.grading.inside import isolation
+
 PR_SET_CHILD_SUBREAPER = 36
 SPAWN_TIMEOUT_S = 10.0  # a zygote that does not answer in this time was stopped or killed
 
@@ -43,7 +45,10 @@ class Zygote:
     """Fork the zygote now (call this before reading any job); :meth:`spawn` then forks a child
     that runs ``child(*fds)`` with only ``fds`` and 0-2 open."""
 
-    def __init__(self, child: Callable[..., None], fork_child) -> None:
+    def __init__(self, child: Callable[..., None], fork_child, isolate: bool = False,
+                 program: bytes | None = None) -> None:
+        """``isolate``: give each child a PID namespace of its own (isolation.py);
+        ``program``: the system-call filter each child loads before running ``child``."""
         if not become_subreaper():
             raise OSError("PR_SET_CHILD_SUBREAPER is not allowed here")
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -52,24 +57,25 @@ class Zygote:
             devnull = os.open(os.devnull, os.O_RDWR)
             for fd in (0, 1, 2):
                 os.dup2(devnull, fd)
-            _serve(theirs, child, fork_child)
+            _serve(theirs, child, fork_child, isolate, program)
 
         self.pid = fork_child([theirs.fileno()], zygote)
         theirs.close()
         self._sock = mine
 
-    def spawn(self, fds: list[int]) -> int:
-        """A new child holding ``fds`` (the server keeps its own copies); returns its PID."""
+    def spawn(self, fds: list[int]) -> tuple[int, bool]:
+        """A new child holding ``fds`` (the server keeps its own copies); returns its PID (the
+        first process of its PID namespace, when it has one) and whether it has one."""
         try:
             socket.send_fds(self._sock, [b"f"], fds)
             ready, _, _ = select.select([self._sock], [], [], SPAWN_TIMEOUT_S)
-            reply = self._sock.recv(4) if ready else b""
+            reply = self._sock.recv(8) if ready else b""
         except OSError:
             reply = b""
-        pid = struct.unpack("i", reply)[0] if len(reply) == 4 else -1
+        pid, isolated = struct.unpack("ii", reply) if len(reply) == 8 else (-1, 0)
         if pid <= 0:
             raise ZygoteGone("the re-check's zygote did not answer (stopped or killed)")
-        return pid
+        return pid, bool(isolated)
 
     def healthy(self) -> bool:
         """Alive and running (after a job: its processes may have stopped or killed it)."""
@@ -89,7 +95,8 @@ class Zygote:
             pass
 
 
-def _serve(sock: socket.socket, child: Callable[..., None], fork_child) -> None:
+def _serve(sock: socket.socket, child: Callable[..., None], fork_child, isolate: bool,
+           program: bytes | None) -> None:
     """The zygote's loop: one child per request, until the server closes the socket."""
     while True:
         try:
@@ -102,16 +109,29 @@ def _serve(sock: socket.socket, child: Callable[..., None], fork_child) -> None:
         middle = os.fork()
         if middle == 0:
             os.close(found_r)
-            pid = fork_child(list(fds), lambda: child(*fds))
-            os.write(found_w, struct.pack("i", pid))
+            keep = list(fds)
+            isolated = isolate and isolation.enter_namespaces()
+            if isolated:  # the namespace's first process starts the child and reaps
+                pid = fork_child(keep, lambda: isolation.run_as_init(
+                    lambda: fork_child(keep, lambda: child(*fds)), keep, program))
+            else:
+                pid = fork_child(keep, lambda: _filtered(program, child, fds))
+            os.write(found_w, struct.pack("ii", pid, int(isolated)))
             os._exit(0)
         os.close(found_w)
         for fd in fds:
             os.close(fd)
-        found = os.read(found_r, 4)
+        found = os.read(found_r, 8)
         os.close(found_r)
         os.waitpid(middle, 0)  # the child is the server's now (see the module's docstring)
         try:
-            sock.sendall(found if len(found) == 4 else struct.pack("i", -1))
+            sock.sendall(found if len(found) == 8 else struct.pack("ii", -1, 0))
         except OSError:
             return
+
+
+def _filtered(program: bytes | None, child: Callable[..., None], fds) -> None:
+    """Run ``child`` under the filter (no namespace of its own: it could not be made here)."""
+    if program is not None and not isolation.load_filter(program):
+        os._exit(isolation.SIGNALLED + signal.SIGSYS)  # never student code without its filter
+    child(*fds)

@@ -134,9 +134,37 @@ def _check_in_the_box(hide: list[Path]) -> str:
             raise SandboxUnavailable(
                 "the grading sandbox started without its system-call filter (bwrap --seccomp): "
                 f"/proc/self/status says Seccomp: {found['seccomp']}; install bubblewrap >= 0.3")
+        nested = _nested_namespaces(box, scratch)
     return (f"{require_bwrap()} runs {sys.executable} in the grading sandbox (mounted: {mounts}) "
             f"and imports {', '.join(INSIDE_MODULES)} and the checks of every assignment there."
-            f"\nLimits enforced on this machine: {enforced_limits(Limits())}")
+            f"\nLimits enforced on this machine: {enforced_limits(Limits())}"
+            + ("\nEach submission's re-check runs in a PID namespace of its own (it can signal "
+               "nothing outside it; one kill ends all it started)." if nested else
+               "\nNOT isolated: this kernel refuses nested user namespaces in the box, so each "
+               "submission's re-check runs in the box's PID namespace (it could signal the "
+               "re-check's server: a stopped server is noticed in seconds and replaced)."))
+
+
+# What the re-check's zygote does for each child (inside/isolation.py), tried in a box started
+# the way the re-check's server is (the filter loaded by the program, not by bwrap).
+_NESTED = """
+import os
+from course_lib.grading.inside import isolation
+pid = os.fork()
+if pid == 0:
+    os._exit(0 if isolation.enter_namespaces() else 1)
+print("NESTED", os.waitpid(pid, 0)[1] == 0)
+"""
+
+
+def _nested_namespaces(box: Sandbox, scratch: Path) -> bool:
+    """Whether a process in the box may give its children a PID namespace of their own."""
+    out = scratch.parent / f"{scratch.name}.nested"
+    with open(out, "wb") as stdout:
+        run_sandboxed(box, [sys.executable, "-c", _NESTED], "check-nested",
+                      writable={str(scratch): str(scratch)}, cwd=str(scratch), stdout=stdout,
+                      stderr=subprocess.STDOUT, filter_inside=True)
+    return "NESTED True" in out.read_text(errors="replace")
 
 
 def enforced_limits(limits: Limits) -> str:

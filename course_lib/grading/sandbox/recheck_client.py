@@ -22,6 +22,7 @@ from pathlib import Path
 
 from course_lib.grading.inside import wire
 from course_lib.grading.inside.hygiene import children, state
+from course_lib.grading.sandbox import seccomp
 from course_lib.grading.sandbox.policy import Sandbox
 from course_lib.grading.sandbox.supervisor import new_cage, program_pid, run_sandboxed
 
@@ -65,8 +66,15 @@ class RecheckServer:
         self._scratch = None if box is not None else tempfile.mkdtemp(prefix="recheck-scratch-")
         inside = (f"{box.scratch_root}/recheck-{uuid.uuid4().hex[:8]}" if box is not None
                   else self._scratch)
+        # The server loads the system-call filter into each student's child itself, after
+        # giving it namespaces of its own (inside/isolation.py), so bwrap does not load it.
+        filter_fd = (seccomp.filter_fd() if box is not None and box.limits.caps
+                     and seccomp.supported() else None)
         command = [sys.executable, "-m", "course_lib.grading.inside.recheck", "serve",
                    "--fd", str(res_w), *(["--sandboxed"] if box is not None else []),
+                   *(["--child-seccomp", str(filter_fd)] if filter_fd is not None else []),
+                   # Limits(caps=False), for measuring only: issue 21's protections all off.
+                   *(["--checks-in-child"] if box is not None and not box.limits.caps else []),
                    "--timeout", str(self.cell_timeout), "--scratch", inside,
                    *(["--mem-mb", str(self.mem_mb)] if self.mem_mb else []),
                    *[a for m in self.check_modules for a in ("--check", m)]]
@@ -87,12 +95,15 @@ class RecheckServer:
                     server_box = replace(box, limits=replace(box.limits, wall_s=None))
                     outcome["report"] = run_sandboxed(
                         server_box, command, "recheck", writable={}, stdin=job_r,
-                        stdout=log_file, stderr=subprocess.STDOUT, pass_fds=(res_w,),
-                        tmpfs={inside: box.limits.scratch_mb},
+                        stdout=log_file, stderr=subprocess.STDOUT,
+                        pass_fds=(res_w, *([filter_fd] if filter_fd is not None else [])),
+                        tmpfs={inside: box.limits.scratch_mb}, filter_inside=box.limits.caps,
                         on_start=lambda proc, cage: outcome.update(proc=proc, cage=cage))
             finally:
                 os.close(job_r)
                 os.close(res_w)
+                if filter_fd is not None:
+                    os.close(filter_fd)
                 if log_file is not subprocess.DEVNULL:
                     log_file.close()
 

@@ -87,10 +87,14 @@ def new_cage(name: str, limits: Limits) -> Cage | None:
 def start_box(box: Sandbox, command: list[str], writable: dict[str, str],
               readonly: dict[str, str] | None = None, env: dict[str, str] | None = None,
               cwd: str | None = None, cage: Cage | None = None, tmpfs: dict[str, int] | None = None,
-              pass_fds: tuple[int, ...] = (), **popen) -> subprocess.Popen:
+              pass_fds: tuple[int, ...] = (), filter_inside: bool = False,
+              **popen) -> subprocess.Popen:
     """Start bwrap running ``command`` in ``box``: in ``cage`` from its first instruction, under
-    the system-call filter (unless the box's caps are off), in a session of its own."""
-    fd = seccomp.filter_fd() if box.limits.caps and seccomp.supported() else None
+    the system-call filter (unless the box's caps are off, or ``filter_inside``: the program
+    loads the filter itself for the processes that run student code), in a session of its
+    own."""
+    fd = (seccomp.filter_fd() if box.limits.caps and seccomp.supported() and not filter_inside
+          else None)
     try:
         argv = box.bwrap_argv(writable, readonly, env=env, cwd=cwd, seccomp_fd=fd, tmpfs=tmpfs)
         prefix = cage.argv() if cage is not None else []
@@ -134,7 +138,8 @@ def run_sandboxed(box: Sandbox, command: list[str], name: str, writable: dict[st
                   env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = (),
                   stdin=None, stdout=None, stderr=None, poll_s: float = 0.05,
                   forward_sigint: bool = False, expect_started: bool = False,
-                  on_start=None, tmpfs: dict[str, int] | None = None) -> RunReport:
+                  on_start=None, tmpfs: dict[str, int] | None = None,
+                  filter_inside: bool = False) -> RunReport:
     """Run ``command`` in ``box``, killing it (and so everything inside) when it exceeds its
     process count or wall time, or when this supervisor gets SIGTERM. ``forward_sigint``: pass
     SIGINT on to the program inside (a kernel's interrupt) instead of stopping it.
@@ -151,7 +156,8 @@ def run_sandboxed(box: Sandbox, command: list[str], name: str, writable: dict[st
            AUDIT_PROTECTED_ENV: os.pathsep.join(protected_inside(box, writable, readonly))}
     try:
         proc = start_box(box, command, writable, readonly, env=env, cwd=cwd, cage=cage,
-                         tmpfs=tmpfs, pass_fds=(*pass_fds, audit_write), stdin=stdin,
+                         tmpfs=tmpfs, pass_fds=(*pass_fds, audit_write),
+                         filter_inside=filter_inside, stdin=stdin,
                          stdout=stdout, stderr=stderr)
     except BaseException:
         os.close(audit_read)
