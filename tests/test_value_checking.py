@@ -149,16 +149,17 @@ def test_which_test_cells_the_server_runs():
         "checks.check_output_size(*sizes)",                          # unpacks a student value
     ]:
         assert not checker.runs_in_server(source, trusted), source
-    # A check not marked value-only (it needs the student's model itself) runs in the child.
-    assert not checker.runs_in_server("checks.check_mobilenet(mobilenet_v1)", {"checks": ex07})
-    assert checker.runs_in_server("checks.check_intensity(a, b)", {"checks": ex07})
+    # A check not marked value-only (it hands the student's timer functions of its own) runs in
+    # the child; one that reads the student's model through a probe runs in the server.
+    assert not checker.runs_in_server("checks.check_time_ms(time_ms)", {"checks": ex07})
+    assert checker.runs_in_server("checks.check_mobilenet(mobilenet_v1)", {"checks": ex07})
 
 
 def test_every_value_only_check_is_marked_on_purpose():
     """The marker is the decorator, nothing a test cell can set: a check module's other
     functions (helpers, checks that need the student's objects) are not marked."""
     marked = {name for name, fn in vars(ex07).items() if getattr(fn, "value_only", False)}
-    assert marked == {"check_paper_costs", "check_intensity"}
+    assert marked == {"check_mobilenet", "check_paper_costs", "check_intensity"}
     assert getattr(checks.call_student, "value_only", False) is False
 
 
@@ -203,3 +204,74 @@ def test_where_tests_run_follows_the_checks_marks():
     places = where_tests_run("ex01_standard", REPO)
     assert set(places) == ex01_tests and all(points and points > 0 for points in places.values())
     assert set(where_tests_run("ex09_capstone", REPO).values()) == {None}
+
+
+def _job(assignment: str, keep: tuple[str, ...], edits: dict[str, str]) -> dict:
+    """The re-check's job for a solution notebook's cells ``keep``, student cells replaced by
+    ``edits`` (as shard.recheck_job builds it: tests and locked cells from the source)."""
+    nb = nbformat.read(REPO / "solutions" / assignment / f"{assignment}.ipynb", 4)
+    cells = []
+    for cell in nb.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        gid = meta.get("grade_id")
+        if cell.cell_type != "code" or gid not in keep:
+            continue
+        test = bool(meta.get("grade")) and not meta.get("solution")
+        cells.append({"id": gid, "kind": "test" if test else "code", "locked": test or
+                      bool(meta.get("locked")), "points": meta.get("points", 0),
+                      "source": edits.get(gid, cell.source)})
+    return {"student": "s", "cells": cells}
+
+
+@pytest.mark.slow
+def test_the_server_runs_value_only_tests_through_a_real_recheck(tmp_path):
+    """End to end, one real re-check server (unsandboxed here; the sandboxed class is in
+    test_grading_pipeline.py): a student function that never returns is interrupted in its own
+    process and the next test still runs; an unimplemented one is named; a function that edits
+    the table it was given is caught although the check holds only its own copy."""
+    from course_lib.grading.sandbox.recheck_client import RecheckServer
+
+    with RecheckServer(None, cell_timeout=5, mem_mb=None, log=tmp_path / "recheck.log",
+                       check_modules=["course_lib.checks.ex01_standard",
+                                      "course_lib.checks.ex06_atrous",
+                                      "course_lib.checks.ex10_tradeoffs"]) as server:
+        events = server.judge(_job("ex01_standard", ("setup", "part1", "part1-tests", "part2",
+                                                     "part2-tests"),
+                                   {"part1": "def conv_output_size(*args):\n    while True:\n"
+                                             "        pass",
+                                    "part2": "def conv_params(*args, **kwargs):\n"
+                                             "    raise NotImplementedError()\n"
+                                             "def conv_macs(*args):\n    return 0"}),
+                              budget_s=120)
+        tests = {e["cell"]: e for e in events if e.get("kind") == "test"}
+        assert [e.get("checked_in") for e in tests.values()] == ["server", "server"]
+        assert tests["part1-tests"]["score"] == 0 and tests["part1-tests"]["timed_out"]
+        assert tests["part2-tests"]["score"] == 0
+        assert tests["part2-tests"]["error_kind"] == "not-implemented"
+        assert "conv_params is not implemented yet" in tests["part2-tests"]["error_text"]
+        assert not [e for e in events if e.get("event") in ("exit", "forged")], events
+        sorting = ("def pareto_front(rows):\n    rows.sort(key=lambda r: (r['ms'], "
+                   "-r['accuracy']))\n    front, best = [], -1.0\n    for r in rows:\n"
+                   "        if r['accuracy'] > best:\n            front.append(r)\n"
+                   "            best = r['accuracy']\n    return front")
+
+        def right_then_wrong(assignment: str, part: str, points: float, wrong: str) -> dict:
+            """The solution's part scores its points in the server; ``wrong`` scores 0 there."""
+            keep = ("setup", part, f"{part}-tests")
+            for edits, score in (({}, points), ({part: wrong}, 0.0)):
+                events = server.judge(_job(assignment, keep, edits), budget_s=120)
+                test = next(e for e in events if e.get("kind") == "test")
+                assert (test["checked_in"], test["score"]) == ("server", score), events
+            return test
+
+        assert right_then_wrong("ex10_tradeoffs", "part3", 2.0, sorting)["error_kind"] == \
+            "input_changed"
+        # A fact about the student's object read where it lives (a probe): its result is the
+        # very tensor it was given.
+        nb = nbformat.read(REPO / "solutions" / "ex06_atrous" / "ex06_atrous.ipynb", 4)
+        right = next(c.source for c in nb.cells
+                     if c.metadata.get("nbgrader", {}).get("grade_id") == "part1")
+        aliasing = (right + "\n_right = dilate_kernel\ndef dilate_kernel(weight, dilation):\n"
+                    "    return weight if dilation == 1 else _right(weight, dilation)\n")
+        assert "returned the weight itself" in right_then_wrong("ex06_atrous", "part1", 3.0,
+                                                                aliasing)["error_text"]

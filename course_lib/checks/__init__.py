@@ -170,7 +170,7 @@ def student_outcome(fn: Callable[..., Any], args: tuple, kwargs: dict) -> tuple[
         return ("memory" if out_of_memory(exc) else "raised"), exc
 
 
-def _fail_call(label: str, call: str, category: str, kind_name: str, text: str,
+def fail_call(label: str, call: str, category: str, kind_name: str, text: str,
                kind: str) -> NoReturn:
     """The message for a student's call that did not return (see :func:`student_outcome`)."""
     if category == "not-implemented":
@@ -199,7 +199,7 @@ def call_student(fn: Callable[..., Any], *args: Any, name: str | None = None,
         category, result = fn.call_in_student_process(args, kwargs, list(_REFUSALS))
         if category == "returned":
             return result
-        _fail_call(label, call, category, *result)
+        fail_call(label, call, category, *result)
     args = tuple(_fresh(a) for a in args)
     kwargs = {k: _fresh(v) for k, v in kwargs.items()}
     category, result = student_outcome(fn, args, kwargs)
@@ -207,7 +207,29 @@ def call_student(fn: Callable[..., Any], *args: Any, name: str | None = None,
         return result
     if category == "check-failed":
         raise result
-    _fail_call(label, call, category, type(result).__name__, str(result), "")
+    fail_call(label, call, category, type(result).__name__, str(result), "")
+
+
+def run_probe(probe: Callable[..., Any], obj: Any, *args: Any, name: str) -> Any:
+    """``probe(obj, *args)``: a function of a checks module that reads a student's object (a
+    model: its layers, its output, its parameter count) and returns data, run where the object
+    lives; in the re-check, an object that stayed in the student's process is probed there, with
+    the refusals in force, and the data comes back by value (:mod:`.remote`). The probe's
+    failures are reported as :func:`call_student` reports a call's, under ``name``."""
+    call = describe_call(name, args)
+    if isinstance(obj, StudentObject):
+        category, result = obj.call_in_student_process(
+            args, {}, list(_REFUSALS), (probe.__module__, probe.__qualname__))
+        if category == "returned":
+            return result
+        fail_call(name, call, category, *result)
+    args = tuple(_fresh(a) for a in args)  # as call_student: the case stays as it was
+    category, result = student_outcome(probe, (obj, *args), {})
+    if category == "returned":
+        return result
+    if category == "check-failed":
+        raise result
+    fail_call(name, call, category, type(result).__name__, str(result), "")
 
 
 def call_each(fn: Callable[..., Any], calls: Iterable[tuple[tuple, dict]],

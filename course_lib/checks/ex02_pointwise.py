@@ -8,7 +8,7 @@ the input size for a strided output) get a targeted hint.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +16,7 @@ from torch import nn
 
 from course_lib.checks import (COUNT_ADVICE, REFERENCE, as_int, as_number, call_student,
                                course_references, describe_call, expect_close, expect_int,
-                               expect_tensor, fail, named_mistakes, passed, refusing,
+                               expect_tensor, fail, named_mistakes, passed, refusing, run_probe,
                                tensors_match, value_only)
 from course_lib.pointwise import input_positions_used
 
@@ -91,6 +91,28 @@ def _pixel_rows_by_reshape(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     return rows.reshape(n, -1, h, w)
 
 
+def _with_a_linear(pointwise_via_linear: Callable, x: torch.Tensor, weight: torch.Tensor,
+                   bias: torch.Tensor | None) -> tuple[Any, bool]:
+    """The student's half of :func:`check_pointwise_via_linear`, run where the function lives
+    (in the re-check, in the student's process: :func:`run_probe`): an ``nn.Linear`` holding
+    ``weight`` and ``bias``, given to the function; its result, and whether it called it."""
+    m, c = weight.shape[:2]
+    linear = nn.Linear(c, m, bias=bias is not None)
+    with torch.no_grad():
+        linear.weight.copy_(weight[:, :, 0, 0])
+        if bias is not None:
+            linear.bias.copy_(bias)
+    calls = []
+    hook = linear.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        with torch.no_grad():
+            got = call_student(pointwise_via_linear, x, linear, name="pointwise_via_linear")
+    finally:
+        hook.remove()
+    return got, bool(calls)
+
+
+@value_only
 def check_pointwise_via_linear(pointwise_via_linear: Callable, seed: int = VISIBLE_SEED + 1,
                                count: int = 5) -> None:
     """Part 2 (find and fix the bug): ``pointwise_via_linear(x, linear)`` applies an
@@ -101,21 +123,9 @@ def check_pointwise_via_linear(pointwise_via_linear: Callable, seed: int = VISIB
               "holds a pixel's C channels), not a convolution.")
     answers = []
     for x, weight, bias in cases:
-        m, c = weight.shape[:2]
-        linear = nn.Linear(c, m, bias=bias is not None)
-        with torch.no_grad():
-            linear.weight.copy_(weight[:, :, 0, 0])
-            if bias is not None:
-                linear.bias.copy_(bias)
-        calls = []
-        hook = linear.register_forward_hook(lambda *args: calls.append(1))
-        try:
-            with torch.no_grad(), refusing(advice, convolutions=True,
-                                           references=course_references("pointwise")):
-                got = call_student(pointwise_via_linear, x, linear, name="pointwise_via_linear")
-        finally:
-            hook.remove()
-        answers.append((got, bool(calls)))
+        with refusing(advice, convolutions=True, references=course_references("pointwise")):
+            answers.append(run_probe(_with_a_linear, pointwise_via_linear, x, weight, bias,
+                                     name="pointwise_via_linear"))
     for (x, weight, bias), (got, used_linear) in zip(cases, answers):
         m, c = weight.shape[:2]
         call = (f"pointwise_via_linear(<tensor of shape {tuple(x.shape)}>, "

@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from course_lib.checks import (COUNT_ADVICE, REFERENCE, as_int, as_number, call_student,
                                course_references, describe_call, expect_close, expect_int,
                                expect_tensor, fail, how_wrong, named_mistakes, passed, quiet,
-                               refusing, tensors_match, value_only)
+                               refusing, run_probe, tensors_match, value_only)
 
 VISIBLE_SEED = 404
 # (in_channels, out_channels, kernel_size, depth_multiplier): the worked example first
@@ -108,6 +108,50 @@ def _conv_attribute(block: nn.Module, name: str, call: str) -> nn.Conv2d:
     return layer
 
 
+def _block_facts(block: Any, c: int, m: int, k: int, s: int, w_dw: torch.Tensor,
+                 w_pw: torch.Tensor, x: torch.Tensor, call: str) -> dict:
+    """The student's half of :func:`check_separable_block`, run where the block lives (in the
+    re-check, in the student's process: :func:`run_probe`): its layers' structure (a mistake
+    there fails here, with its advice), then its output and cost with the check's weights, as
+    data. The checker's half compares them with the reference."""
+    if not isinstance(block, nn.Module):
+        fail(f"{call} should build an nn.Module, got {type(block).__name__}.")
+    depthwise = _conv_attribute(block, "depthwise", call)
+    pointwise = _conv_attribute(block, "pointwise", call)
+    if depthwise.kernel_size == (1, 1) and pointwise.kernel_size == (k, k) and k > 1:
+        fail(f"{call}: `depthwise` is 1x1 and `pointwise` is {k}x{k}: the names are swapped. "
+             f"The depthwise conv is the {k}x{k} one, applied per channel.")
+    if depthwise.groups != c:
+        fail(f"{call}: depthwise.groups is {depthwise.groups}, but it must equal in_channels. "
+             f"Without groups=in_channels it is a full convolution that mixes all channels "
+             f"(K*K*C weights per filter instead of K*K).")
+    if tuple(depthwise.weight.shape) != (c, 1, k, k):
+        fail(f"{call}: depthwise weight has shape {tuple(depthwise.weight.shape)}, expected "
+             f"{(c, 1, k, k)}: {c} channels in, {c} out, one {k}x{k} filter each.")
+    if tuple(pointwise.weight.shape) != (m, c, 1, 1):
+        fail(f"{call}: pointwise weight has shape {tuple(pointwise.weight.shape)}, expected "
+             f"{(m, c, 1, 1)}: a 1x1 conv from the {c} depthwise outputs to {m} channels.")
+    if pointwise.stride != (1, 1):
+        fail(f"{call}: the stride is on the pointwise conv. The outputs come out the same, but "
+             f"the depthwise conv then computes every position and the 1x1 conv throws "
+             f"{1 - 1 / (s * s):.0%} of them away: put stride={s} on the depthwise conv.")
+    if depthwise.stride != (s, s):
+        fail(f"{call}: depthwise.stride is {depthwise.stride}, but the block's stride is "
+             f"{s}: put stride={s} on the depthwise conv.")
+    with torch.no_grad():
+        depthwise.weight.copy_(w_dw)
+        pointwise.weight.copy_(w_pw)
+    block.eval()
+    with torch.no_grad():
+        got = call_student(block, x, name=f"{call}.forward")
+    with quiet(), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        block(x[:1])
+    return {"got": got, "macs": counter.get_total_flops() // 2,
+            "extras": sorted({type(layer).__name__ for layer in block.modules()
+                              if layer is not block and not isinstance(layer, nn.Conv2d)})}
+
+
+@value_only
 def check_separable_block(SeparableConv2d: Callable,
                           cases: Sequence[tuple[int, int, int, int, int]] = BLOCK_CASES,
                           seed: int = VISIBLE_SEED + 3) -> None:
@@ -121,49 +165,16 @@ def check_separable_block(SeparableConv2d: Callable,
         call = describe_call("SeparableConv2d", (c, m, k, s))
         with refusing(advice, references=course_references("separable")):
             block = call_student(SeparableConv2d, c, m, k, s, name="SeparableConv2d")
-        if not isinstance(block, nn.Module):
-            fail(f"{call} should build an nn.Module, got {type(block).__name__}.")
-        depthwise = _conv_attribute(block, "depthwise", call)
-        pointwise = _conv_attribute(block, "pointwise", call)
-        if depthwise.kernel_size == (1, 1) and pointwise.kernel_size == (k, k) and k > 1:
-            fail(f"{call}: `depthwise` is 1x1 and `pointwise` is {k}x{k}: the names are swapped. "
-                 f"The depthwise conv is the {k}x{k} one, applied per channel.")
-        if depthwise.groups != c:
-            fail(f"{call}: depthwise.groups is {depthwise.groups}, but it must equal in_channels. "
-                 f"Without groups=in_channels it is a full convolution that mixes all channels "
-                 f"(K*K*C weights per filter instead of K*K).")
-        if tuple(depthwise.weight.shape) != (c, 1, k, k):
-            fail(f"{call}: depthwise weight has shape {tuple(depthwise.weight.shape)}, expected "
-                 f"{(c, 1, k, k)}: {c} channels in, {c} out, one {k}x{k} filter each.")
-        if tuple(pointwise.weight.shape) != (m, c, 1, 1):
-            fail(f"{call}: pointwise weight has shape {tuple(pointwise.weight.shape)}, expected "
-                 f"{(m, c, 1, 1)}: a 1x1 conv from the {c} depthwise outputs to {m} channels.")
-        if pointwise.stride != (1, 1):
-            fail(f"{call}: the stride is on the pointwise conv. The outputs come out the same, but "
-                 f"the depthwise conv then computes every position and the 1x1 conv throws "
-                 f"{1 - 1 / (s * s):.0%} of them away: put stride={s} on the depthwise conv.")
-        if depthwise.stride != (s, s):
-            fail(f"{call}: depthwise.stride is {depthwise.stride}, but the block's stride is "
-                 f"{s}: put stride={s} on the depthwise conv.")
         # Same weights into the student's block and the reference computation; the student's
         # forward pass and its cost first, the reference after.
         w_dw = torch.randn(c, 1, k, k, generator=g)
         w_pw = torch.randn(m, c, 1, 1, generator=g)
-        with torch.no_grad():
-            depthwise.weight.copy_(w_dw)
-            pointwise.weight.copy_(w_pw)
         x = torch.randn(2, c, size, size, generator=g)
-        block.eval()
-        with torch.no_grad():
-            got = call_student(block, x, name=f"{call}.forward")
-        with quiet(), torch.no_grad(), FlopCounterMode(display=False) as counter:
-            block(x[:1])
-        macs = counter.get_total_flops() // 2
-        expected = REFERENCE["conv2d"](REFERENCE["conv2d"](x, w_dw, stride=s, padding=k // 2, groups=c),
-                                  w_pw)
+        facts = run_probe(_block_facts, block, c, m, k, s, w_dw, w_pw, x, call, name=call)
+        got, macs, extras = facts["got"], facts["macs"], facts["extras"]
+        expected = REFERENCE["conv2d"](REFERENCE["conv2d"](x, w_dw, stride=s, padding=k // 2,
+                                                           groups=c), w_pw)
         what = f"{call} on an input of shape {tuple(x.shape)} (padding kernel_size // 2)"
-        extras = sorted({type(layer).__name__ for layer in block.modules()
-                         if layer is not block and not isinstance(layer, nn.Conv2d)})
         if extras and type(got) is torch.Tensor and got.shape == expected.shape \
                 and not tensors_match(got, expected):
             fail(f"{what}: wrong values, and the block also holds {', '.join(extras)}. The task's "

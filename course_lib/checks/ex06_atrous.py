@@ -15,7 +15,7 @@ import torch
 from course_lib import atrous
 from course_lib.checks import (CheckFailed, REFERENCE, answer, as_int, call_each, call_student,
                                course_references, describe_call, expect_int, expect_tensor, fail,
-                               named_mistakes, passed, refusing, value_only)
+                               named_mistakes, passed, refusing, run_probe, value_only)
 
 VISIBLE_SEED = 606
 # (out_channels, in_channels, K_h, K_w, rate) for part 1: square AND rectangular kernels
@@ -34,6 +34,16 @@ HYBRID_RATES = (1, 2, 3, 5)
 BRANCH = dict(in_channels=512, out_channels=128, kernel_size=3, rate=6, size=65)
 
 
+def _dilated(dilate_kernel: Callable, weight: torch.Tensor, r: int) -> tuple[Any, bool]:
+    """The student's half of :func:`check_dilate_kernel`, run where the function lives (in the
+    re-check, in the student's process: :func:`run_probe`): its result, and whether that is the
+    very tensor it was given (or a view of it). ``weight`` is already a copy (run_probe)."""
+    got = dilate_kernel(weight, r)
+    return got, bool(isinstance(got, torch.Tensor) and got.numel() and (
+        got.untyped_storage().data_ptr() == weight.untyped_storage().data_ptr()))
+
+
+@value_only
 def check_dilate_kernel(dilate_kernel: Callable,
                         cases: Sequence[tuple[int, int, int, int, int]] = DILATE_CASES,
                         seed: int = VISIBLE_SEED) -> None:
@@ -44,15 +54,16 @@ def check_dilate_kernel(dilate_kernel: Callable,
     weights = [(torch.randn(m, c, kh, kw, generator=g), r) for m, c, kh, kw, r in cases]
     advice = "dilate_kernel must insert the zeros itself, not call course_lib.atrous."
 
-    def with_its_input(w: torch.Tensor, r: int) -> tuple:
-        """The result and the very tensor the student's function received (to spot aliasing)."""
-        return dilate_kernel(w, r), w
-
+    answers = []
     with refusing(advice, references=course_references("atrous")):
-        answers = call_each(with_its_input, [((weight, r), {}) for weight, r in weights],
-                            name="dilate_kernel")
+        for weight, r in weights:  # every call first; a failure is raised when its case comes up
+            try:
+                answers.append(run_probe(_dilated, dilate_kernel, weight, r,
+                                         name="dilate_kernel"))
+            except CheckFailed as exc:
+                answers.append(exc)
     for (weight, r), pair in zip(weights, answers):
-        got, received = answer(pair)
+        got, aliased = answer(pair)
         call = describe_call("dilate_kernel", (weight, r))
         expected = atrous.dilate_kernel(weight, r)
         if isinstance(got, torch.Tensor) and got.shape != expected.shape:
@@ -68,8 +79,7 @@ def check_dilate_kernel(dilate_kernel: Callable,
                 hint = (" Hint: the kernel is not square here: dilate K_h and K_w each with its "
                         "own size.")
             fail(f"{call}: wrong shape {tuple(got.shape)}, expected {tuple(expected.shape)}." + hint)
-        if isinstance(got, torch.Tensor) and got.numel() and (
-                got.untyped_storage().data_ptr() == received.untyped_storage().data_ptr()):
+        if aliased:
             fail(f"{call} returned the weight itself (or a view of it), not a new tensor: a "
                  f"caller who then changes one changes the other. Build a new kernel (for rate 1, "
                  f"a copy: weight.clone()).")

@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from course_lib import bench, costs
-from course_lib.checks import (CheckFailed, as_number, call_student, course_references,
-                               describe_call, expect_close, fail, how_wrong, passed, plain_number,
-                               quiet, refusing, value_only)
+from course_lib.checks import (as_number, call_student, course_references, describe_call,
+                               expect_close, fail, fail_call, how_wrong, passed, plain_number,
+                               quiet, refusing, run_probe, student_outcome, value_only)
 from course_lib.mobilenet import ConvMobileNet, MobileNetV1, layer_specs, total_macs
 from course_lib.timing import benchmark
 
@@ -64,6 +64,7 @@ def _student_macs(model: nn.Module, channels: int, resolution: int) -> int:
         return costs.measure_macs(model.eval(), (1, channels, resolution, resolution))
 
 
+@value_only
 def check_mobilenet(build: Callable,
                     cases: Sequence[tuple[float, int, int]] = VISIBLE_CASES) -> None:
     """``build(alpha, num_classes, in_channels)`` must equal course_lib's MobileNetV1: the same
@@ -74,9 +75,36 @@ def check_mobilenet(build: Callable,
         _check_mobilenet(build, cases)
 
 
-def _check_mobilenet(build: Callable, cases: Sequence[tuple[float, int, int]]) -> None:
+def _model_facts(model: Any, x: torch.Tensor, channels: int, classes: int) -> dict:
+    """What :func:`check_mobilenet` compares, read from the student's model where it lives (in
+    the re-check, in the student's process: :func:`run_probe`), as data."""
     from course_lib import mobilenet as course_mobilenet
 
+    if not isinstance(model, nn.Module):
+        return {"type": type(model).__name__}
+    facts = {"type": None,
+             "borrowed": sorted({type(m).__name__ for m in model.modules()
+                                 if type(m).__module__ == course_mobilenet.__name__}),
+             "convs": [(c.in_channels, c.out_channels, tuple(c.kernel_size), tuple(c.stride),
+                        c.groups, 0 if c.bias is None else c.bias.numel())
+                       for c in _convs(model)],
+             "bn": sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()),
+             "params": costs.count_params(model), "forward": None, "macs": None}
+    if facts["borrowed"]:
+        return facts
+    model.eval()
+    with _one_thread():
+        category, out = student_outcome(model, (x,), {})
+        if category == "returned":
+            facts["forward"] = ("returned", out)
+            facts["macs"] = _student_macs(model, channels, 64)
+        else:  # reported after the layers, as the check always did
+            facts["forward"] = (category, (type(out).__name__, str(out)[:2000],
+                                           getattr(out, "kind", "") or ""))
+    return facts
+
+
+def _check_mobilenet(build: Callable, cases: Sequence[tuple[float, int, int]]) -> None:
     advice = ("mobilenet_v1 must build the network itself from nn layers and "
               "DepthwiseSeparableConv2d, not return course_lib's MobileNetV1 / ConvMobileNet.")
     references = course_references("mobilenet")
@@ -84,63 +112,59 @@ def _check_mobilenet(build: Callable, cases: Sequence[tuple[float, int, int]]) -
         args = (alpha, classes, channels)
         call = describe_call("mobilenet_v1", args)
         # Everything the student's code does first: build, run, measure.
+        x = torch.randn(2, channels, 32, 32, generator=torch.Generator().manual_seed(0))
         with refusing(advice, references=references):
             model = call_student(build, *args, name="mobilenet_v1")
-            if not isinstance(model, nn.Module):
-                fail(f"{call} should return an nn.Module, got {type(model).__name__}.")
-            borrowed = sorted({type(m).__name__ for m in model.modules()
-                               if type(m).__module__ == course_mobilenet.__name__})
-            if borrowed:
-                fail(f"{call} returned a model containing course_lib's {', '.join(borrowed)}: "
-                     f"{advice}")
-            x = torch.randn(2, channels, 32, 32, generator=torch.Generator().manual_seed(0))
-            model.eval()
-            try:
-                out, forward_error = call_student(model, x, name=f"the model from {call}"), None
-                got_macs = _student_macs(model, channels, 64)
-            except CheckFailed as exc:
-                out, forward_error, got_macs = None, exc, None
+            facts = run_probe(_model_facts, model, x, channels, classes, name=call)
+        if facts["type"] is not None:
+            fail(f"{call} should return an nn.Module, got {facts['type']}.")
+        if facts["borrowed"]:
+            fail(f"{call} returned a model containing course_lib's "
+                 f"{', '.join(facts['borrowed'])}: {advice}")
         # Then the reference.
         reference = MobileNetV1(alpha, classes, channels)
-        theirs, ours = _convs(model), _convs(reference)
+        theirs = facts["convs"]
+        ours = [(c.in_channels, c.out_channels, tuple(c.kernel_size), tuple(c.stride), c.groups)
+                for c in _convs(reference)]
         if len(theirs) != len(ours):
             fail(f"{call}: found {len(theirs)} Conv2d layers, "
                  f"{'too many' if len(theirs) > len(ours) else 'too few'} (one full 3x3 conv, "
                  f"then 13 blocks of a 3x3 depthwise and a 1x1 pointwise conv).")
-        for i, (t, o) in enumerate(zip(theirs, ours)):
+        for i, (t, want) in enumerate(zip(theirs, ours)):
             what = (f"{call}: conv layer #{i} (in_channels, out_channels, kernel, stride, groups)")
-            got = (t.in_channels, t.out_channels, t.kernel_size, t.stride, t.groups)
-            want = (o.in_channels, o.out_channels, o.kernel_size, o.stride, o.groups)
+            got = tuple(t[:5])
             if got != want:
                 hint = ""
-                if t.out_channels != o.out_channels and alpha != 1:
+                if got[1] != want[1] and alpha != 1:
                     hint = (f" Hint: with alpha={alpha} every layer has int(channels * alpha) "
                             "channels - the five 512-channel blocks and the first conv too.")
-                elif t.stride != o.stride and i == len(ours) - 2:
+                elif got[3] != want[3] and i == len(ours) - 2:
                     hint = (" Hint: the last depthwise layer has stride 1 (the paper's Table 1 "
                             "misprints it as 2; the network must end at 7x7 for a 224 input).")
-                elif t.groups != o.groups:
+                elif got[4] != want[4]:
                     hint = " Hint: a depthwise conv has groups = its number of channels."
                 fail(f"{what} is {got}, expected {want}.{hint}")
-        if forward_error is not None:
-            raise forward_error
+        category, out = facts["forward"]
+        if category != "returned":
+            fail_call(f"the model from {call}", describe_call(f"the model from {call}", (x,)),
+                       category, *out)
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, classes):
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             fail(f"{call} on a (2, {channels}, 32, 32) input returned {shape}, expected logits of "
                  f"shape (2, {classes}).")
-        n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-        if n_bn != len(ours):
-            fail(f"{call}: found {n_bn} BatchNorm2d layers, one per convolution is needed: "
+        if facts["bn"] != len(ours):
+            fail(f"{call}: found {facts['bn']} BatchNorm2d layers, one per convolution is needed: "
                  f"BatchNorm (and ReLU) follow every convolution.")
         expected = costs.count_params(reference)
-        got = costs.count_params(model)
+        got = facts["params"]
         if got != expected:
             hint = ""
-            conv_bias = sum(c.bias.numel() for c in theirs if c.bias is not None)
+            conv_bias = sum(t[5] for t in theirs)
             if conv_bias and got - conv_bias == expected:
                 hint = " Hint: a conv followed by BatchNorm needs no bias (bias=False)."
             fail(f"{call}: {got:,} parameters, {how_wrong(got, expected)}.{hint}")
         want = sum(spec.macs for spec in layer_specs(alpha, 64, classes, in_channels=channels))
+        got_macs = facts["macs"]
         if got_macs != want:
             fail(f"{call}: {got_macs:,} mult-adds at 64x64, {how_wrong(got_macs, want)}. Check "
                  f"the strides and the global average pool.")

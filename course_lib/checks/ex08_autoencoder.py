@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.checks import (REFERENCE, as_int, as_number, call_student, course_references,
-                               describe_call, expect_close, expect_int, fail, named_mistakes,
-                               passed, quiet, refusing, tensors_match, value_only)
+from course_lib.checks import (REFERENCE, CheckFailed, as_int, as_number, call_student,
+                               course_references, describe_call, expect_close, expect_int, fail,
+                               named_mistakes, passed, quiet, refusing, run_probe, tensors_match,
+                               value_only)
 
 VISIBLE_SEED = 808
 # (size, num_blocks) for part 1a: even and odd sizes
@@ -130,6 +131,49 @@ def _separable_blocks(encoder: nn.Module) -> list[nn.Module]:
     return [m for m in encoder.modules() if isinstance(m, DepthwiseSeparableConv2d)]
 
 
+def _stage(fn: Callable, x: Any, name: str) -> tuple[bool, Any]:
+    """One call of the student's model, for a probe: (True, its output) or (False, the check's
+    failure as (message, kind)), so that the checker's half raises it where the check did."""
+    try:
+        return True, call_student(fn, x, name=name)
+    except CheckFailed as exc:
+        return False, (str(exc), exc.kind)
+
+
+def _autoencoder_facts(model: Any, x: torch.Tensor, call: str) -> dict:
+    """What :func:`check_autoencoder` judges, read from the student's model where it lives (in
+    the re-check, in the student's process: :func:`run_probe`), as data."""
+    if not isinstance(model, nn.Module):
+        return {"type": type(model).__name__}
+    facts = {"type": None, "parts": [part for part in ("encoder", "decoder")
+                                     if not isinstance(getattr(model, part, None), nn.Module)]}
+    if facts["parts"]:
+        return facts
+    blocks = _separable_blocks(model.encoder)
+    facts.update(params=sum(p.numel() for p in model.parameters()), blocks=len(blocks),
+                 strided=sum(tuple(b.depthwise.stride) == (2, 2) for b in blocks),
+                 no_output_padding=any(isinstance(m, nn.ConvTranspose2d) and m.stride[0] > 1
+                                       and m.output_padding[0] == 0
+                                       for m in model.decoder.modules()),
+                 z=None, y=None, whole=None)
+    model.eval()
+    with torch.no_grad():
+        facts["z"] = _stage(model.encoder, x, f"{call}.encoder")
+        if facts["z"][0] and isinstance(facts["z"][1], torch.Tensor):
+            facts["y"] = _stage(model.decoder, facts["z"][1], f"{call}.decoder")
+            if facts["y"][0]:
+                facts["whole"] = _stage(model, x, call)
+    return facts
+
+
+def _raise_if_failed(stage: tuple[bool, Any]) -> Any:
+    ok, value = stage
+    if not ok:
+        fail(*value)
+    return value
+
+
+@value_only
 def check_autoencoder(build_autoencoder: Callable, latents: Sequence[int] = (LATENT_DIM, 2)
                       ) -> None:
     """``build_autoencoder(latent_dim)`` returns a model with ``.encoder`` (N, 1, 16, 16) ->
@@ -140,47 +184,40 @@ def check_autoencoder(build_autoencoder: Callable, latents: Sequence[int] = (LAT
         with refusing("build_autoencoder must build its own layers, not course_lib's "
                       "ConvAutoencoder.", references=course_references("autoencoder")):
             model = call_student(build_autoencoder, latent, name="build_autoencoder")
-        if not isinstance(model, nn.Module):
-            fail(f"{call} should return an nn.Module, got {type(model).__name__}.")
-        for part in ("encoder", "decoder"):
-            if not isinstance(getattr(model, part, None), nn.Module):
-                fail(f"{call}: the model needs an attribute `{part}` that is an nn.Module "
-                     f"(e.g. self.{part} = nn.Sequential(...)).")
-        params = sum(p.numel() for p in model.parameters())
+        x = torch.rand(4 + latent % 3, 1, IMAGE_SIZE, IMAGE_SIZE,
+                       generator=torch.Generator().manual_seed(latent))
+        facts = run_probe(_autoencoder_facts, model, x, call, name=call)
+        if facts["type"] is not None:
+            fail(f"{call} should return an nn.Module, got {facts['type']}.")
+        for part in facts["parts"]:
+            fail(f"{call}: the model needs an attribute `{part}` that is an nn.Module "
+                 f"(e.g. self.{part} = nn.Sequential(...)).")
+        params = facts["params"]
         if params > MAX_PARAMS:
             fail(f"{call} has {params:,} parameters; keep it to a few tens of thousands (at most "
                  f"{MAX_PARAMS:,}) so that training takes seconds: fewer channels, or a smaller "
                  f"Linear layer at the bottleneck (it has features x latent_dim weights).")
-        blocks = _separable_blocks(model.encoder)
-        strided = [b for b in blocks if tuple(b.depthwise.stride) == (2, 2)]
-        if not strided:
+        if not facts["strided"]:
             fail(f"{call}: the encoder must downsample with at least one "
-                 f"DepthwiseSeparableConv2d(..., stride=2); found {len(blocks)} separable "
+                 f"DepthwiseSeparableConv2d(..., stride=2); found {facts['blocks']} separable "
                  f"block(s), none with stride 2.")
-        x = torch.rand(4 + latent % 3, 1, IMAGE_SIZE, IMAGE_SIZE,
-                       generator=torch.Generator().manual_seed(latent))
-        model.eval()
-        with torch.no_grad():
-            z = call_student(model.encoder, x, name=f"{call}.encoder")
-            if not isinstance(z, torch.Tensor) or tuple(z.shape) != (len(x), latent):
-                shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
-                fail(f"{call}.encoder on input {tuple(x.shape)}: expected a code of shape "
-                     f"{(len(x), latent)}, got {shape}. Flatten the last feature map and end the "
-                     f"encoder with nn.Linear(features, latent_dim).")
-            y = call_student(model.decoder, z, name=f"{call}.decoder")
-            if not isinstance(y, torch.Tensor) or tuple(y.shape) != tuple(x.shape):
-                shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
-                hint = ""
-                no_output_padding = any(
-                    isinstance(m, nn.ConvTranspose2d) and m.stride[0] > 1
-                    and m.output_padding[0] == 0 for m in model.decoder.modules())
-                if isinstance(y, torch.Tensor) and y.dim() == 4 and y.shape[-1] < IMAGE_SIZE \
-                        and no_output_padding:
-                    hint = (" A ConvTranspose2d(kernel 3, stride 2, padding 1) needs "
-                            "output_padding=1 to double the size exactly.")
-                fail(f"{call}.decoder on codes of shape {tuple(z.shape)}: expected images of shape "
-                     f"{tuple(x.shape)}, got {shape}.{hint}")
-            whole = call_student(model, x, name=call)
+        z = _raise_if_failed(facts["z"])
+        if not isinstance(z, torch.Tensor) or tuple(z.shape) != (len(x), latent):
+            shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            fail(f"{call}.encoder on input {tuple(x.shape)}: expected a code of shape "
+                 f"{(len(x), latent)}, got {shape}. Flatten the last feature map and end the "
+                 f"encoder with nn.Linear(features, latent_dim).")
+        y = _raise_if_failed(facts["y"])
+        if not isinstance(y, torch.Tensor) or tuple(y.shape) != tuple(x.shape):
+            shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+            hint = ""
+            if isinstance(y, torch.Tensor) and y.dim() == 4 and y.shape[-1] < IMAGE_SIZE \
+                    and facts["no_output_padding"]:
+                hint = (" A ConvTranspose2d(kernel 3, stride 2, padding 1) needs "
+                        "output_padding=1 to double the size exactly.")
+            fail(f"{call}.decoder on codes of shape {tuple(z.shape)}: expected images of shape "
+                 f"{tuple(x.shape)}, got {shape}.{hint}")
+        whole = _raise_if_failed(facts["whole"])
         if not isinstance(whole, torch.Tensor) or whole.shape != x.shape:
             fail(f"{call}: model(x) must return the reconstruction, of shape {tuple(x.shape)}.")
         if not torch.isfinite(y).all() or y.min() < 0 or y.max() > 1:

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from course_lib import costs, tradeoffs
-from course_lib.checks import as_number, call_student, fail, passed, refusing
+from course_lib.checks import (as_number, call_student, describe_call, fail, fail_call, passed,
+                               refusing, run_probe, student_outcome, value_only)
 
 KEYS = ("alpha", "resolution", "accuracy", "macs", "ms", "ms_iqr")
 # A retrained design must land within this many accuracy points of the table's (same recipe,
@@ -56,6 +57,31 @@ def _variant_params(alpha: float, full_conv: bool = False, fixed_ends: bool = Fa
     return total + c_in * tradeoffs.NUM_CLASSES + tradeoffs.NUM_CLASSES
 
 
+def _tiny_facts(model: Any, resolutions: Sequence[int]) -> dict:
+    """What :func:`check_tiny_mobilenet` compares, read from the student's model where it lives
+    (in the re-check, in the student's process: :func:`run_probe`), as data."""
+    if not isinstance(model, nn.Module):
+        return {"type": type(model).__name__}
+    model.eval()
+    outputs = []
+    for resolution in resolutions:
+        with torch.no_grad():
+            category, out = student_outcome(model, (torch.zeros(2, 1, resolution, resolution),),
+                                            {})
+        if category != "returned":
+            outputs.append((category, (type(out).__name__, str(out)[:2000],
+                                       getattr(out, "kind", "") or ""), None))
+            break  # the check stops at the first failure
+        plain = type(out) is torch.Tensor
+        outputs.append((category, tuple(out.shape) if plain else None, type(out).__name__))
+        if not plain or tuple(out.shape) != (2, tradeoffs.NUM_CLASSES):
+            break
+    facts = {"type": None, "outputs": outputs, "params": _params(model)}
+    facts["macs"] = [costs.measure_macs(model, (1, 1, r, r)) for r in resolutions]
+    return facts
+
+
+@value_only
 def check_tiny_mobilenet(tiny_mobilenet: Callable, alphas: Sequence[float] = (1.0, 0.5, 0.25),
                          resolutions: Sequence[int] = (28, 12)) -> None:
     """``tiny_mobilenet(alpha)`` against course_lib's TinyMobileNet: logits of shape (N, 10) at
@@ -64,19 +90,20 @@ def check_tiny_mobilenet(tiny_mobilenet: Callable, alphas: Sequence[float] = (1.
         call = f"tiny_mobilenet({alpha})"
         with refusing(_BUILD_ADVICE, references=[tradeoffs.TinyMobileNet]):
             model = call_student(tiny_mobilenet, alpha, name="tiny_mobilenet")
-        if not isinstance(model, nn.Module):
-            fail(f"{call} should return an nn.Module, got {type(model).__name__}.", "type")
-        model.eval()
-        for resolution in resolutions:
-            x = torch.zeros(2, 1, resolution, resolution)
-            with torch.no_grad():
-                out = call_student(model, x, name=f"{call} on a {resolution}x{resolution} batch")
-            if type(out) is not torch.Tensor or tuple(out.shape) != (2, tradeoffs.NUM_CLASSES):
-                fail(f"{call} on an input of shape {tuple(x.shape)}: expected logits "
-                               f"of shape (2, 10), got "
-                               f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}"
-                               f". End with global average pooling, flatten, then nn.Linear.", "shape")
-        got, expected = _params(model), _params(tradeoffs.TinyMobileNet(alpha))
+        facts = run_probe(_tiny_facts, model, tuple(resolutions), name=call)
+        if facts["type"] is not None:
+            fail(f"{call} should return an nn.Module, got {facts['type']}.", "type")
+        for resolution, (category, shape, kind) in zip(resolutions, facts["outputs"]):
+            x_shape = (2, 1, resolution, resolution)
+            if category != "returned":
+                label = f"{call} on a {resolution}x{resolution} batch"
+                fail_call(label, describe_call(label, (torch.zeros(x_shape),)), category,
+                           *shape)
+            if shape != (2, tradeoffs.NUM_CLASSES):
+                fail(f"{call} on an input of shape {x_shape}: expected logits "
+                     f"of shape (2, 10), got {shape if shape is not None else kind}"
+                     f". End with global average pooling, flatten, then nn.Linear.", "shape")
+        got, expected = facts["params"], _params(tradeoffs.TinyMobileNet(alpha))
         if got != expected:
             hints = {
                 _variant_params(alpha, full_conv=True): (
@@ -90,17 +117,16 @@ def check_tiny_mobilenet(tiny_mobilenet: Callable, alphas: Sequence[float] = (1.
             }
             kind, hint = hints.get(got, ("params", None))
             fail(f"{call} has {got:,} parameters, which is too "
-                        f"{'many' if got > expected else 'few'}."
-                  + (f" Hint: {hint}" if hint else " Check the channels and the layers of each "
-                                                    "block against the table."), kind)
-        for resolution in resolutions:
-            got_macs = costs.measure_macs(model, (1, 1, resolution, resolution))
+                 f"{'many' if got > expected else 'few'}."
+                 + (f" Hint: {hint}" if hint else " Check the channels and the layers of each "
+                                                   "block against the table."), kind)
+        for resolution, got_macs in zip(resolutions, facts["macs"]):
             want = reference_macs(alpha, resolution)
             if got_macs != want:
                 fail(f"{call} has the right parameters but computes too "
-                                 f"{'much' if got_macs > want else 'little'} on a "
-                                 f"{resolution}x{resolution} image: check the strides (the stem "
-                                 f"and the blocks' strides of the table).", "strides")
+                     f"{'much' if got_macs > want else 'little'} on a "
+                     f"{resolution}x{resolution} image: check the strides (the stem "
+                     f"and the blocks' strides of the table).", "strides")
     passed(f"tiny_mobilenet matches the reference network for alpha in {tuple(alphas)}.")
 
 
@@ -221,6 +247,7 @@ def _random_tables(seed: int, count: int) -> list[list[dict]]:
     return tables
 
 
+@value_only
 def check_pareto_front(pareto_front: Callable, seed: int = VISIBLE_SEED + 1,
                        count: int = 6) -> None:
     """``pareto_front(rows)`` on ``count`` random tables (ties included) against a brute-force

@@ -19,11 +19,12 @@ from typing import Any, Callable, Protocol
 
 
 class Channel(Protocol):
-    def call(self, handle: int, args: tuple, kwargs: dict, refusals: list[dict]
-             ) -> tuple[str, Any]:
-        """Run the student's object ``handle`` on copies of ``args``/``kwargs`` with
-        ``refusals`` in force; returns ``("returned", value)`` or ``(category, (type name,
-        message, kind))`` as :func:`course_lib.checks.student_outcome` does."""
+    def call(self, handle: int, args: tuple, kwargs: dict, refusals: list[dict],
+             probe: tuple[str, str] | None = None) -> tuple[str, Any]:
+        """Run the student's object ``handle`` (or the course's function ``probe``, named by
+        module and name, on it) on copies of ``args``/``kwargs`` with ``refusals`` in force;
+        returns ``("returned", value)`` or ``(category, (type name, message, kind))`` as
+        :func:`course_lib.checks.student_outcome` does."""
 
 
 class StudentObject:
@@ -36,9 +37,9 @@ class StudentObject:
     def __repr__(self) -> str:
         return f"<{self._type} in the student's process>"
 
-    def call_in_student_process(self, args: tuple, kwargs: dict, refusals: list[dict]
-                                ) -> tuple[str, Any]:
-        return self._channel.call(self._handle, args, kwargs, refusals)
+    def call_in_student_process(self, args: tuple, kwargs: dict, refusals: list[dict],
+                                probe: tuple[str, str] | None = None) -> tuple[str, Any]:
+        return self._channel.call(self._handle, args, kwargs, refusals, probe)
 
 
 class StudentFunction(StudentObject):

@@ -170,21 +170,43 @@ class ChildChannel:
             raise NameError(f"{name} could not be read from the notebook ({result[1]})")
         return result
 
-    def call(self, handle: int, args: tuple, kwargs: dict, refusals: list[dict]
-             ) -> tuple[str, Any]:
+    def call(self, handle: int, args: tuple, kwargs: dict, refusals: list[dict],
+             probe: tuple[str, str] | None = None) -> tuple[str, Any]:
         left = self.deadline - time.monotonic()
         if left <= 0:
             self.timed_out = True
             raise CellTimeout("the test cell ran past its time")
         answer = self._ask(op="call", handle=handle, refusals=refusals, timeout=left,
+                           probe=list(probe) if probe else None,
                            args=values.encode(tuple(args), self._handle),
                            kwargs=values.encode(dict(kwargs), self._handle))
-        return self._outcome(answer)
+        outcome = self._outcome(answer)
+        if outcome[0] == "returned" and answer.get("args_after") is not None:
+            try:
+                after = values.decode(answer["args_after"], self._object)
+            except values.BadValue:
+                return "raised", ("BadValue", "its inputs could not be read back", "")
+            if not (type(after) is list and len(after) == 2 and type(after[0]) is list
+                    and type(after[1]) is dict):
+                return "raised", ("BadValue", "its inputs could not be read back", "")
+            _write_back([*args, *kwargs.values()], [*after[0], *after[1].values()])
+        return outcome
 
     def end(self) -> None:
         """Tell the child the cell is over (its reply is the cell's, read by the server)."""
         if not self._send({"nonce": secrets.token_hex(16), "op": "end"}):
             raise ChildGone("its process ended")
+
+
+def _write_back(given: list, left: list) -> None:
+    """Put into the check's lists and dicts what the student's function left in its copies
+    (data only), so that a check that tests "the input was left as it was" sees the change."""
+    for mine, theirs in zip(given, left):
+        if type(mine) is list and type(theirs) is list:
+            mine[:] = theirs
+        elif type(mine) is dict and type(theirs) is dict:
+            mine.clear()
+            mine.update(theirs)
 
 
 class CellTimeout(KeyboardInterrupt):
