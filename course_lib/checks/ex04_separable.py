@@ -340,18 +340,27 @@ def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return 0.0 if scale == 0 else (a - b).abs().max().item() / scale
 
 
-def _run_backward(fn: Callable, name: str, args: tuple, kwargs: dict, count: bool = False):
-    """The student's backward on one case, refusing convolutions and autograd; with ``count``,
-    also how many aten operators it ran."""
+def _backward_probe(fn: Callable, name: str, args: tuple, kwargs: dict, count: bool
+                    ) -> tuple[Any, int]:
+    """The student's half of :func:`_run_backward`, run where the function lives (in the
+    re-check, in the student's process: :func:`run_probe`): its result with autograd refused,
+    and how many aten operators it ran (0 unless ``count``)."""
     counter = _CountOps()
-    with refusing(_BACKWARD_ADVICE, convolutions=True,
-                  references=course_references("backward")), _NoAutograd(_BACKWARD_ADVICE):
+    with _NoAutograd(_BACKWARD_ADVICE):
         if count:
             with counter:
                 result = call_student(fn, *args, name=name, **kwargs)
         else:
             result = call_student(fn, *args, name=name, **kwargs)
-    return (result, counter.count) if count else result
+    return result, counter.count
+
+
+def _run_backward(fn: Callable, name: str, args: tuple, kwargs: dict, count: bool = False):
+    """The student's backward on one case, refusing convolutions and autograd; with ``count``,
+    also how many aten operators it ran."""
+    with refusing(_BACKWARD_ADVICE, convolutions=True, references=course_references("backward")):
+        result, ops = run_probe(_backward_probe, fn, name, args, kwargs, count, name=name)
+    return (result, ops) if count else result
 
 
 def _pair_of_tensors(result: Any, call: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -499,6 +508,7 @@ def _depthwise_diagnosis(case: tuple, x, weight, grad_out, got_x, got_w) -> str 
     return wrong
 
 
+@value_only
 def check_depthwise_backward(depthwise_backward: Callable,
                              cases: Sequence[tuple] = DEPTHWISE_BACKWARD_CASES,
                              seed: int = VISIBLE_SEED + 5) -> None:
@@ -551,6 +561,7 @@ def check_depthwise_backward(depthwise_backward: Callable,
            f"rectangular kernels) and is vectorised.")
 
 
+@value_only
 def check_pointwise_backward(pointwise_backward: Callable,
                              cases: Sequence[tuple] = POINTWISE_BACKWARD_CASES,
                              seed: int = VISIBLE_SEED + 6) -> None:
@@ -614,6 +625,28 @@ def _not_restored(f: Callable, x: torch.Tensor, h: float) -> torch.Tensor:
     return grad
 
 
+def _make_f(r: torch.Tensor, q: torch.Tensor, a: float, calls: list) -> Callable:
+    """f(x) = sum(r * sin(a * x)) + (q . x)^2 / 2, counting its calls in ``calls``."""
+    def f(t):
+        calls.append(1)
+        return (r * torch.sin(a * t)).sum() + 0.5 * (q * t).sum() ** 2
+    return f
+
+
+def _numerical_probe(numerical_gradient: Callable, r: torch.Tensor, q: torch.Tensor, a: float,
+                     x: torch.Tensor, h: float) -> tuple[Any, int]:
+    """The student's half of :func:`check_numerical_gradient`, run where the function lives
+    (:func:`run_probe`): its result on f (built here), with autograd refused, and how many
+    times it called f."""
+    calls: list = []
+    with _NoAutograd("compute the gradient from values of f alone: autograd is what you will "
+                     "compare it with."):
+        got = call_student(numerical_gradient, _make_f(r, q, a, calls), x, h,
+                           name="numerical_gradient")
+    return got, len(calls)
+
+
+@value_only
 def check_numerical_gradient(numerical_gradient: Callable,
                              cases: Sequence[tuple] = NUMERICAL_GRADIENT_CASES,
                              seed: int = VISIBLE_SEED + 7) -> None:
@@ -625,21 +658,11 @@ def check_numerical_gradient(numerical_gradient: Callable,
     problems = [tuple(torch.randn(*shape, generator=g, dtype=torch.float64) for _ in range(3))
                 + (a, h) for shape, a, h in cases]
 
-    def make_f(r, q, a, calls):
-        def f(t):
-            calls.append(1)
-            return (r * torch.sin(a * t)).sum() + 0.5 * (q * t).sum() ** 2
-        return f
-
     answers = []
     for x, r, q, a, h in problems:
-        calls: list = []
-        with refusing(_BACKWARD_ADVICE, references=course_references("backward")), \
-                _NoAutograd("compute the gradient from values of f alone: autograd is what you "
-                            "will compare it with."):
-            got = call_student(numerical_gradient, make_f(r, q, a, calls), x, h,
-                               name="numerical_gradient")
-        answers.append((got, len(calls)))
+        with refusing(_BACKWARD_ADVICE, references=course_references("backward")):
+            answers.append(run_probe(_numerical_probe, numerical_gradient, r, q, a, x, h,
+                                     name="numerical_gradient"))
     for (shape, _, _), (x, r, q, a, h), (got, n_calls) in zip(cases, problems, answers):
         call = f"numerical_gradient(f, <tensor of shape {tuple(shape)}>, h={h:g})"
         if type(got) is not torch.Tensor:
@@ -652,7 +675,7 @@ def check_numerical_gradient(numerical_gradient: Callable,
         # within h^2/6 times the largest third derivative of it (the square's is zero).
         exact = r * a * torch.cos(a * x) + q * (q * x).sum()
         slack = 2 * h * h / 6 * a ** 3 * r.abs().max().item() + 1e-9
-        f = make_f(r, q, a, [])
+        f = _make_f(r, q, a, [])
         one_sided = torch.stack([(f(x + h * e.view(x.shape)) - f(x)) / h
                                  for e in torch.eye(x.numel(), dtype=x.dtype)]).view(x.shape)
         candidates = {

@@ -321,23 +321,38 @@ def reference_pca_mse(k: int) -> float:
 
 
 # ----------------------------------------------------------------------- part 4: the training
-def model_test_mse(model: Any, split: str = "test") -> float:
-    """Per-pixel MSE of a student's model on the digits test (or train) set, in eval mode."""
+def _reconstructions(model: Any, split: str) -> dict:
+    """The student's half of :func:`model_test_mse`, run where the model lives (in the re-check,
+    in the student's process: :func:`run_probe`): its codes' shape and its reconstructions of the
+    digits ``split`` set, as data."""
     data = digits()
     x = data.x_test if split == "test" else data.x_train
     if not isinstance(model, nn.Module):
-        fail(f"`model` should be your trained nn.Module, got {type(model).__name__}.")
+        return {"type": type(model).__name__}
     model.eval()
     with torch.no_grad(), quiet():
         try:
             z = model.encoder(x[:2])
             y = model(x)
         except Exception as exc:  # a student's broken model: say so, with the input shape
-            fail(f"model(x) failed on the digits {split} set {tuple(x.shape)}: "
-                 f"{type(exc).__name__}: {exc}")
-    if tuple(z.shape) != (2, LATENT_DIM):
+            return {"type": None, "error": f"{type(exc).__name__}: {exc}"}
+    return {"type": None, "error": None, "y": y,
+            "z_shape": tuple(z.shape) if isinstance(z, torch.Tensor) else None}
+
+
+def model_test_mse(model: Any, split: str = "test") -> float:
+    """Per-pixel MSE of a student's model on the digits test (or train) set, in eval mode."""
+    data = digits()
+    x = data.x_test if split == "test" else data.x_train
+    facts = run_probe(_reconstructions, model, split, name="model")
+    if facts["type"] is not None:
+        fail(f"`model` should be your trained nn.Module, got {facts['type']}.")
+    if facts["error"] is not None:
+        fail(f"model(x) failed on the digits {split} set {tuple(x.shape)}: {facts['error']}")
+    if facts["z_shape"] != (2, LATENT_DIM):
         fail(f"model.encoder must give codes of {LATENT_DIM} numbers, shape (N, {LATENT_DIM}); "
-             f"got {tuple(z.shape)}. Build it with build_autoencoder({LATENT_DIM}).")
+             f"got {facts['z_shape']}. Build it with build_autoencoder({LATENT_DIM}).")
+    y = facts["y"]
     if not isinstance(y, torch.Tensor) or y.shape != x.shape:
         fail(f"model(x) must return reconstructions of shape {tuple(x.shape)}.")
     mse = F.mse_loss(y.float(), x).item()
@@ -349,39 +364,49 @@ def model_test_mse(model: Any, split: str = "test") -> float:
 _RETRAINED: dict = {}
 
 
-def retrain(build_autoencoder: Callable, recipe: dict, seed: int) -> tuple[nn.Module, Any]:
-    """What part 4's cell does, here: ``seeded(seed)``, a fresh ``build_autoencoder(LATENT_DIM)``,
-    ``fit`` on the training images only with ``recipe``, one thread. Cached per (builder, recipe,
-    seed), so the hidden test reuses the visible test's training; but not while the notebook is
-    autograded: between two calls of the check, student code runs (the model's forward) and
-    could plant a model in the cache, and the grader's re-check guards this module's dicts as
-    data the checks rely on (a cache filled by the check itself would read as tampering)."""
+def _train_here(build_autoencoder: Callable, recipe: dict, seed: int) -> tuple[Any, Any]:
+    """What part 4's cell does, run where the student's builder lives (in the re-check, in the
+    student's process: :func:`run_probe`): ``seeded(seed)``, a fresh
+    ``build_autoencoder(LATENT_DIM)``, ``fit`` on the training images only with ``recipe``, one
+    thread. Returns the model and its history (they stay there: the checks probe them)."""
     from course_lib.training import fit, seeded
 
+    data = digits()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        seeded(seed)
+        model = call_student(build_autoencoder, LATENT_DIM, name="build_autoencoder")
+        if not isinstance(model, nn.Module):
+            fail(f"build_autoencoder({LATENT_DIM}) should return an nn.Module, got "
+                 f"{type(model).__name__}.")
+        with quiet():
+            history = fit(model, data.x_train, data.x_train, loss_fn=F.mse_loss, seed=seed,
+                          progress=False, **recipe)
+    except AssertionError:
+        raise
+    except Exception as exc:  # a design that cannot train: say so with the recipe
+        fail(f"training build_autoencoder({LATENT_DIM}) with RECIPE {recipe} failed: "
+             f"{type(exc).__name__}: {exc}")
+    finally:
+        torch.set_num_threads(threads)
+    return model, history
+
+
+def retrain(build_autoencoder: Callable, recipe: dict, seed: int) -> tuple[Any, Any]:
+    """:func:`_train_here`, where the builder lives, refusing course_lib's autoencoder. Cached
+    per (builder, recipe, seed), so the hidden test reuses the visible test's training; but not
+    while the notebook is autograded: between two calls of the check, student code runs (the
+    model's forward) and could plant a model in the cache, and the grader's re-check guards this
+    module's dicts as data the checks rely on (a cache filled by the check itself would read as
+    tampering)."""
     key = (id(build_autoencoder), tuple(sorted(recipe.items())), seed)
     graded = os.environ.get("NBGRADER_EXECUTION") == "autograde"
     if graded or key not in _RETRAINED:
-        data = digits()
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            seeded(seed)
-            with refusing("build_autoencoder must build its own layers, not course_lib's "
-                          "ConvAutoencoder.", references=course_references("autoencoder")):
-                model = call_student(build_autoencoder, LATENT_DIM, name="build_autoencoder")
-            if not isinstance(model, nn.Module):
-                fail(f"build_autoencoder({LATENT_DIM}) should return an nn.Module, got "
-                     f"{type(model).__name__}.")
-            with quiet():
-                history = fit(model, data.x_train, data.x_train, loss_fn=F.mse_loss, seed=seed,
-                              progress=False, **recipe)
-        except AssertionError:
-            raise
-        except Exception as exc:  # a design that cannot train: say so with the recipe
-            fail(f"training build_autoencoder({LATENT_DIM}) with RECIPE {recipe} failed: "
-                 f"{type(exc).__name__}: {exc}")
-        finally:
-            torch.set_num_threads(threads)
+        with refusing("build_autoencoder must build its own layers, not course_lib's "
+                      "ConvAutoencoder.", references=course_references("autoencoder")):
+            model, history = run_probe(_train_here, build_autoencoder, recipe, seed,
+                                       name="build_autoencoder")
         if graded:
             return model, history
         if len(_RETRAINED) >= 4:   # a few kept: re-running a cell re-trains nothing
@@ -390,6 +415,13 @@ def retrain(build_autoencoder: Callable, recipe: dict, seed: int) -> tuple[nn.Mo
     return _RETRAINED[key]
 
 
+def _train_losses(history: Any) -> Any:
+    """A history's training losses as data, where it lives (:func:`run_probe`)."""
+    losses = getattr(history, "train_loss", None)
+    return list(losses) if isinstance(losses, list) else None
+
+
+@value_only
 def check_trained(build_autoencoder: Callable, recipe: Any, model: Any, history: Any,
                   splits: Sequence[str] = ("test",), seed: int = 0) -> None:
     """Part 4: ``history`` is what fit(...) returned and its training loss went down; a fresh
@@ -398,7 +430,7 @@ def check_trained(build_autoencoder: Callable, recipe: Any, model: Any, history:
     student's own ``model`` is what that recipe gives (not trained on other data)."""
     from course_lib.checks.ex09_capstone import check_recipe
 
-    losses = getattr(history, "train_loss", None)
+    losses = run_probe(_train_losses, history, name="history")
     if not isinstance(losses, list) or not losses:
         fail("`history` should be the History returned by fit(...): name the result of "
              "fit(...) `history`.")
@@ -433,6 +465,7 @@ def check_trained(build_autoencoder: Callable, recipe: Any, model: Any, history:
                                     for split in splits) + f" < {MSE_THRESHOLD}.")
 
 
+@value_only
 def check_versus_pca(model: Any, pca_mse: Any, pca_components_needed: Any,
                      compression_ratio: Any) -> None:
     """Part 5: the model beats PCA at the same code size; the student's PCA MSE, the number of

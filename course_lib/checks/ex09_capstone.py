@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_lib import depthwise, pointwise, separable
-from course_lib.checks import as_int, as_number, call_student, fail, passed, quiet
+from course_lib.checks import (as_int, as_number, call_student, fail, passed, quiet, run_probe,
+                               value_only)
 
 IMAGE_SIZE = 16                          # digits upsampled to 16 x 16 (load_digits(16))
 INPUT_SHAPE = (1, 1, IMAGE_SIZE, IMAGE_SIZE)
@@ -87,8 +88,15 @@ def _check_layers(model: nn.Module, name: str) -> None:
              f"operations the counter does not see. Allowed: {allowed_layers()}.")
 
 
-def _build(build: Callable, name: str, seed: int = 0) -> nn.Module:
-    """Seed, call the student's builder, check what it returns and the layers it uses."""
+def _build(build: Callable, name: str, seed: int = 0) -> Any:
+    """Seed, call the student's builder, check what it returns and the layers it uses; where the
+    builder lives (in the re-check, in the student's process, the model staying there:
+    :func:`run_probe`)."""
+    return run_probe(_build_here, build, name, seed, name=name)
+
+
+def _build_here(build: Callable, name: str, seed: int) -> nn.Module:
+    """The student's half of :func:`_build`."""
     torch.manual_seed(seed)
     model = call_student(build, name=name)
     if not isinstance(model, nn.Module):
@@ -110,8 +118,13 @@ def _build(build: Callable, name: str, seed: int = 0) -> nn.Module:
     return model
 
 
-def measured_costs(model: nn.Module) -> tuple[int, int]:
-    """(parameters, mult-adds per 16 x 16 image), measured on the model itself."""
+def measured_costs(model: Any) -> tuple[int, int]:
+    """(parameters, mult-adds per 16 x 16 image), measured on the model itself, where it lives
+    (:func:`run_probe`)."""
+    return run_probe(_costs_here, model, name="the model")
+
+
+def _costs_here(model: nn.Module) -> tuple[int, int]:
     from course_lib.costs import count_params, measure_macs
 
     model.eval()
@@ -137,6 +150,7 @@ def _within_budget(build_model: Callable) -> tuple[nn.Module, int, int]:
     return model, params, macs
 
 
+@value_only
 def check_budget(build_model: Callable) -> None:
     """Part 1: ``build_model()`` maps (N, 1, 16, 16) images to (N, 10) logits with standard layers,
     within :data:`MAC_BUDGET` mult-adds and :data:`PARAM_BUDGET` parameters per image."""
@@ -177,24 +191,43 @@ def check_recipe(recipe: Any) -> dict:
     return dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay)
 
 
-def accuracy_on_test(model: nn.Module) -> float:
-    """Accuracy of a model on the digits test split, in eval mode."""
-    from course_lib.training import accuracy
+def accuracy_on_test(model: Any) -> float:
+    """Accuracy of a model on the digits test split, in eval mode: its predictions made where
+    it lives (:func:`run_probe`), the labels and the count here."""
+    predicted = run_probe(_test_predictions, model, name="the model")
+    labels = digits().y_test
+    if type(predicted) is not torch.Tensor or predicted.shape != labels.shape:
+        fail(f"the model's predictions on the test digits could not be read (got "
+             f"{type(predicted).__name__}).")
+    return (predicted == labels).sum().item() / max(len(labels), 1)
 
-    data = digits()
+
+def _test_predictions(model: nn.Module, batch_size: int = 512) -> torch.Tensor:
+    """The class each test digit gets, as course_lib.training.accuracy computes it."""
+    x = digits().x_test
+    was_training = model.training
+    model.eval()
     with quiet():
-        return accuracy(model, data.x_test, data.y_test)
+        predicted = torch.cat([model(x[i:i + batch_size]).argmax(1).cpu()
+                               for i in range(0, len(x), batch_size)] or [torch.zeros(0)])
+    model.train(was_training)
+    return predicted.long()
 
 
-def train_design(build_model: Callable, recipe: dict, seed: int) -> tuple[nn.Module, Any]:
+def train_design(build_model: Callable, recipe: dict, seed: int) -> tuple[Any, list]:
     """What the notebook's training cell does: seed, build a fresh model, ``fit`` it on the
-    training split with the recipe. Returns (model, history)."""
+    training split with the recipe, where the builder lives (:func:`run_probe`). Returns (model,
+    its training losses)."""
+    return run_probe(_train_here, build_model, recipe, seed, name="build_model")
+
+
+def _train_here(build_model: Callable, recipe: dict, seed: int) -> tuple[nn.Module, list]:
     from course_lib.training import fit
 
     data = digits()
     # _build seeds, builds and runs one eval-mode forward pass, which draws nothing from torch's
     # global generator: training starts from exactly the state the notebook's cell has.
-    model = _build(build_model, "build_model", seed)
+    model = _build_here(build_model, "build_model", seed)
     try:
         with quiet():
             history = fit(model, data.x_train, data.y_train, loss_fn=F.cross_entropy,
@@ -202,16 +235,14 @@ def train_design(build_model: Callable, recipe: dict, seed: int) -> tuple[nn.Mod
     except Exception as exc:  # a design that cannot train: say so with the recipe
         fail(f"training build_model() with RECIPE {recipe} and seed {seed} failed: "
              f"{type(exc).__name__}: {exc}")
-    return model, history
+    return model, [float(loss) for loss in history.train_loss]
 
 
 def _fresh(build_model: Callable, seeds: tuple[int, int]) -> None:
     """A design must start from random weights: training happens here, on the training split."""
     first = _build(build_model, "build_model", seeds[0])
     second = _build(build_model, "build_model", seeds[1])
-    a = torch.cat([p.detach().flatten() for p in first.parameters()] or [torch.zeros(1)])
-    b = torch.cat([p.detach().flatten() for p in second.parameters()] or [torch.zeros(1)])
-    if a.shape == b.shape and torch.equal(a, b):
+    if run_probe(_same_weights, first, second, name="build_model"):
         fail("build_model() returns the same weights whatever the seed: create the layers inside "
              "build_model() so that each call starts from fresh random weights (the check "
              "trains the design itself).")
@@ -222,6 +253,14 @@ def _fresh(build_model: Callable, seeds: tuple[int, int]) -> None:
              f"it with your RECIPE on the training split).")
 
 
+def _same_weights(first: nn.Module, second: nn.Module) -> bool:
+    """Whether two built models hold the same weights (where they live: :func:`run_probe`)."""
+    a = torch.cat([p.detach().flatten() for p in first.parameters()] or [torch.zeros(1)])
+    b = torch.cat([p.detach().flatten() for p in second.parameters()] or [torch.zeros(1)])
+    return bool(a.shape == b.shape and torch.equal(a, b))
+
+
+@value_only
 def check_accuracy(build_model: Callable, recipe: Any, seeds: tuple[int, ...] = VISIBLE_SEEDS,
                    slack_percent: int = 0) -> None:
     """Part 2: a fresh ``build_model()`` trained here with ``recipe`` (seeded, training split
@@ -238,13 +277,12 @@ def check_accuracy(build_model: Callable, recipe: Any, seeds: tuple[int, ...] = 
     threshold = ACCURACY_THRESHOLD - as_int(slack_percent, "slack_percent") / 100
     results = []
     for seed in seeds:
-        model, history = train_design(build_model, settings, seed)
+        model, loss = train_design(build_model, settings, seed)
         acc = accuracy_on_test(model)
         results.append(f"seed {seed}: {acc:.2%}")
-        if not math.isfinite(history.train_loss[-1]):
+        if not math.isfinite(loss[-1]):
             fail(f"with seed {seed} the training loss became NaN or infinite; lower RECIPE['lr'].")
         if acc < threshold:
-            loss = history.train_loss
             if loss[-1] >= 0.9 * loss[0]:
                 hint = ("the training loss hardly fell: raise the learning rate or train longer, "
                         "and check that the model ends in a Linear layer without an activation "
@@ -263,6 +301,7 @@ def check_accuracy(build_model: Callable, recipe: Any, seeds: tuple[int, ...] = 
 
 
 # -------------------------------------------------------------------- the measured comparison
+@value_only
 def check_alternative(build_model: Callable, build_alternative: Callable) -> None:
     """Part 3: ``build_alternative()`` is a working design whose measured cost differs from the
     chosen one (so the comparison the justification cites is a real one)."""

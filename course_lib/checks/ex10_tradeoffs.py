@@ -163,14 +163,33 @@ def _table(results: Any) -> dict[tuple[float, int], dict[str, float]]:
     return table
 
 
-def _retrain(tiny_mobilenet: Callable, design: tuple[float, int], claimed: float,
-             split_seed: int, what: str) -> None:
+def _retrained_predictions(tiny_mobilenet: Callable, alpha: float, resolution: int,
+                           split_seed: int, batch_size: int = 512) -> torch.Tensor:
+    """The student's half of :func:`_retrain`, run where the builder lives (in the re-check, in
+    the student's process: :func:`run_probe`): the design trained with the lab's recipe
+    (tradeoffs.train_and_evaluate), and the class it gives each test image, as
+    course_lib.training.accuracy computes it."""
     def build(alpha):
-        with refusing(_BUILD_ADVICE, references=[tradeoffs.TinyMobileNet]):
-            return call_student(tiny_mobilenet, alpha, name="tiny_mobilenet")
+        return call_student(tiny_mobilenet, alpha, name="tiny_mobilenet")
 
     split = tradeoffs.mnist_split(seed=split_seed)
-    accuracy, _ = tradeoffs.train_and_evaluate(build, design[0], design[1], split)
+    _, model = tradeoffs.train_and_evaluate(build, alpha, resolution, split)
+    model.eval()
+    x = tradeoffs.at_resolution(split.x_test, resolution)
+    return torch.cat([model(x[i:i + batch_size]).argmax(1).cpu()
+                      for i in range(0, len(x), batch_size)]).long()
+
+
+def _retrain(tiny_mobilenet: Callable, design: tuple[float, int], claimed: float,
+             split_seed: int, what: str) -> None:
+    with refusing(_BUILD_ADVICE, references=[tradeoffs.TinyMobileNet]):
+        predicted = run_probe(_retrained_predictions, tiny_mobilenet, design[0], design[1],
+                              split_seed, name="tiny_mobilenet")
+    labels = tradeoffs.mnist_split(seed=split_seed).y_test
+    if type(predicted) is not torch.Tensor or predicted.shape != labels.shape:
+        fail(f"{what}: the retrained design's predictions could not be read (got "
+             f"{type(predicted).__name__}).")
+    accuracy = (predicted == labels).sum().item() / max(len(labels), 1)
     if abs(accuracy - claimed) > ACCURACY_NOISE:
         fail(f"{what}: training alpha={design[0]}, resolution={design[1]} again with the lab's "
               f"recipe and seeds gives a {'higher' if accuracy > claimed else 'lower'} accuracy "
@@ -179,6 +198,7 @@ def _retrain(tiny_mobilenet: Callable, design: tuple[float, int], claimed: float
               f"and put each design's own result in its row.", "accuracy_not_reproduced")
 
 
+@value_only
 def check_results(results: Any, tiny_mobilenet: Callable, split_seed: int = 0,
                   seed: int = VISIBLE_SEED) -> None:
     """The sweep's table: every design once; mult-adds as FlopCounterMode measures them per
@@ -308,6 +328,7 @@ def latency_budget(results: Any) -> float:
     return fastest + 0.5 * (table[FULL_DESIGN]["ms"] - fastest)
 
 
+@value_only
 def check_pick(pick: Any, results: Any, tiny_mobilenet: Callable, split_seed: int = 0) -> None:
     """``pick = (alpha, resolution)``: in the student's table, within the budget on the student's
     own timings, the most accurate such design there; then retrained, its accuracy repeats."""
