@@ -277,3 +277,22 @@ def test_the_server_runs_value_only_tests_through_a_real_recheck(tmp_path):
                     "    return weight if dilation == 1 else _right(weight, dilation)\n")
         assert "returned the weight itself" in right_then_wrong("ex06_atrous", "part1", 3.0,
                                                                 aliasing)["error_text"]
+
+
+def test_a_reply_nested_past_the_parsers_depth_reads_as_garbage_not_a_crash():
+    """The child writes what it likes on its pipe: JSON nested 100,000 deep makes json.loads
+    raise RecursionError, which the grader's readers take as a broken line."""
+    import os
+
+    from course_lib.grading.inside import wire
+
+    read, write = os.pipe()
+    if os.fork() == 0:  # the writer (a pipe holds 64 KiB: a reader must be running)
+        os.write(write, b"[" * 100_000 + b"\n")
+        os._exit(0)
+    os.close(write)
+    try:
+        assert wire.LineReader(read).read(10) is None
+    finally:
+        os.close(read)
+        os.wait()

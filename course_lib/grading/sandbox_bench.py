@@ -4,8 +4,9 @@
 
 Each round grades the same generated class (:func:`course_lib.grading.bench.generate_class`) once
 sandboxed and once with ``--no-sandbox`` (or, with ``--baseline no_caps``, once in the sandbox
-without its whole-notebook caps and system-call filter: what those cost), alternating which goes first, so that drifts in the
-machine's load hit both alike. It prints seconds per submission for each, and the ratio of the
+without issue 21's protections, ``Limits(caps=False)``: the whole-notebook caps, the system-call
+filter, the re-check's namespaces per student and its value-only checks; what those cost),
+alternating which goes first, so that drifts in the machine's load hit both alike. It prints seconds per submission for each, and the ratio of the
 medians, with the machine, its load average and the date. A run made while the load average
 exceeds the number of cores is refused unless ``--allow-busy`` (then the output is flagged).
 """
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--baseline", choices=("no_sandbox", "no_caps"), default="no_sandbox",
                         help="compare the sandbox with no sandbox, or with the sandbox without "
-                             "its whole-notebook caps and system-call filter")
+                             "issue 21's protections (caps, filter, namespaces, value-only "
+                             "checks)")
     parser.add_argument("--allow-busy", action="store_true",
                         help="measure even when the load average exceeds the cores (flagged)")
     args = parser.parse_args(argv)

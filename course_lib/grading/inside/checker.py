@@ -121,7 +121,7 @@ class ChildChannel:
             raise ChildGone("its process ended or hung")
         try:
             answer = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested past the parser's depth
             raise ChildGone("it wrote to the re-check's channel") from None
         if type(answer) is not dict or answer.get("event") != "answer" \
                 or answer.get("nonce") != nonce:

@@ -409,7 +409,7 @@ def _judge(job: dict, guard: Guard, zygote: Zygote, timeout: float, emit, scratc
         ack = _read_line(replies, timeout, beat)
         try:
             ok = ack is not None and json.loads(ack) == {"event": "ack", "nonce": nonce}
-        except ValueError:
+        except (ValueError, RecursionError):  # nested past the parser's depth
             ok = False
         if not ok:
             dead = "its process ended" if ack is None else "it wrote to the re-check's channel"
@@ -430,7 +430,7 @@ def _judge(job: dict, guard: Guard, zygote: Zygote, timeout: float, emit, scratc
         raw = _read_line(replies, 2 * timeout + 5, beat)
         try:
             event = json.loads(raw) if raw is not None else None
-        except ValueError:
+        except (ValueError, RecursionError):  # nested past the parser's depth
             event = None
         if event is None:
             if raw is None:

@@ -108,7 +108,7 @@ class LineReader:
             return None
         try:
             message = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested past the parser's depth
             return None
         return message if isinstance(message, dict) else None
 
