@@ -3,7 +3,7 @@
 Why: the re-check's children are forked in the same box as the server that judges them. In one
 PID namespace a child can name the server and the zygote, signal them (SIGSTOP the server: the
 grader then waits on a silent server) and leave processes that keep changing PID for a sweep of
-``/proc`` to miss. Here each child gets a user + PID (+ mount) namespace nested in the box's:
+``/proc`` to miss. Here each child gets a user, PID, mount and IPC namespace nested in the box's:
 
 * it cannot name a process outside it, so it cannot signal the server, the zygote or a
   classmate's child (a PID it reads from the box's ``/proc`` means another process, or none, in
@@ -27,7 +27,8 @@ import signal
 import struct
 from typing import Callable, NoReturn
 
-CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID = 0x00020000, 0x10000000, 0x20000000
+CLONE_NEWNS, CLONE_NEWIPC = 0x00020000, 0x08000000
+CLONE_NEWUSER, CLONE_NEWPID = 0x10000000, 0x20000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
 PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
 SIGNALLED = 128  # the first process exits with 128 + N when the student's process died of N
@@ -40,10 +41,12 @@ class _SockFprog(ctypes.Structure):
 
 
 def enter_namespaces() -> bool:
-    """Make this (single-threaded) process's next children start a PID namespace, in a user and
-    mount namespace of their own, keeping this process's uid and gid. False where not allowed."""
+    """Make this (single-threaded) process's next children start a PID namespace, in a user,
+    mount and IPC namespace of their own (System V and POSIX message-queue objects die with it;
+    the filter refuses those calls anyway), keeping this process's uid and gid. False where not
+    allowed."""
     uid, gid = os.getuid(), os.getgid()
-    if _libc.unshare(CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS) != 0:
+    if _libc.unshare(CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC) != 0:
         return False
     try:  # the same ids inside: files the child writes stay its own
         with open("/proc/self/setgroups", "w") as f:
