@@ -87,9 +87,13 @@ def test_data_arrives_as_data_and_everything_else_as_a_handle():
         assert message["callable"] is callable(value)
 
 
-def test_a_tensor_too_large_to_send_arrives_as_its_shape_alone(monkeypatch):
+def test_a_tensor_too_large_to_send_is_refused_and_a_meta_tensor_stays_one(monkeypatch):
+    """No placeholder for a tensor too large to check: a check computing with one would read
+    memory nobody wrote (PyTorch mixes a meta tensor into a CPU convolution without a word)."""
     monkeypatch.setattr(values, "MAX_TENSOR_BYTES", 64)
-    arrived = _round_trip(torch.ones(5, 5))
+    with pytest.raises(values.BadValue, match=r"\(5, 5\) is too large"):
+        _round_trip(torch.ones(5, 5))
+    arrived = _round_trip(torch.empty(5, 5, device="meta"))
     assert arrived.device.type == "meta" and arrived.shape == (5, 5)
 
 
@@ -99,6 +103,13 @@ def test_a_tensor_too_large_to_send_arrives_as_its_shape_alone(monkeypatch):
     {"t": "tensor", "dtype": "float32", "shape": [-1], "device": "cpu", "data": ""},
     {"t": "tensor", "dtype": "float32", "shape": [1], "device": "cpu", "data": "not base64!"},
     {"t": "tensor", "dtype": "float32", "shape": [1], "device": "nowhere", "data": "AAAAAA=="},
+    # a backend's name makes PyTorch import a module of that name: refused before it reads it
+    {"t": "tensor", "dtype": "float32", "shape": [1], "device": "privateuseone", "data": "AAAAAA=="},
+    {"t": "device", "v": "privateuseone"},
+    {"t": "tensor", "dtype": "float32", "shape": [2 ** 62, 2 ** 62], "device": "meta",
+     "data": None},                                                       # PyTorch refuses it
+    {"t": "size", "v": [2 ** 64]},
+    {"t": "dict", "v": [[{"t": "tuple", "v": [{"t": "list", "v": []}]}, 1]]},  # unhashable key
     {"t": "pickle", "v": "gASVAAAAAAAAAAA="},
     {"t": "float", "v": "1e308*10"},
     [1, 2],
@@ -106,6 +117,15 @@ def test_a_tensor_too_large_to_send_arrives_as_its_shape_alone(monkeypatch):
 def test_the_loader_refuses_what_the_encoder_would_not_write(message):
     with pytest.raises(values.BadValue):
         values.decode(message, lambda m: m)
+
+
+def test_a_value_of_more_items_than_the_budget_is_refused():
+    """A 30 MiB line of numbers would be 250 MiB of Python objects once decoded."""
+    rows = values.MAX_TOTAL // 5000 + 1
+    many = {"t": "list", "v": [{"t": "list", "v": [1.5] * 5000}] * rows}
+    with pytest.raises(values.BadValue, match="items"):
+        values.decode(many, lambda m: m)
+    assert len(values.decode({"t": "list", "v": [1.5] * 1000}, lambda m: m)) == 1000
 
 
 def test_nesting_deeper_than_the_limit_is_refused():

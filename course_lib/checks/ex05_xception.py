@@ -148,6 +148,9 @@ def check_towers_to_grouped(towers_to_grouped: Callable,
                  "the towers' 3x3 weights along dim 0.")):
             if type(tensor) is not torch.Tensor:
                 fail(f"{what}: {name} should be a tensor, got {type(tensor).__name__}.")
+            if tensor.device.type != "cpu":  # a meta tensor has no values to convolve with
+                fail(f"{what}: {name} is on {tensor.device}, expected the CPU (the towers' "
+                     f"weights are CPU tensors: stack them, do not make new ones).", "device")
             if tuple(tensor.shape) != shape:
                 fail(f"{what}: {name} has shape {tuple(tensor.shape)}, expected {shape}; {hint}")
         x = torch.randn(2, c, 7, 6, generator=g)

@@ -32,6 +32,7 @@ from typing import Any, Callable
 from course_lib.grading.inside import values
 
 MAX_REPLY = 32 << 20   # bytes of one answer from the child (a tensor of up to 16 MiB, in base64)
+GRACE_S = 5.0          # beyond the cell's time, for an answer to arrive
 
 
 class ChildGone(BaseException):
@@ -105,18 +106,29 @@ def tests_run_in_server(cells: list[dict]) -> dict[str, bool]:
 class ChildChannel:
     """The server's side of the child's pipes while the server runs a test cell."""
 
-    def __init__(self, send: Callable[[dict], bool], read: Callable[[], bytes | None],
-                 deadline: float) -> None:
-        """``send(message)``: False when the child is gone; ``read()``: the child's next line,
-        None when it ended or hung (the server's readers, with their deadline and heartbeat)."""
-        self._send, self._read, self.deadline = send, read, deadline
+    def __init__(self, send: Callable[[dict], bool], read: Callable[[float], bytes | None],
+                 deadline: float, beat: Callable[[], None]) -> None:
+        """``send(message)``: False when the child is gone; ``read(wait_s)``: the child's next
+        line, None when it ended or said nothing for ``wait_s`` (the server's reader, which says
+        "alive" while it waits); ``beat()``: say "alive" (after each answer: decoding a large
+        one takes seconds); ``deadline``: when the test cell's time is up."""
+        self._send, self._read, self.deadline, self._beat = send, read, deadline, beat
         self.timed_out = False
 
-    def _ask(self, **op) -> dict:
+    def _left(self) -> float:
+        """The cell's time left; past it, the cell is interrupted (as nbgrader's kernel)."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            self.timed_out = True
+            raise CellTimeout("the test cell ran past its time")
+        return left
+
+    def _ask(self, wait_s: float, **op) -> dict:
         nonce = secrets.token_hex(16)
         if not self._send({"nonce": nonce, **op}):
             raise ChildGone("its process ended")
-        raw = self._read()
+        raw = self._read(wait_s)
+        self._beat()
         if raw is None:
             raise ChildGone("its process ended or hung")
         try:
@@ -162,7 +174,7 @@ class ChildChannel:
         return category, (failure[0][:80], failure[1][:2000], failure[2][:40])
 
     def lookup(self, name: str) -> Any:
-        answer = self._ask(op="lookup", name=name)
+        answer = self._ask(self._left() + GRACE_S, op="lookup", name=name)
         if answer.get("missing") is True:
             raise KeyError(name)
         category, result = self._outcome(answer)
@@ -172,11 +184,11 @@ class ChildChannel:
 
     def call(self, handle: int, args: tuple, kwargs: dict, refusals: list[dict],
              probe: tuple[str, str] | None = None) -> tuple[str, Any]:
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            self.timed_out = True
-            raise CellTimeout("the test cell ran past its time")
-        answer = self._ask(op="call", handle=handle, refusals=refusals, timeout=left,
+        left = self._left()
+        # The child's alarm interrupts the call at ``left``; one that ignores it is ended at
+        # twice that (recheck._child), so its answer or its end comes by then.
+        answer = self._ask(2 * left + GRACE_S, op="call", handle=handle, refusals=refusals,
+                           timeout=left,
                            probe=list(probe) if probe else None,
                            args=values.encode(tuple(args), self._handle),
                            kwargs=values.encode(dict(kwargs), self._handle))

@@ -485,8 +485,8 @@ def _check_in_server(cell: dict, trusted: dict, send, replies: wire.LineReader, 
     """Run a test cell here, the student's names and calls answered by the child (checker.py);
     the verdict's part of the cell's event. The child's own reply follows (read by _judge)."""
     start = time.monotonic()
-    channel = checker.ChildChannel(send, lambda: _read_line(replies, 2 * timeout + 5, beat),
-                                   start + timeout)
+    channel = checker.ChildChannel(send, lambda wait_s: _read_line(replies, wait_s, beat),
+                                   start + timeout, beat)
     out, err = _Capture(), _Capture()
     sys.stdout, sys.stderr = out, err
     try:

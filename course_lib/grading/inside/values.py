@@ -25,7 +25,8 @@ from course_lib.checks import plain_scalar
 MAX_DEPTH = 8                 # nesting of tuples, lists and dicts
 MAX_ITEMS = 10_000            # items of one tuple, list or dict
 MAX_TEXT = 10_000             # characters of one string
-MAX_TENSOR_BYTES = 16 << 20   # bytes of one tensor's data; a larger one crosses without its data
+MAX_TENSOR_BYTES = 16 << 20   # bytes of one tensor's data; a larger one is refused on arrival
+MAX_TOTAL = 100_000           # items (numbers, strings, containers) of one decoded value
 # The dtypes a value may have, by name (torch.float32 -> "float32").
 DTYPES = ("float16", "bfloat16", "float32", "float64", "complex64", "complex128", "uint8", "int8",
           "int16", "int32", "int64", "bool")
@@ -84,7 +85,7 @@ def _encode_tensor(tensor) -> dict:
                "device": str(data.device), "param": type(tensor).__name__ == "Parameter",
                "grad": bool(tensor.requires_grad)}
     if data.device.type == "meta" or data.numel() * data.element_size() > MAX_TENSOR_BYTES:
-        message["data"] = None  # the shape alone (a meta tensor on the other side)
+        message["data"] = None  # the shape alone: a meta tensor, or one too large to check
         return message
     import torch
 
@@ -93,9 +94,24 @@ def _encode_tensor(tensor) -> dict:
     return message
 
 
-def decode(data: Any, resolve: Callable[[dict], Any], depth: int = 0) -> Any:
+def decode(data: Any, resolve: Callable[[dict], Any]) -> Any:
     """The value ``encode`` wrote; a handle becomes ``resolve(message)``. Raises
-    :class:`BadValue` for anything this module would not have written."""
+    :class:`BadValue` for anything this module would not have written (and for anything that
+    fails while building it: the message comes from the student's process), and for more than
+    :data:`MAX_TOTAL` items in all (a message's size bounds the reader's memory, not what its
+    numbers become once decoded)."""
+    try:
+        return _decode(data, resolve, 0, [MAX_TOTAL])
+    except BadValue:
+        raise
+    except Exception as exc:  # noqa: BLE001 (an overflow, a shape PyTorch refuses, ...)
+        raise BadValue(f"{type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+def _decode(data: Any, resolve: Callable[[dict], Any], depth: int, left: list[int]) -> Any:
+    left[0] -= 1
+    if left[0] < 0:
+        raise BadValue(f"more than {MAX_TOTAL} items in one value")
     if data is None or type(data) in (bool, int, float, str):
         return data
     if type(data) is not dict or depth > MAX_DEPTH + 1:
@@ -113,9 +129,9 @@ def decode(data: Any, resolve: Callable[[dict], Any], depth: int = 0) -> Any:
         if tag == "dict":
             if not all(type(pair) is list and len(pair) == 2 for pair in inner):
                 raise BadValue("not a dict")
-            return {_key(decode(k, resolve, depth + 1)): decode(v, resolve, depth + 1)
+            return {_key(_decode(k, resolve, depth + 1, left)): _decode(v, resolve, depth + 1, left)
                     for k, v in inner}
-        items = [decode(item, resolve, depth + 1) for item in inner]
+        items = [_decode(item, resolve, depth + 1, left) for item in inner]
         if tag == "size":
             import torch
 
@@ -128,10 +144,9 @@ def decode(data: Any, resolve: Callable[[dict], Any], depth: int = 0) -> Any:
     if tag == "device" and type(inner) is str:
         import torch
 
-        try:
-            return torch.device(inner)
-        except RuntimeError as exc:
-            raise BadValue(f"not a device: {exc}") from None
+        if inner.split(":")[0] not in ("cpu", "cuda", "meta"):
+            raise BadValue(f"not a device here: {inner[:40]!r}")
+        return torch.device(inner)
     if tag == "handle" and type(inner) is int:
         return resolve(data)
     raise BadValue(f"unknown value tag {tag!r}")
@@ -144,8 +159,8 @@ def _key(value: Any) -> Any:
 
 
 def _int(value: Any) -> int:
-    if type(value) is not int or value < 0:
-        raise BadValue("a size is whole numbers")
+    if type(value) is not int or not 0 <= value < 1 << 63:
+        raise BadValue("a size is whole numbers of at most 63 bits")
     return value
 
 
@@ -162,6 +177,9 @@ def _decode_tensor(data: dict):
         raise BadValue("a tensor's device is a string")
     raw = data.get("data")
     if raw is None:
+        if device != "meta":  # too large to send: no placeholder the checks could compute with
+            raise BadValue(f"a tensor of shape {tuple(shape)} is too large to send "
+                           f"({MAX_TENSOR_BYTES >> 20} MiB at most)")
         tensor = torch.empty(shape, dtype=dtype, device="meta")
     else:
         if type(raw) is not str:
@@ -183,12 +201,14 @@ def _decode_tensor(data: dict):
 
 
 def _to_device(tensor, device: str):
-    """On the device it came from (both sides run on the same machine: a device this process
-    does not have is a broken message)."""
+    """On the device it came from: the CPU, or CUDA where this process has it (both sides run on
+    the same machine); any other name is a broken message, refused before PyTorch reads it (a
+    device name can make PyTorch import a backend module)."""
     import torch
 
-    try:
-        target = torch.device(device)
-        return tensor if target.type == "cpu" else tensor.to(target)
-    except (RuntimeError, AssertionError) as exc:
-        raise BadValue(f"not a device here: {device!r} ({exc})") from None
+    kind = device.split(":")[0]
+    if kind == "cpu":
+        return tensor
+    if kind == "cuda" and torch.cuda.is_available():
+        return tensor.to(torch.device(device))
+    raise BadValue(f"not a device here: {device[:40]!r}")

@@ -72,7 +72,8 @@ class LineReader:
 
     def __init__(self, source: socket.socket | int, max_line: int = MAX_LINE) -> None:
         self.source, self.max_line = source, max_line
-        self.buffer, self.fds = b"", []
+        self.buffer, self.fds = bytearray(), []
+        self.scanned = 0  # how much of the buffer holds no newline: each byte is searched once
         self.closed = False
 
     def _receive(self) -> bytes:
@@ -84,7 +85,8 @@ class LineReader:
 
     def read_raw(self, timeout: float | None) -> bytes | None:
         deadline = None if timeout is None else time.monotonic() + timeout
-        while b"\n" not in self.buffer:
+        while (end := self.buffer.find(b"\n", self.scanned)) < 0:
+            self.scanned = len(self.buffer)
             if self.closed:
                 return None
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -97,9 +99,11 @@ class LineReader:
                 return None
             self.buffer += data
             if len(self.buffer) > self.max_line:
-                self.closed, self.buffer = True, b""
+                self.closed, self.buffer, self.scanned = True, bytearray(), 0
                 return None
-        line, self.buffer = self.buffer.split(b"\n", 1)
+        line = bytes(self.buffer[:end])
+        del self.buffer[:end + 1]
+        self.scanned = 0
         return line
 
     def read(self, timeout: float | None) -> dict | None:
