@@ -194,20 +194,7 @@ def call_student(fn: Callable[..., Any], *args: Any, name: str | None = None,
     label = name or getattr(fn, "__name__", "your function")
     if not callable(fn):
         fail(f"{label} should be a function, but it is a {type(fn).__name__}.", "type")
-    call = describe_call(label, args, kwargs)
-    if isinstance(fn, StudentObject):
-        category, result = fn.call_in_student_process(args, kwargs, list(_REFUSALS))
-        if category == "returned":
-            return result
-        fail_call(label, call, category, *result)
-    args = tuple(_fresh(a) for a in args)
-    kwargs = {k: _fresh(v) for k, v in kwargs.items()}
-    category, result = student_outcome(fn, args, kwargs)
-    if category == "returned":
-        return result
-    if category == "check-failed":
-        raise result
-    fail_call(label, call, category, type(result).__name__, str(result), "")
+    return _run_where_it_lives(fn, None, args, kwargs, label)
 
 
 def run_probe(probe: Callable[..., Any], obj: Any, *args: Any, name: str) -> Any:
@@ -216,20 +203,31 @@ def run_probe(probe: Callable[..., Any], obj: Any, *args: Any, name: str) -> Any
     lives; in the re-check, an object that stayed in the student's process is probed there, with
     the refusals in force, and the data comes back by value (:mod:`.remote`). The probe's
     failures are reported as :func:`call_student` reports a call's, under ``name``."""
-    call = describe_call(name, args)
+    return _run_where_it_lives(obj, probe, args, {}, name)
+
+
+def _run_where_it_lives(obj: Any, probe: Callable[..., Any] | None, args: tuple, kwargs: dict,
+                        label: str) -> Any:
+    """``obj(*args, **kwargs)``, or ``probe(obj, *args)``: in the student's process for an
+    object that lives there, else here on copies of the tensor arguments; a failure becomes the
+    check's message (:func:`fail_call`)."""
+    call = describe_call(label, args, kwargs)
     if isinstance(obj, StudentObject):
         category, result = obj.call_in_student_process(
-            args, {}, list(_REFUSALS), (probe.__module__, probe.__qualname__))
+            args, kwargs, list(_REFUSALS),
+            (probe.__module__, probe.__qualname__) if probe is not None else None)
         if category == "returned":
             return result
-        fail_call(name, call, category, *result)
-    args = tuple(_fresh(a) for a in args)  # as call_student: the case stays as it was
-    category, result = student_outcome(probe, (obj, *args), {})
+        fail_call(label, call, category, *result)
+    args = tuple(_fresh(a) for a in args)
+    kwargs = {k: _fresh(v) for k, v in kwargs.items()}
+    category, result = (student_outcome(obj, args, kwargs) if probe is None
+                        else student_outcome(probe, (obj, *args), kwargs))
     if category == "returned":
         return result
     if category == "check-failed":
         raise result
-    fail_call(name, call, category, type(result).__name__, str(result), "")
+    fail_call(label, call, category, type(result).__name__, str(result), "")
 
 
 def call_each(fn: Callable[..., Any], calls: Iterable[tuple[tuple, dict]],

@@ -6,9 +6,11 @@ from the student's notebook arrives by value when it is data (a number, a tensor
 :mod:`course_lib.grading.inside.values`) and as a :class:`StudentObject` otherwise: a handle that
 can be called (through :func:`course_lib.checks.call_student`, which sends copies of the inputs and
 gets a copy of the result back) and that is nothing else. It is not a number, a tensor or a
-module, so every type test of the checks fails it with the usual message; a check that needs more
-of a student object (its attributes, its layers) is not marked :func:`value_only` and runs in the
-student's process as before.
+module, so every type test of the checks fails it with the usual message. A check that needs more
+of a student object (its layers, its output, a model trained with it) reads it through
+:func:`course_lib.checks.run_probe`: a checks module's function run beside the object, returning
+data. A check that cannot (exercise 7's timing parts) is not marked :func:`value_only` and runs in
+the student's process as before.
 
 The transport is the re-check server's (``course_lib.grading.inside.recheck``); this module only
 names what a check may ask of it.
