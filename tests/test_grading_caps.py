@@ -22,7 +22,7 @@ import nbformat
 import pytest
 
 from course_lib.grading import sandbox
-from course_lib.grading.inside import wire
+from course_lib.grading.inside import hygiene, wire
 from course_lib.grading.inside.hygiene import descendants
 from course_lib.grading.sandbox import cgroups, seccomp
 from course_lib.grading.sandbox.recheck_client import STALL_S, RecheckServer
@@ -206,6 +206,34 @@ def test_one_kill_pass_ends_processes_that_keep_changing_pid():
             proc.wait()
 
 
+ZOMBIE_AND_SLEEPER = """
+import os, subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])  # alive
+if os.fork() == 0:
+    os._exit(0)  # a zombie: its parent never collects it
+print("ready", flush=True)
+time.sleep(30)
+"""
+
+
+def test_the_process_count_leaves_out_zombies():
+    """The watchdog counts processes running at once: a zombie (or a link of a fork chain that
+    has exited since the walk read it) holds no CPU and no memory, and counting such links made
+    a chain that forks and exits look like dozens of processes (a re-check server was killed
+    for "more than 16 processes" that never ran at once)."""
+    proc = subprocess.Popen([sys.executable, "-c", ZOMBIE_AND_SLEEPER], stdout=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == b"ready"
+        below = descendants(proc.pid)
+        zombies = [p for p in below if hygiene.state(p) == "Z"]
+        assert len(below) == 2 and len(zombies) == 1, below
+        assert hygiene.alive_descendants(proc.pid) == [p for p in below if p not in zombies]
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def test_check_says_which_limits_are_enforced():
     from course_lib.grading.sandbox.check import enforced_limits
 
@@ -347,13 +375,20 @@ subprocess.Popen([sys.executable, "-c", CHAIN], start_new_session=True)
 
 @needs_bwrap
 @pytest.mark.slow
-def test_a_recheck_child_has_a_pid_namespace_of_its_own(box, tmp_path):
+def test_a_recheck_child_has_a_pid_namespace_of_its_own(tmp_path):
     """Each student's child is in a PID namespace of its own (issue 21, item 2): it can signal
     no process outside it (not its server, not the zygote, not a classmate's child: a PID it
     reads from the box's /proc names nothing, or a process of its own namespace, whose first
     process takes no signal from inside), it cannot make namespaces (its filter is loaded before
     its first cell), and one kill ends all it started, however fast it forks: nothing of it is
-    left in the box for the next student."""
+    left in the box for the next student.
+
+    The box allows the default number of processes (not the module's 16): the chain's links are
+    alive at once only until each exits, but on a loaded machine several are, and the box-wide
+    watchdog would then rightly end the server; that limit is not what this test is about."""
+    box = sandbox.Sandbox.for_batch(tmp_path / "work", hide=[], limits=sandbox.Limits(
+        mem_mb=MEM_MB, wall_s=120))
+    assert box.limits.processes >= 64
     with RecheckServer(box, cell_timeout=30, mem_mb=MEM_MB, check_modules=[],
                        log=tmp_path / "recheck.log") as server:
         warm = server.judge(_job("alice", "x = 1", "assert x == 1"), budget_s=120)

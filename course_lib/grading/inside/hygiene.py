@@ -89,6 +89,13 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def alive_descendants(pid: int) -> list[int]:
+    """The descendants of ``pid`` still running when the walk ends. A walk of /proc can chase a
+    chain that forks and exits faster than it reads, and list each link once; a link that has
+    exited since (gone, or a zombie its reaper has not collected yet) is not a process at once."""
+    return [p for p in descendants(pid) if state(p) not in (None, "Z")]
+
+
 def state(pid: int) -> str | None:
     """A process's state letter (``Z``: a zombie), None when it is gone."""
     try:

@@ -29,7 +29,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from course_lib.grading.inside import wire
-from course_lib.grading.inside.hygiene import (children, copy_plain_files, descendants,
+from course_lib.grading.inside.hygiene import (alive_descendants, children, copy_plain_files,
                                                empty_folder, kill_until_gone, state)
 from course_lib.grading.sandbox.policy import Limits, Sandbox
 from course_lib.grading.sandbox.kernelspec import install_kernelspec, kernel_env
@@ -170,8 +170,7 @@ class Broker:
         if not self._alive():
             return []
         keep = {*children(self.proc.pid), self.nursery_pid}  # bwrap's init, the nursery
-        return [p for p in descendants(self.proc.pid)
-                if p not in keep and state(p) not in (None, "Z")]
+        return [p for p in alive_descendants(self.proc.pid) if p not in keep]
 
     def _sweep(self) -> None:
         """Kill, from outside, everything in the sandbox but the nursery."""

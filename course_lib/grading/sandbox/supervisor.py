@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from course_lib.grading.inside import wire
-from course_lib.grading.inside.hygiene import children, descendants
+from course_lib.grading.inside.hygiene import alive_descendants, children
 from course_lib.grading.inside.kernel import AUDIT_FD_ENV, AUDIT_PROTECTED_ENV, STARTED
 from course_lib.grading.sandbox import seccomp
 from course_lib.grading.sandbox.cgroups import Cage
@@ -186,7 +186,7 @@ def run_sandboxed(box: Sandbox, command: list[str], name: str, writable: dict[st
     try:
         while proc.poll() is None:
             # bwrap -> its namespace's init -> the program: count what the program started.
-            if watch.observe(max(0, len(descendants(proc.pid)) - 2)):
+            if watch.observe(max(0, len(alive_descendants(proc.pid)) - 2)):
                 proc.kill()
             time.sleep(poll_s)
         proc.wait()
