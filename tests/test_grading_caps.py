@@ -410,7 +410,7 @@ def test_a_recheck_child_has_a_pid_namespace_of_its_own(tmp_path):
         assert server.starts == starts, "the server had to be replaced"
     from course_lib.grading.sandbox.check import check_sandbox
 
-    assert "runs in a PID namespace of its own" in check_sandbox()  # and says so
+    assert "run in a PID namespace of their own" in check_sandbox()  # and says so
 
 
 # ----------------------------------------------------------------------------- a graded batch

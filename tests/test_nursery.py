@@ -101,10 +101,15 @@ def test_warm_kernels_leave_nothing_to_the_next_student(broker):
     assert first["sysv"] == [-1, 1] and first["mq"] == [-1, 1], first  # EPERM
     second = _run_in_kernel(broker, "bob", """
         import json, os
-        me = os.getpid()
+        # The box's /proc (a kernel's PID namespace of its own cannot mount one): this kernel
+        # and the processes above it (the nursery, its middle process, the namespace's first).
+        ours, pid = set(), int(os.readlink("/proc/self"))
+        while pid > 0:
+            ours.add(pid)
+            pid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
         others = []
         for pid in os.listdir("/proc"):
-            if pid.isdigit() and int(pid) not in (1, me, os.getppid()):
+            if pid.isdigit() and int(pid) not in ours:
                 try:
                     others.append(open(f"/proc/{pid}/cmdline").read().replace("\\0", " "))
                 except OSError:
@@ -136,7 +141,72 @@ def test_warm_kernels_leave_nothing_to_the_next_student(broker):
     assert any(e["kind"] == "spawn" for e in report["audit"]), report
 
 
-def test_a_kernel_that_kills_the_nursery_only_ends_itself(broker):
+SIGNAL_THE_NURSERY = """
+import ctypes, json, os, signal, subprocess, sys
+me = os.getpid()
+# Every PID the box's /proc lists (a kernel reads the box's /proc: see the nursery), the nursery
+# and the processes above this kernel among them. In the kernel's namespace such a number names
+# nothing or one of its own threads (SIGUSR1 is handled here: it ends nothing of ours).
+signal.signal(signal.SIGUSR1, lambda *args: None)
+listed = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+nursery_seen = any("inside.nursery" in open(f"/proc/{p}/cmdline").read() for p in listed)
+for pid in listed:
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except OSError:
+        pass
+for sig in (signal.SIGSTOP, signal.SIGKILL):  # the namespace's first process takes neither
+    os.kill(os.getppid(), sig)
+unshared = ctypes.CDLL(None, use_errno=True).unshare(0x10000000 | 0x20000000) == 0
+CHAIN = "import os\\nwhile True:\\n    if os.fork():\\n        os._exit(0)"
+subprocess.Popen([sys.executable, "-c", CHAIN], start_new_session=True)
+print(json.dumps({"me": me, "nursery_seen": nursery_seen, "unshared": unshared}))
+"""
+
+
+def test_a_kernel_cannot_signal_the_nursery(broker):
+    """Each kernel runs in a PID namespace of its own (issue 21, item 2): the nursery's PID, read
+    from the box's /proc, names nothing there (or a process of the kernel's own), so a signal
+    sent to every PID listed reaches no process outside, and SIGSTOP and SIGKILL do not reach
+    the namespace's first process (its parent there); the kernel cannot make
+    namespaces (its filter is loaded before it starts); a chain that forks and exits without
+    pause ends with the kernel. The next kernel comes from the same nursery, and sees nothing
+    of the first."""
+    b = broker[0]
+    first = _run_in_kernel(broker, "mallory", SIGNAL_THE_NURSERY)
+    assert first == {"me": 2, "nursery_seen": True, "unshared": False}, first
+    nursery, bwrap = b.nursery_pid, b.proc.pid
+    after = _run_in_kernel(broker, "carol", """
+        import json, os
+        ours, pid = set(), int(os.readlink("/proc/self"))
+        while pid > 0:
+            ours.add(pid)
+            pid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+        print(json.dumps({"others": [p for p in os.listdir("/proc")
+                                     if p.isdigit() and int(p) not in ours],
+                          "files": sorted(os.listdir("."))}))
+    """)
+    assert after == {"others": [], "files": ["notes.txt"]}, after
+    assert (b.nursery_pid, b.proc.pid) == (nursery, bwrap), "the nursery was replaced"
+    assert b.kernels == 2
+
+
+@pytest.fixture()
+def broker_without_namespaces(tmp_path):
+    """A broker whose kernels share the box's PID namespace with the nursery (issue 21's
+    protections off, as on a machine that allows no nested namespaces): what a kernel does to
+    the nursery must still end only its own sandbox."""
+    course = tmp_path / "course"
+    course.mkdir()
+    limits = sandbox.Limits(mem_mb=3072, processes=16, wall_s=120, caps=False)
+    box = sandbox.Sandbox.for_batch(tmp_path / "work", hide=[course], limits=limits).for_shard()
+    with Broker(box, [], log=tmp_path / "nursery.log") as b:
+        env = kernel_env(install_kernelspec(tmp_path / "jupyter", b.box, 3072))
+        yield b, env, tmp_path
+
+
+def test_a_kernel_that_kills_the_nursery_only_ends_itself(broker_without_namespaces):
+    broker = broker_without_namespaces
     b = broker[0]
     with pytest.raises(Exception):
         _run_in_kernel(broker, "mallory", """
@@ -165,9 +235,10 @@ def test_without_a_broker_the_launcher_falls_back(tmp_path):
     assert out == {"torch_loaded": False}  # a cold kernel: nothing imported before the notebook
 
 
-def test_a_kernel_that_stops_the_nursery_only_ends_itself(broker):
+def test_a_kernel_that_stops_the_nursery_only_ends_itself(broker_without_namespaces):
     """SIGSTOP leaves the nursery alive but deaf: the broker notices the kernel ended without
     the nursery saying so, and the next kernel comes from a fresh sandbox."""
+    broker = broker_without_namespaces
     b = broker[0]
     out = _run_in_kernel(broker, "eve", """
         import json, os, signal

@@ -9,6 +9,14 @@ memory. Before each fork it empties what a kernel could leave for the next (``/t
 kernels' HOME, ``/dev/shm``, files added to ``/dev``, System V IPC, the kernels' tmpfs) and
 refuses to fork when anything stays: the broker then starts a fresh sandbox.
 
+Each kernel runs in a PID, user, mount and IPC namespace of its own (:mod:`.isolation`, as the
+re-check's children): it cannot name, and so cannot signal or stop, the nursery; one SIGKILL of
+its namespace's first process ends all it started. The nursery forks a middle process that makes
+the namespaces and waits; the namespace's first process loads the system-call filter (passed by
+the broker on a memfd: bwrap does not load it, so the nursery may make namespaces) and starts the
+kernel. Where the box allows no nested namespaces, the kernel loads the filter itself and runs in
+the box's namespace, as before.
+
 The outside half (starting the sandbox, one kernel at a time, sweeping leftover processes,
 process count and wall clock) is :mod:`course_lib.grading.sandbox.broker`.
 """
@@ -17,11 +25,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
 
-from course_lib.grading.inside import kernel, wire
+from course_lib.grading.inside import isolation, kernel, wire
 from course_lib.grading.inside.hygiene import (apply_limits, copy_plain_files, dev_entries,
                                                empty_folder, fresh_sandbox, no_ptrace)
 from course_lib.grading.inside.warm import fork_child, preload
@@ -66,8 +75,47 @@ def preload_kernel() -> None:
             pass
 
 
-def serve(fd: int, modules: list[str]) -> None:
-    """The nursery's loop: a request in, a forked kernel, its exit status out."""
+def _fork_kernel(request: dict, audit_fd: int, program: bytes | None) -> tuple[int, bool]:
+    """Fork the kernel (in namespaces of its own where the box allows them, see the module's
+    docstring); returns the PID to wait for and whether the kernel has its own namespaces."""
+    if program is None:  # the filter is bwrap's (or the caps are off): no namespaces
+        return fork_child([audit_fd], lambda: _become_kernel(request, audit_fd)), False
+    said_r, said_w = os.pipe()
+
+    def middle() -> None:
+        isolated = isolation.enter_namespaces()
+        os.write(said_w, b"1" if isolated else b"0")
+        os.close(said_w)
+        if not isolated:  # the kernel in the box's namespace, under its filter
+            if not isolation.load_filter(program):
+                os._exit(isolation.SIGNALLED + signal.SIGSYS)
+            _become_kernel(request, audit_fd)
+        first = fork_child([audit_fd], lambda: isolation.run_as_init(
+            lambda: fork_child([audit_fd], lambda: _become_kernel(request, audit_fd)),
+            [audit_fd], program))
+        os.close(audit_fd)
+        _, status = os.waitpid(first, 0)
+        os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status)
+                 else isolation.SIGNALLED + os.WTERMSIG(status))
+
+    pid = fork_child([audit_fd, said_w], middle)
+    os.close(said_w)
+    said = os.read(said_r, 1)
+    os.close(said_r)
+    return pid, said == b"1"
+
+
+def _returncode(status: int, isolated: bool) -> int:
+    """The kernel's return code as its launcher reports one (-N: killed by signal N)."""
+    code = os.waitstatus_to_exitcode(status)
+    if isolated and code > isolation.SIGNALLED:  # the namespace's first process said 128 + N
+        return isolation.SIGNALLED - code
+    return code
+
+
+def serve(fd: int, modules: list[str], program: bytes | None = None) -> None:
+    """The nursery's loop: a request in, a forked kernel, its exit status out. ``program``: the
+    system-call filter each kernel loads (then each kernel gets namespaces of its own)."""
     no_ptrace()
     dev = dev_entries()  # bwrap's /dev, before any kernel could add to it
     os.environ["NBGRADER_EXECUTION"] = "autograde"  # as in nbgrader's own kernels
@@ -92,11 +140,11 @@ def serve(fd: int, modules: list[str]) -> None:
             wire.send(channel, {"event": "unclean"})
             return
         audit_fd = fds[0]
-        pid = fork_child([audit_fd], lambda: _become_kernel(request, audit_fd))
+        pid, isolated = _fork_kernel(request, audit_fd, program)
         os.close(audit_fd)
-        wire.send(channel, {"event": "started", "pid": pid})
+        wire.send(channel, {"event": "started", "pid": pid, "isolated": isolated})
         _, status = os.waitpid(pid, 0)
-        wire.send(channel, {"event": "exit", "returncode": os.waitstatus_to_exitcode(status)})
+        wire.send(channel, {"event": "exit", "returncode": _returncode(status, isolated)})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -105,8 +153,10 @@ def main(argv: list[str] | None = None) -> None:
     s = sub.add_parser("serve")
     s.add_argument("fd", type=int)
     s.add_argument("modules", nargs="*")
+    s.add_argument("--child-seccomp", type=int, default=None,
+                   help="a file descriptor holding the filter each kernel loads")
     args = parser.parse_args(argv)
-    serve(args.fd, args.modules)
+    serve(args.fd, args.modules, isolation.read_program(args.child_seccomp))
 
 
 if __name__ == "__main__":

@@ -4,10 +4,11 @@ The **broker** (:class:`Broker`, a thread of the grading process, outside the sa
 nursery (:mod:`course_lib.grading.inside.nursery`) in bubblewrap, with the same policy and limits
 as a kernel of its own, and listens on a Unix socket in a folder no sandbox sees. The kernelspec's
 launcher (:mod:`.kernelspec`) asks it for a kernel. It serves one kernel at a time: before and
-after each, it kills, from outside, every process in the sandbox but the nursery (the same PID
-namespace holds nothing else), and empties the kernels' folder area; the :class:`.Supervision`
-enforces the process count and the wall-clock budget, and the per-kernel report is the same as a
-kernel of its own gets. A kernel that kills or stops the nursery only ends its own sandbox: the
+after each, it kills, from outside, every process in the sandbox but the nursery, and empties the
+kernels' folder area; the :class:`.Supervision` enforces the process count and the wall-clock
+budget, and the per-kernel report is the same as a kernel of its own gets. Each kernel runs in a
+PID namespace of its own (see the nursery): it cannot signal the nursery. Where the box allows
+no nested namespaces, a kernel that kills or stops the nursery only ends its own sandbox: the
 broker starts a fresh one for the next notebook. Where the nursery cannot start, the launcher
 falls back to a sandbox per kernel.
 """
@@ -29,6 +30,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from course_lib.grading.inside import wire
+from course_lib.grading.sandbox import seccomp
 from course_lib.grading.inside.hygiene import (alive_descendants, children, copy_plain_files,
                                                empty_folder, kill_until_gone, state)
 from course_lib.grading.sandbox.policy import Limits, Sandbox
@@ -122,7 +124,12 @@ class Broker:
     # -------------------------------------------------------------- the nursery's sandbox
     def _start_nursery(self) -> bool:
         ours, theirs = socket.socketpair()
+        # The nursery loads the system-call filter into each kernel itself, after giving it
+        # namespaces of its own (inside/isolation.py), so bwrap does not load it.
+        caps = self.box.limits.caps
+        filter_fd = seccomp.filter_fd() if caps and seccomp.supported() else None
         command = [sys.executable, "-m", "course_lib.grading.inside.nursery", "serve",
+                   *(["--child-seccomp", str(filter_fd)] if filter_fd is not None else []),
                    str(theirs.fileno()), *self.modules]
         err = open(self.log if self.log is not None else os.devnull, "ab")
         self.cage = new_cage("nursery", self.box.limits)
@@ -130,14 +137,17 @@ class Broker:
             # The area (the notebooks' files, copied in by the broker) is read-only inside; each
             # kernel works in a copy on the box's tmpfs (bounded: it writes nothing to disk).
             self.proc = start_box(
-                self.box, command, cwd="/", cage=self.cage, pass_fds=(theirs.fileno(),),
+                self.box, command, cwd="/", cage=self.cage,
+                pass_fds=(theirs.fileno(), *([filter_fd] if filter_fd is not None else [])),
                 writable={self.box.ipc_dir: self.box.ipc_dir},
                 readonly={str(self.area): str(self.area)},
-                tmpfs={self.kernels_dir: self.box.limits.scratch_mb},
+                tmpfs={self.kernels_dir: self.box.limits.scratch_mb}, filter_inside=caps,
                 stdin=subprocess.DEVNULL, stdout=err, stderr=err)
         finally:
             theirs.close()
             err.close()
+            if filter_fd is not None:
+                os.close(filter_fd)
         self.channel, self.reader = ours, wire.LineReader(ours)
         try:
             ready = self.reader.read(READY_TIMEOUT_S)
@@ -256,7 +266,7 @@ class Broker:
             return
         wire.send(conn, {"event": "started"})
         self._log(f"kernel {self.kernels} started for {source.parent.name}")
-        returncode = self._watch_kernel(conn, launcher, watch)
+        returncode = self._watch_kernel(conn, launcher, watch, started.get("isolated") is True)
         self._log(f"kernel {self.kernels} ended: {returncode}, {watch.killed}")
         self._sweep()
         if cage is not None:
@@ -271,18 +281,28 @@ class Broker:
         except OSError:
             pass
 
+    def _kernel_pid(self, isolated: bool) -> int | None:
+        """The kernel's PID outside: the nursery's child, or (``isolated``) the child of its
+        namespace's first process, below the nursery's middle process (see the nursery)."""
+        pid = self.nursery_pid
+        for _ in range(3 if isolated else 1):
+            kids = children(pid) if pid is not None else []
+            pid = kids[0] if kids else None
+        return pid
+
     def _watch_kernel(self, conn: socket.socket, launcher: wire.LineReader,
-                      watch: Supervision) -> int:
-        """Relay the launcher's interrupts and stops until the kernel exits; its return code."""
+                      watch: Supervision, isolated: bool) -> int:
+        """Relay the launcher's interrupts and stops until the kernel exits; its return code.
+        (A namespace's first process takes no SIGINT from outside: it goes to the kernel.)"""
         kernel_pid = None
+        ours = 3 if isolated else 1  # the kernel, and the middle and first process above it
         while True:
             if not self._alive():
                 return -signal.SIGKILL
             others = self._others()
             if kernel_pid is None:
-                kids = children(self.nursery_pid)
-                kernel_pid = kids[0] if kids else None
-            if watch.observe(max(0, len(others) - 1)) or watch.killed:  # what the kernel started
+                kernel_pid = self._kernel_pid(isolated)
+            if watch.observe(max(0, len(others) - ours)) or watch.killed:  # what it started
                 self._sweep()
             for ready in select.select([conn, self.channel], [], [], POLL_S)[0]:
                 if ready is conn:

@@ -138,15 +138,16 @@ def _check_in_the_box(hide: list[Path]) -> str:
     return (f"{require_bwrap()} runs {sys.executable} in the grading sandbox (mounted: {mounts}) "
             f"and imports {', '.join(INSIDE_MODULES)} and the checks of every assignment there."
             f"\nLimits enforced on this machine: {enforced_limits(Limits())}"
-            + ("\nEach submission's re-check runs in a PID namespace of its own (it can signal "
-               "nothing outside it; one kill ends all it started)." if nested else
-               "\nNOT isolated: this kernel refuses nested user namespaces in the box, so each "
-               "submission's re-check runs in the box's PID namespace (it could signal the "
-               "re-check's server: a stopped server is noticed in seconds and replaced)."))
+            + ("\nEach submission's kernel and re-check run in a PID namespace of their own "
+               "(they can signal nothing outside it; one kill ends all they started)." if nested
+               else "\nNOT isolated: this kernel refuses nested user namespaces in the box, so "
+               "each submission's kernel and re-check run in the box's PID namespace (they could "
+               "signal the nursery or the re-check's server: a stopped server is noticed in "
+               "seconds and replaced, a stopped nursery ends only that kernel's sandbox)."))
 
 
-# What the re-check's zygote does for each child (inside/isolation.py), tried in a box started
-# the way the re-check's server is (the filter loaded by the program, not by bwrap).
+# What the re-check's zygote and the nursery do for each child (inside/isolation.py), tried in a
+# box started the way they are (the filter loaded by the program, not by bwrap).
 _NESTED = """
 import os
 from course_lib.grading.inside import isolation
