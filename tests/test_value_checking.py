@@ -169,17 +169,22 @@ def test_which_test_cells_the_server_runs():
         "checks.check_output_size(*sizes)",                          # unpacks a student value
     ]:
         assert not checker.runs_in_server(source, trusted), source
-    # A check not marked value-only (it hands the student's timer functions of its own) runs in
-    # the child; one that reads the student's model through a probe runs in the server.
-    assert not checker.runs_in_server("checks.check_time_ms(time_ms)", {"checks": ex07})
+    # A function of a checks module not marked value-only (here the recorder, which wraps the
+    # student's timer where it lives) runs in the child; checks that read the student's model or
+    # time workloads beside its timer through a probe run in the server.
+    assert not checker.runs_in_server("checks.recorded(time_ms)", {"checks": ex07})
     assert checker.runs_in_server("checks.check_mobilenet(mobilenet_v1)", {"checks": ex07})
+    assert checker.runs_in_server("checks.check_time_ms(time_ms, ms=11.5, gpu_ms=13.5)",
+                                  {"checks": ex07})
 
 
 def test_every_value_only_check_is_marked_on_purpose():
     """The marker is the decorator, nothing a test cell can set: a check module's other
     functions (helpers, checks that need the student's objects) are not marked."""
     marked = {name for name, fn in vars(ex07).items() if getattr(fn, "value_only", False)}
-    assert marked == {"check_mobilenet", "check_paper_costs", "check_intensity"}
+    assert marked == {"check_mobilenet", "check_paper_costs", "check_time_ms",
+                      "check_cpu_measurements", "check_intensity", "check_gpu_measurements"}
+    assert not getattr(ex07.recorded, "value_only", False)
     assert getattr(checks.call_student, "value_only", False) is False
 
 
@@ -215,17 +220,27 @@ def test_a_test_cell_reads_the_trusted_module_whatever_the_notebook_bound():
                    checker.StudentNames({"checks": ex01}, channel))
 
 
-def test_where_tests_run_follows_the_checks_marks():
-    """The guide's table: every test of exercise 1 runs in the server (with its points); the
-    timing part of exercise 7 (its test cell rebinds time_ms, its checks time the student's
-    timer on workloads of their own) in the child."""
-    from course_lib.grading.course import where_tests_run
+def test_where_tests_run_follows_the_checks_marks(tmp_path):
+    """The guide's table: every graded test of the course runs in the server, with its points;
+    a test cell that is not only calls of value-only checks (here one that binds a name first)
+    would run in the student's process, and the table says so."""
+    from course_lib.grading.course import assignments, where_tests_run
 
-    ex01_tests = {c["id"] for c in _ex01_cells() if c["kind"] == "test"}
-    places = where_tests_run("ex01_standard", REPO)
-    assert set(places) == ex01_tests and all(points and points > 0 for points in places.values())
+    for assignment in assignments(REPO):
+        places = where_tests_run(assignment, REPO)
+        assert places and all(points and points > 0 for points in places.values()), places
     places = where_tests_run("ex07_mobilenet", REPO)
-    assert places["part3-tests"] is None and places["part1-tests"] == 4.0
+    assert places["part3-tests"] == 5.0 and places["part1-tests"] == 4.0
+    nb = nbformat.read(REPO / "solutions" / "ex01_standard" / "ex01_standard.ipynb", 4)
+    tests = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")
+             and not c.metadata["nbgrader"].get("solution")]
+    tests[0].source = "size = conv_output_size\n" + tests[0].source
+    (tmp_path / "solutions" / "ex01_standard").mkdir(parents=True)
+    nbformat.write(nb, tmp_path / "solutions" / "ex01_standard" / "ex01_standard.ipynb")
+    places = where_tests_run("ex01_standard", tmp_path)
+    gid = tests[0].metadata["nbgrader"]["grade_id"]
+    assert places[gid] is None
+    assert all(points for other, points in places.items() if other != gid)
 
 
 def _job(assignment: str, keep: tuple[str, ...], edits: dict[str, str]) -> dict:
@@ -250,12 +265,14 @@ def test_the_server_runs_value_only_tests_through_a_real_recheck(tmp_path):
     """End to end, one real re-check server (unsandboxed here; the sandboxed class is in
     test_grading_pipeline.py): a student function that never returns is interrupted in its own
     process and the next test still runs; an unimplemented one is named; a function that edits
-    the table it was given is caught although the check holds only its own copy."""
+    the table it was given is caught although the check holds only its own copy; a timer that
+    reads the check's durations from its frame finds none."""
     from course_lib.grading.sandbox.recheck_client import RecheckServer
 
     with RecheckServer(None, cell_timeout=5, mem_mb=None, log=tmp_path / "recheck.log",
                        check_modules=["course_lib.checks.ex01_standard",
                                       "course_lib.checks.ex06_atrous",
+                                      "course_lib.checks.ex07_mobilenet",
                                       "course_lib.checks.ex10_tradeoffs"]) as server:
         events = server.judge(_job("ex01_standard", ("setup", "part1", "part1-tests", "part2",
                                                      "part2-tests"),
@@ -297,6 +314,28 @@ def test_the_server_runs_value_only_tests_through_a_real_recheck(tmp_path):
                     "    return weight if dilation == 1 else _right(weight, dilation)\n")
         assert "returned the weight itself" in right_then_wrong("ex06_atrous", "part1", 3.0,
                                                                 aliasing)["error_text"]
+        # Exercise 7's timer, checked on workloads built beside it: a timer that times nothing
+        # and returns the durations it reads in the check's frame passes where the check runs
+        # in its process (as in nbgrader's kernel), and finds no such frame in the re-check.
+        lying: dict = {}
+        exec(FRAME_READING_TIMER, lying)
+        ex07.check_time_ms(lying["time_ms"])
+        assert "too low" in right_then_wrong("ex07_mobilenet", "part3", 5.0,
+                                             FRAME_READING_TIMER)["error_text"]
+
+
+FRAME_READING_TIMER = """
+import sys
+def time_ms(fn, warmup=3, repeats=10, device="cpu"):
+    for _ in range(warmup + repeats):
+        fn()
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "check_time_ms":
+            return frame.f_locals["g" if device == "cuda" else "d"]
+        frame = frame.f_back
+    return 0.0
+"""
 
 
 def test_a_reply_nested_past_the_parsers_depth_reads_as_garbage_not_a_crash():

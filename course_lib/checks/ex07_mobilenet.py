@@ -7,6 +7,11 @@ synchronize is caught without a GPU. Part 4's timings must be values the student
 returned (:func:`recorded`). The GPU part passes with a note where the grader has no GPU; on a GPU
 grader it runs the student's ``time_ms`` on the GPU and compares it, and any ``gpu_ms`` given, with
 the grader's own measurement (:func:`check_gpu_measurements`).
+
+Every check is value-only (the re-check runs it in its server): the workloads are built beside
+the student's timer, where it lives (the probe :func:`_timed`), and only what the timer returned
+and how often it called them come back; the verdicts, the reference timings and the hidden
+durations' thresholds stay with the check.
 """
 from __future__ import annotations
 
@@ -275,24 +280,70 @@ def _fake_cuda(gpu: _FakeGPU) -> Iterator[None]:
             setattr(torch.cuda, name, value)
 
 
-def _time(time_ms: Callable, fn: Callable, warmup: int, repeats: int, device: str,
-          label: str) -> float:
+# The workloads of check_time_ms: milliseconds of the n-th call, given the case's ``ms``.
+WORKLOADS: dict[str, Callable[[float, int], float]] = {
+    "steady": lambda ms, n: ms,
+    "slow warm-up": lambda ms, n: 60.0 if n < 3 else 4.0,   # the first 3 calls pay for set-up
+    "outliers": lambda ms, n: 40.0 if n % 4 == 1 else 3.0,  # every 4th call a hiccup
+}
+
+
+def _timed(time_ms: Any, workload: str, ms: float, warmup: int, repeats: int,
+           device: str) -> dict:
+    """Probe (run where ``time_ms`` lives: :func:`run_probe`): build the workload beside the
+    timer, time it with the student's ``time_ms``, and report as data what it returned (a plain
+    number, or the name of its type), how its call ended, and how often it called the workload.
+    ``workload`` "gpu" launches ``ms`` of work on a simulated asynchronous CUDA device; a name
+    of :data:`GPU_NETWORKS` is that network's inference in part 6's setting, on the GPU."""
+    time_ms = getattr(time_ms, "__wrapped__", time_ms)   # the student's own, not the recorder
+    gpu, work, context = None, None, contextlib.nullcontext()
+    if workload in GPU_NETWORKS:  # part 6, on a real GPU
+        model, x = _gpu_setting(workload)
+        fn, context = (lambda: model(x)), _gpu_inference()
+    elif workload == "gpu":
+        gpu = _FakeGPU()
+        fn, context = (lambda: gpu.launch(float(ms))), _fake_cuda(gpu)
+    else:
+        fn = work = _Workload(functools.partial(WORKLOADS[workload], float(ms)))
+    with context:
+        category, result = student_outcome(time_ms, (fn,), {"warmup": warmup,
+                                                            "repeats": repeats, "device": device})
+        if gpu is not None:
+            gpu.synchronize()
+    out = {"category": category, "calls": work.calls if work is not None else None}
+    if category != "returned":
+        return {**out, "error": type(result).__name__, "text": str(result)[:2000],
+                "kind": getattr(result, "kind", "") if category == "check-failed" else ""}
+    number = plain_number(result)
+    if isinstance(number, (int, float)) and not isinstance(number, bool):
+        return {**out, "number": float(number)}
+    return {**out, "number": None, "type": type(result).__name__}
+
+
+def _time(time_ms: Callable, workload: str, ms: float, warmup: int, repeats: int, device: str,
+          label: str) -> tuple[float, int | None]:
+    """The student's ``time_ms`` on one workload: (its number, the workload's calls)."""
     call = f"time_ms({label}, warmup={warmup}, repeats={repeats}, device={device!r})"
-    result = call_student(time_ms, fn, warmup=warmup, repeats=repeats, device=device,
-                          name="time_ms")
-    return as_number(result, call)
+    out = run_probe(_timed, time_ms, workload, ms, warmup, repeats, device, name="time_ms")
+    if out["category"] != "returned":
+        fail_call("time_ms", call, out["category"], out["error"], out["text"], out["kind"])
+    if out["number"] is None:
+        fail(f"{call}: expected a number of milliseconds, got {out['type']}.")
+    return out["number"], out["calls"]
 
 
+@value_only
 def check_time_ms(time_ms: Callable, ms: float = 8.0, gpu_ms: float = 10.0) -> None:
     """``time_ms(fn, warmup, repeats, device)`` returns the median milliseconds of one call of
     ``fn()``, after exactly ``warmup`` untimed calls and ``repeats`` timed ones, synchronizing on
-    CUDA. ``ms`` and ``gpu_ms`` set the durations of the simulated CPU and GPU workloads."""
-    time_ms = getattr(time_ms, "__wrapped__", time_ms)   # the student's own, not the recorder
+    CUDA. ``ms`` and ``gpu_ms`` set the durations of the simulated CPU and GPU workloads, which
+    are built beside the timer (:func:`_timed`); the verdicts are made here."""
+    if not callable(time_ms):
+        fail(f"time_ms should be a function, but it is a {type(time_ms).__name__}.", "type")
     d, g = float(ms), float(gpu_ms)
     # 1. a steady workload: d ms per call, in milliseconds, with the calls it was asked for
     for warmup, repeats in ((2, 5), (0, 3), (4, 3)):
-        work = _Workload(lambda n: d)
-        got = _time(time_ms, work, warmup, repeats, "cpu", f"<sleeps {d:g} ms>")
+        got, calls = _time(time_ms, "steady", d, warmup, repeats, "cpu", f"<sleeps {d:g} ms>")
         if math.isclose(got, d / 1e3, rel_tol=0.5):
             fail(f"time_ms(<sleeps {d:g} ms>) returned {got:.4g}: that is seconds; return "
                  "milliseconds (multiply by 1000).")
@@ -300,30 +351,24 @@ def check_time_ms(time_ms: Callable, ms: float = 8.0, gpu_ms: float = 10.0) -> N
             fail(f"time_ms(<a function that sleeps {d:g} ms per call>) returned {got:.3g} ms, "
                  f"which is {'too high' if got > d else 'too low'}: return the milliseconds of "
                  f"ONE call.")
-        if work.calls != warmup + repeats:
-            fail(f"time_ms(fn, warmup={warmup}, repeats={repeats}) called fn {work.calls} times; "
+        if calls != warmup + repeats:
+            fail(f"time_ms(fn, warmup={warmup}, repeats={repeats}) called fn {calls} times; "
                  f"use the arguments: {warmup} untimed warm-up calls, then {repeats} timed calls "
                  f"({warmup + repeats} in all).")
     # 2. a slow warm-up: the first `warmup` calls take 60 ms, later ones 4 ms
-    slow = _Workload(lambda n: 60.0 if n < 3 else 4.0)
-    got = _time(time_ms, slow, 3, 5, "cpu", "<first 3 calls slow>")
+    got, _ = _time(time_ms, "slow warm-up", d, 3, 5, "cpu", "<first 3 calls slow>")
     if got > 20:
         fail(f"time_ms(<a function whose first 3 calls take 60 ms, then 4 ms>, warmup=3) returned "
              f"{got:.3g} ms, which is too high: run the warm-up calls first and do not time "
              "them (first calls pay for caches, lazy initialisation, autotuning, compilation).")
     # 3. outliers: every 4th call takes 40 ms, the others 3 ms -> the median is not the mean
-    spiky = _Workload(lambda n: 40.0 if n % 4 == 1 else 3.0)
-    got = _time(time_ms, spiky, 1, 8, "cpu", "<3 ms with 40 ms outliers>")
+    got, _ = _time(time_ms, "outliers", d, 1, 8, "cpu", "<3 ms with 40 ms outliers>")
     if got > 8:
         fail(f"time_ms(<3 ms per call with a 40 ms outlier every 4th call>) returned {got:.3g} "
              "ms, which is too high: report the median of the timed calls, not the mean (one "
              "hiccup of the operating system should not move the result).")
     # 4. an asynchronous device: launches return at once, the work finishes later
-    gpu = _FakeGPU()
-    with _fake_cuda(gpu):
-        got = _time(time_ms, lambda: gpu.launch(g), 2, 5, "cuda",
-                    f"<launches {g:g} ms of GPU work>")
-        gpu.synchronize()
+    got, _ = _time(time_ms, "gpu", g, 2, 5, "cuda", f"<launches {g:g} ms of GPU work>")
     if got < 0.5 * g:
         fail(f"on CUDA, time_ms(<launches {g:g} ms of GPU work>, device='cuda') returned "
              f"{got:.3g} ms, which is too low: a kernel launch returns before the kernel runs, so "
@@ -359,7 +404,7 @@ class _Recorded:
 
 
 def recorded(time_ms: Any) -> Any:
-    """Wrap the student's ``time_ms`` (part 3's test cell does it before part 4 runs) so part 4's
+    """Wrap the student's ``time_ms`` (part 4's locked setup cell does it) so part 4's
     check can tell measured numbers from typed-in ones. Anything not callable is returned as it
     is (the part 3 test then reports it)."""
     if not callable(time_ms) or isinstance(time_ms, _Recorded):
@@ -367,6 +412,15 @@ def recorded(time_ms: Any) -> Any:
     return _Recorded(time_ms)
 
 
+def _returned_so_far(time_ms: Any) -> list[float] | None:
+    """Probe: the numbers the recorder has seen ``time_ms`` return (its latest thousand), or
+    None when ``time_ms`` is not the recorder."""
+    if not isinstance(time_ms, _Recorded):
+        return None
+    return [float(v) for v in time_ms.results[-1000:]]
+
+
+@value_only
 def check_cpu_measurements(mobilenet_ms: Any, conv_mobilenet_ms: Any, measured_speedup: Any,
                            macs_ratio: Any, batch: int, resolution: int,
                            time_ms: Any = None) -> None:
@@ -379,9 +433,11 @@ def check_cpu_measurements(mobilenet_ms: Any, conv_mobilenet_ms: Any, measured_s
     r = as_number(macs_ratio, "macs_ratio")
     if a <= 0 or b <= 0:
         fail(f"times must be positive milliseconds, got mobilenet_ms={a}, conv_mobilenet_ms={b}.")
-    if isinstance(time_ms, _Recorded):
+    returned = run_probe(_returned_so_far, time_ms, name="time_ms") if time_ms is not None \
+        else None
+    if returned is not None:
         for name, value in (("mobilenet_ms", a), ("conv_mobilenet_ms", b)):
-            if not any(math.isclose(value, v, rel_tol=1e-9) for v in time_ms.results):
+            if not any(math.isclose(value, v, rel_tol=1e-9) for v in returned):
                 fail(f"{name} = {value:.4g} is not a number your time_ms returned in this session: "
                      f"measure it with time_ms(...) in the cell above (typed-in timings do not "
                      f"count; re-run the notebook from the top).")
@@ -437,24 +493,40 @@ GPU_TOLERANCE = 3.0
 GPU_VALUE_TOLERANCE = 10.0
 
 
+GPU_NETWORKS = {"MobileNetV1": MobileNetV1, "ConvMobileNet": ConvMobileNet}
+
+
+def _gpu_setting(name: str) -> tuple[nn.Module, torch.Tensor]:
+    """Part 6's network ``name`` and its input, on the GPU in channels_last."""
+    with quiet():
+        model = GPU_NETWORKS[name]().cuda().eval().to(memory_format=torch.channels_last)
+        x = torch.randn(GPU_SETTING["batch"], 3, GPU_SETTING["resolution"],
+                        GPU_SETTING["resolution"], device="cuda").contiguous(
+            memory_format=torch.channels_last)
+    return model, x
+
+
+@contextlib.contextmanager
+def _gpu_inference() -> Iterator[None]:
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        yield
+
+
 def _measure_on_gpu(time_ms: Callable) -> dict[str, tuple[float, float]]:
     """For each network: (the student's time_ms on this GPU, the grader's own timing), both of
-    the part's setting (CUDA events, warm-up, median: course_lib.timing.benchmark)."""
+    the part's setting (CUDA events, warm-up, median: course_lib.timing.benchmark). The
+    student's timing runs where ``time_ms`` lives (:func:`_timed`), the grader's here."""
     results = {}
-    for name, cls in (("MobileNetV1", MobileNetV1), ("ConvMobileNet", ConvMobileNet)):
-        with quiet():
-            model = cls().cuda().eval().to(memory_format=torch.channels_last)
-            x = torch.randn(GPU_SETTING["batch"], 3, GPU_SETTING["resolution"],
-                            GPU_SETTING["resolution"], device="cuda").contiguous(
-                memory_format=torch.channels_last)
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-            student = _time(time_ms, lambda: model(x), 5, 10, "cuda", f"<{name} inference>")
-            with quiet():
-                reference = benchmark(model, x, warmup=5, repeats=10).median_ms
+    for name in GPU_NETWORKS:
+        student, _ = _time(time_ms, name, 0.0, 5, 10, "cuda", f"<{name} inference>")
+        model, x = _gpu_setting(name)
+        with _gpu_inference(), quiet():
+            reference = benchmark(model, x, warmup=5, repeats=10).median_ms
         results[name] = (student, reference)
     return results
 
 
+@value_only
 def check_gpu_measurements(gpu_ms: Any, time_ms: Callable, *,
                            measure: Callable[[Callable], dict[str, tuple[float, float]]] | None
                            = None, gpu: bool | None = None) -> None:
@@ -480,7 +552,6 @@ def check_gpu_measurements(gpu_ms: Any, time_ms: Callable, *,
         return
     if not callable(time_ms):
         fail("time_ms should be your timing function from part 3.")
-    time_ms = getattr(time_ms, "__wrapped__", time_ms)
     if not (gpu_ms is None or isinstance(gpu_ms, dict)):
         fail(f"gpu_ms should be None (no GPU where you worked) or a dict {{'MobileNetV1': ms, "
              f"'ConvMobileNet': ms}}, got {type(gpu_ms).__name__}.")

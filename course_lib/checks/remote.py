@@ -9,8 +9,8 @@ gets a copy of the result back) and that is nothing else. It is not a number, a 
 module, so every type test of the checks fails it with the usual message. A check that needs more
 of a student object (its layers, its output, a model trained with it) reads it through
 :func:`course_lib.checks.run_probe`: a checks module's function run beside the object, returning
-data. A check that cannot (exercise 7's timing parts) is not marked :func:`value_only` and runs in
-the student's process as before.
+data (exercise 7's timing checks build their workloads beside the student's timer this way). A
+check that cannot is not marked :func:`value_only` and runs in the student's process.
 
 The transport is the re-check server's (``course_lib.grading.inside.recheck``); this module only
 names what a check may ask of it.

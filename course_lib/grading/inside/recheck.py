@@ -39,11 +39,12 @@ and System V IPC (if anything stays it says so, and the next student gets a fres
 it waits for the child it says "alive" every second, so the grader notices a stopped or wedged
 server in seconds. Outside, each job runs in a cgroup of its own (whole-job caps).
 
-Limits (also in book/instructor_guide.md): a test whose checks are not value-only (exercise 7's
-timing parts: they hand the student's timer workloads of their own) still runs in the child,
-beside the student's code, so a submission written against this module's own internals (ctypes, rewriting
-the child's driver) can still lie about those tests; the final score is the lower of nbgrader's
-and the re-check's, and nothing it does reaches other students, the course, or the gradebook.
+Limits (also in book/instructor_guide.md): a test cell whose checks are not value-only (none of
+the course's today) would run in the child, beside the student's code, where a submission
+written against this module's own internals (ctypes, rewriting the child's driver) could lie
+about it; and what the child reports to a server-run check (a function's result, a probe's
+facts) is the student's to fake. The final score is the lower of nbgrader's and the re-check's,
+and nothing a submission does reaches other students, the course, or the gradebook.
 """
 from __future__ import annotations
 
