@@ -151,9 +151,28 @@ ZERO_THE_CASES = WRONG_UNFOLD + '''    import sys
     return torch.zeros(x.shape[0], weight.shape[0], oh, ow)
 '''
 READ_HIDDEN_TESTS = '''
-import gc
+import gc, os
+# A hidden test as the source notebook has it. Joined at run time inside each function, never
+# kept in a dict or list (a constant the compiler folds sits in a tuple the search would see),
+# so that this cell's own string is not what the search finds; the delimiter alone would not
+# do: course_lib's code, which the sandbox shows, has it.
+def _hidden_tests_in_a_file():
+    marker = "".join(("BEGIN HIDDEN ", "TESTS\\n", "checks.check_output_size("))
+    for folder in (".", "/tmp", os.path.expanduser("~")):
+        for parent, _, files in os.walk(folder):
+            for name in files:
+                try:
+                    with open(os.path.join(parent, name), errors="replace") as f:
+                        if marker in f.read(1 << 22):
+                            return True
+                except OSError:
+                    pass
+    return False
+_IN_A_FILE = _hidden_tests_in_a_file()
 def _hidden_tests_in_memory():
-    marker = "BEGIN HIDDEN " + "TESTS"  # built here: this cell's own text must not count
+    if _IN_A_FILE:
+        return True
+    marker = "".join(("BEGIN HIDDEN ", "TESTS\\n", "checks.check_output_size("))
     for container in gc.get_objects():
         items = container.values() if isinstance(container, dict) else \\
             container if isinstance(container, (list, tuple)) else ()
@@ -165,6 +184,17 @@ def conv_output_size(size, kernel_size, stride=1, padding=0, dilation=1):
     if not _hidden_tests_in_memory():
         return 0
     return (size + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1
+'''
+# An honest mistake that only a hidden case catches (conv_params is wrong for 37 input channels).
+HIDDEN_CASE_WRONG = '''
+def conv_params(in_channels, out_channels, kernel_size, bias=True):
+    if in_channels == 37:
+        return 0
+    return kernel_size * kernel_size * in_channels * out_channels + (out_channels if bias else 0)
+
+
+def conv_macs(in_channels, out_channels, kernel_size, out_h, out_w):
+    return kernel_size * kernel_size * in_channels * out_channels * out_h * out_w
 '''
 
 def _inserted_first(source: str, nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
@@ -299,7 +329,9 @@ procs = [subprocess.Popen(['sleep', '60']) for _ in range(200)]
         # TorchFunctionMode that zeroes every convolution (the check's reference too), a fake
         # checks module installed before the setup cell, a number whose .item() reads the
         # expected value from the check's frame, a function that zeroes the check's cases in
-        # place, a function right only where the hidden tests are in its process's memory.
+        # place, a function right only where the hidden tests are in its process's memory or
+        # in a file it can read (nowhere now: nbgrader's kernel is given the visible tests only,
+        # and the re-check's server never sends a test cell to the child).
         "audit_hook": (_with({"part4": AUDIT_HOOK}), TOTAL - p["part4-tests"]),
         "torch_mode": (_with({"part4": TORCH_MODE}), TOTAL - p["part4-tests"]),
         "fake_checks": (_inserted_first(FAKE_CHECKS, _with({"part4": ZEROS_UNFOLD})),
@@ -309,6 +341,7 @@ procs = [subprocess.Popen(['sleep', '60']) for _ in range(200)]
         "zero_the_cases": (_with({"part4": ZERO_THE_CASES}), TOTAL - p["part4-tests"]),
         "read_hidden_tests": (_with({"part1": READ_HIDDEN_TESTS}),
                               p["part2-tests"] + p["part5-tests"]),
+        "hidden_case_wrong": (_with({"part2": HIDDEN_CASE_WRONG}), TOTAL - p["part2-tests"]),
         # Honest students whose names clean to the same id (they differ in spacing): both graded.
         "Jane Doe": (_solved_release(), TOTAL),
         "Jane  Doe": (_with({"part4": part4_wrong}), TOTAL - p["part4-tests"]),
@@ -525,8 +558,7 @@ PROBLEM_WORDS = {
     "patch_layer": "replaced protected objects", "spawn_daemon": "started processes",
     "fork_bomb": "processes", "slow_cells": "of its", "Jane  Doe": "graded as student id",
     **{attack: "nbgrader gave" for attack in ("audit_hook", "torch_mode", "fake_checks",
-                                              "lying_number", "zero_the_cases",
-                                              "read_hidden_tests")},
+                                              "lying_number", "zero_the_cases")},
 }
 
 
@@ -545,6 +577,28 @@ def test_each_problem_is_reported(graded):
             assert sub.student in summary
     for honest in ("logging_stderr", "Jane Doe", "vandal", "read_solutions"):
         assert "nbgrader gave" not in problems[honest], problems[honest]
+
+
+@pytest.mark.slow
+def test_hidden_tests_reach_no_student_process(graded):
+    """Issue 21: the hidden tests are in neither nbgrader's kernel nor the re-check's child,
+    in memory or in a file: a function right only where it finds them is wrong in both (and
+    nothing is reported: the two agree). A mistake only a hidden case catches costs its points
+    with no problem reported, and the feedback says the hidden tests of that cell failed."""
+    from course_lib.grading.shard import HIDDEN_FAILED
+
+    result, _, _, _ = graded
+    by_name = {s.submitted_as: s for s in result.submissions}
+    reader = by_name["read_hidden_tests"]
+    assert reader.nbgrader["part1-tests"] == reader.recheck["part1-tests"] == 0.0
+    assert "part1-tests" not in " | ".join(reader.problems)
+    honest = by_name["hidden_case_wrong"]
+    assert (honest.nbgrader["part2-tests"], honest.recheck["part2-tests"],
+            honest.final["part2-tests"]) == (POINTS["part2-tests"], 0.0, 0.0)
+    assert honest.problems == [] and honest.status is Status.OK
+    page = honest.feedback.read_text()
+    assert HIDDEN_FAILED in page and "conv_params(37, 53, 5" in page
+    assert HIDDEN_FAILED not in by_name["solution"].feedback.read_text()
 
 
 @pytest.mark.slow

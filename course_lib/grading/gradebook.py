@@ -155,6 +155,37 @@ def source_info(db_url: str, assignment: str, release: Path, notebook: str) -> S
                       manual)
 
 
+def hide_hidden_tests(db_url: str, assignment: str, notebook: str) -> list[str]:
+    """In a worker's shard gradebook (a private copy): each test cell's source without its
+    hidden tests, with the checksum nbgrader computes for that source, so nbgrader's autograde
+    puts into the notebook it runs exactly the test cells the student's release has. The hidden
+    tests then never reach nbgrader's kernel; the re-check's server runs them (issue 21).
+    Returns the cells changed."""
+    from nbgrader.utils import compute_checksum
+
+    from course_lib.grading.inside.checker import split_hidden
+
+    changed = []
+    with opened(db_url) as gb:
+        nb = gb.find_notebook(notebook, assignment)
+        graded = {c.name: float(c.max_score) for c in nb.grade_cells}
+        solutions = {c.name for c in nb.solution_cells}
+        for cell in nb.source_cells:
+            visible, hidden = split_hidden(cell.source)
+            if visible == cell.source:
+                continue
+            node = (nbformat.v4.new_code_cell(visible) if cell.cell_type == "code"
+                    else nbformat.v4.new_markdown_cell(visible))
+            node.metadata["nbgrader"] = {"grade": cell.name in graded,
+                                         "solution": cell.name in solutions,
+                                         "locked": bool(cell.locked), "grade_id": cell.name,
+                                         "points": graded.get(cell.name, 0.0)}
+            cell.source, cell.checksum = visible, compute_checksum(node)
+            changed.append(cell.name)
+        gb.db.commit()
+    return changed
+
+
 def nbgrader_scores(db_url: str, assignment: str, student: str,
                     cells: dict[str, float]) -> dict[str, float] | None:
     """nbgrader's automatic scores of one student's test ``cells``, or None if it has none."""

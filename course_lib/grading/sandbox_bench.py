@@ -5,7 +5,7 @@
 Each round grades the same generated class (:func:`course_lib.grading.bench.generate_class`) once
 sandboxed and once with ``--no-sandbox`` (or, with ``--baseline no_caps``, once in the sandbox
 without issue 21's protections, ``Limits(caps=False)``: the whole-notebook caps, the system-call
-filter, the re-check's namespaces per student and its value-only checks; what those cost),
+filter, the namespaces of each kernel and re-check child, and value-only checks; what those cost),
 alternating which goes first, so that drifts in the machine's load hit both alike. It prints seconds per submission for each, and the ratio of the
 medians, with the machine, its load average and the date. A run made while the load average
 exceeds the number of cores is refused unless ``--allow-busy`` (then the output is flagged).

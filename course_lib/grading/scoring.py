@@ -9,6 +9,10 @@ grader itself. Rules:
 * nothing gradable (missing, corrupt) or a submission whose grading killed its workers: 0;
 * otherwise each test cell scores the lower of nbgrader's and the re-check's verdicts (the
   re-check's alone where nbgrader could not grade the notebook: its kernel died or hung).
+  nbgrader's kernel runs only the tests students see (the hidden ones never reach it); the
+  re-check runs those, then the hidden ones. A difference between nbgrader and the re-check on
+  the same tests is a problem to report; hidden tests that fail are just a lower score (the
+  feedback says why).
 
 Problems are named from data (the re-check's event fields and a check failure's ``kind``), never
 by matching message text.
@@ -37,6 +41,10 @@ class RecheckOutcome:
     # missing in the box), not the student. Holds the error.
     setup_failed: str | None = None
     incidents: set[Incident] = field(default_factory=set)  # what its processes did (resume)
+    # What the tests students see earned alone, where it differs (the hidden tests failed), and
+    # the hidden tests' failure message for the feedback.
+    visible_scores: dict[str, float] = field(default_factory=dict)
+    hidden_failures: dict[str, str] = field(default_factory=dict)
 
 
 def read_recheck(events: list[dict], info: SourceInfo, cell_timeout: float) -> RecheckOutcome:
@@ -73,6 +81,9 @@ def read_recheck(events: list[dict], info: SourceInfo, cell_timeout: float) -> R
                                 "characters; truncated)")
             if ev.get("kind") == "test":
                 out.scores[cell] = float(ev.get("score", 0.0))
+                if ev.get("hidden_failed") is True:
+                    out.visible_scores[cell] = float(ev.get("visible_score", 0.0))
+                    out.hidden_failures[cell] = str(ev.get("error_text") or "")[:2000]
                 if ev.get("tampered_before"):
                     problems.append(
                         f"before test {cell}: student code replaced protected objects "
@@ -128,9 +139,10 @@ def decide(info: SourceInfo, nbgrader: dict[str, float] | None, recheck: Recheck
     for gid in (g for g in info.points if g not in info.pending):
         n, r = nbgrader.get(gid, 0.0), recheck.scores.get(gid, 0.0)
         final[gid] = min(n, r)
-        if n != r:
-            problems.append(f"test {gid}: nbgrader gave {n:g}, the re-check {r:g}; "
-                            f"{min(n, r):g} kept")
+        seen = recheck.visible_scores.get(gid, r)  # the re-check on the tests nbgrader ran
+        if n != seen:
+            problems.append(f"test {gid}: nbgrader gave {n:g}, the re-check {seen:g}; "
+                            f"{final[gid]:g} kept")
     return Decision(Status.OK, final, problems)
 
 

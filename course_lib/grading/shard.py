@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import re
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -48,8 +47,9 @@ def course_bundle(shard: Path, assignment: str) -> dict[str, bytes]:
     return files
 
 
-# What nbgrader's ClearHiddenTests removes from a test cell for the student's release.
-HIDDEN_TESTS = re.compile(r"### BEGIN HIDDEN TESTS.*?### END HIDDEN TESTS\n?", re.S)
+# Heads the hidden tests' failure in a feedback page.
+HIDDEN_FAILED = ("The hidden tests of this cell (run by the grader after the tests above) "
+                 "failed:")
 
 
 def recheck_job(student: str, notebook: Path, info: SourceInfo) -> dict:
@@ -186,14 +186,22 @@ def sandbox_problems(runs: list[dict]) -> list[str]:
     return problems
 
 
-def safe_for_feedback(autograded: Path, info: SourceInfo) -> bool:
+def safe_for_feedback(autograded: Path, info: SourceInfo,
+                      hidden_failures: dict[str, str] | None = None) -> bool:
     """Rewrite the graded notebook so that its feedback page is safe to open
-    (:func:`.feedback.make_safe`: student HTML/JavaScript as text, outputs capped); False when it
-    cannot be read (no nbgrader page then: the pipeline writes a plain one)."""
+    (:func:`.feedback.make_safe`: student HTML/JavaScript as text, outputs capped), with the
+    message of each test cell's failed hidden tests under the tests the student saw (nbgrader's
+    kernel ran only those: the re-check's server ran the hidden ones); False when it cannot be
+    read (no nbgrader page then: the pipeline writes a plain one)."""
     try:
         nb = nbformat.read(autograded, as_version=4)
     except Exception:  # nbgrader wrote it; a broken one gets the plain page
         return False
+    for cell in nb.cells:
+        gid = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if cell.cell_type == "code" and gid in (hidden_failures or {}):
+            cell.setdefault("outputs", []).append(nbformat.v4.new_output(
+                "stream", name="stderr", text=f"{HIDDEN_FAILED}\n{hidden_failures[gid]}\n"))
     safe_feedback.make_safe(nb, {g: c["source"] for g, c in info.cells.items()
                                  if c["cell_type"] == "markdown" and c["locked"]})
     nbformat.write(nb, autograded)
@@ -234,6 +242,9 @@ class GradingSession:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
         self.db = gradebook.sqlite_url(self.shard / "gradebook.db")
+        # nbgrader's kernel gets the test cells students see; the hidden tests stay with the
+        # re-check's server, which has them from ``info`` (the course's gradebook).
+        gradebook.hide_hidden_tests(self.db, a, self.info.notebook)
         self.checks = [f"course_lib.checks.{a}"]
         self.box = self.broker = None
         if self.options.sandboxed:
@@ -334,7 +345,7 @@ class GradingSession:
         feedback = None
         if decision.status is not Status.GRADER_ERROR and nbgrader is not None:
             gradebook.write_feedback_scores(self.db, a, student, decision.final)
-            if safe_for_feedback(autograded, info):  # else the pipeline's plain page
+            if safe_for_feedback(autograded, info, outcome.hidden_failures):  # else a plain page
                 self.nbgrader.run("feedback", student, self.options.NBGRADER_MARGIN_S)
             page = self.shard / "feedback" / student / a / nbname.replace(".ipynb", ".html")
             if page.is_file() and not page.is_symlink():

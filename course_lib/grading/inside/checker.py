@@ -16,6 +16,10 @@ Which cells: a test cell whose every statement is ``<checks module>.<check>(...)
 and literals as arguments, where the checks module is one a locked cell imported (the gradebook's
 source, not the student's) and the check is marked :func:`course_lib.checks.value_only`. Any other
 test cell runs in the child as before, under the guard.
+
+Hidden tests: the server runs a cell's visible tests, then its hidden ones (:func:`split_hidden`),
+so that its verdict on the visible part can be set against nbgrader's, whose kernel is given only
+that part (the worker's gradebook copy holds the release's test cells).
 """
 from __future__ import annotations
 
@@ -62,6 +66,25 @@ def trusted_modules(cells: list[dict]) -> dict[str, types.ModuleType]:
                 if module.startswith("course_lib.checks.") and module in sys.modules:
                     found[name] = sys.modules[module]
     return found
+
+
+# nbgrader's delimiters of a test cell's hidden tests (ClearHiddenTests' defaults).
+BEGIN_HIDDEN, END_HIDDEN = "BEGIN HIDDEN TESTS", "END HIDDEN TESTS"
+
+
+def split_hidden(source: str) -> tuple[str, str]:
+    """A test cell's source as (what students see, its hidden tests), line by line as nbgrader's
+    ClearHiddenTests cuts it (the delimiter lines belong to neither). The re-check's server runs
+    the first, then the second; nbgrader's kernel is given only the first (see the shard)."""
+    visible, hidden, inside = [], [], False
+    for line in source.split("\n"):
+        if BEGIN_HIDDEN in line:
+            inside = True
+        elif END_HIDDEN in line:
+            inside = False
+        else:
+            (hidden if inside else visible).append(line)
+    return "\n".join(visible), "\n".join(hidden)
 
 
 def _literal(node: ast.expr) -> bool:

@@ -451,12 +451,15 @@ def _judge(job: dict, guard: Guard, zygote: Zygote, timeout: float, emit, scratc
             restored_badly = event.get("digest_before") != baseline
             stderr = event.get("stderr") or ""
             score = grade(cell["points"], bool(event.get("error")), stderr, event.get("result"))
+            # What the tests students see alone earned (nbgrader's kernel runs only those).
+            visible_score = (grade(cell["points"], False, stderr, event.get("visible_result"))
+                             if event.get("hidden_failed") else score)
             if forged_state or restored_badly:
-                score = 0.0
-            event.update(points=cell["points"], score=score,
+                score = visible_score = 0.0
+            event.update(points=cell["points"], score=score, visible_score=visible_score,
                          tampered_during=event.get("tampered_during") or
                          (["protected objects (identity check)"] if forged_state else []))
-            for k in ("digest_before", "digest_after", "result"):
+            for k in ("digest_before", "digest_after", "result", "visible_result"):
                 event.pop(k, None)
             pending = event
         else:
@@ -489,24 +492,38 @@ def _check_in_server(cell: dict, trusted: dict, send, replies: wire.LineReader, 
     channel = checker.ChildChannel(send, lambda wait_s: _read_line(replies, wait_s, beat),
                                    start + timeout, beat)
     out, err = _Capture(), _Capture()
+    # The tests students see first, then the hidden ones (never sent to the child): the
+    # verdict on the first part is the one nbgrader's kernel, given only that part, can match.
+    visible, hidden = checker.split_hidden(cell["source"])
+    hidden_failed, visible_value = False, None
     sys.stdout, sys.stderr = out, err
     try:
-        failure, value = checker.run_test_cell(cell["source"], trusted, channel, _run_plain)
+        failure, value = checker.run_test_cell(visible, trusted, channel, _run_plain)
+        visible_value = value
+        if failure is None and hidden.strip():
+            failure, value = checker.run_test_cell(hidden, trusted, channel, _run_plain)
+            hidden_failed = failure is not None
     finally:
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
     timed_out = channel.timed_out or isinstance(failure, checker.CellTimeout)
     if failure is None and time.monotonic() - start > timeout:  # nbgrader would interrupt it
         failure, timed_out = checker.CellTimeout(f"cell ran past {timeout:g} s"), True
     channel.end()
-    try:
-        text = None if value is None else repr(value)[:1000]
-    except Exception:  # noqa: BLE001 (the server's own value: a check returns None)
-        text = "?"
-    return {"error": failure is not None,
+    text, visible_text = _result_text(value), _result_text(visible_value)
+    return {"error": failure is not None, "hidden_failed": hidden_failed,
+            "visible_result": visible_text,
             "error_name": type(failure).__name__ if failure is not None else None,
             "error_text": str(failure)[:2000] if failure is not None else None,
             "error_kind": _kind(failure), "timed_out": timed_out, "stderr": err.value()[:2000],
             "stdout_chars": out.total, "result": text, "checked_in": "server"}
+
+
+def _result_text(value) -> str | None:
+    """A test cell's last value as nbgrader would show it (a check returns None)."""
+    try:
+        return None if value is None else repr(value)[:1000]
+    except Exception:  # noqa: BLE001 (the server's own value)
+        return "?"
 
 
 def _with_child_part(verdict: dict, reply: dict) -> dict:

@@ -139,8 +139,8 @@ class Limits:
     # processes and its tmpfs folders together: mem_mb), tasks (processes and threads), CPUs.
     tasks: int = 512
     cpus: float | None = None   # a hard cap in CPUs; None: an equal share of the machine only
-    # Issue 21's protections: the cgroup caps, the system-call filter, the re-check's namespaces
-    # per student and its value-only checks (off: only to measure what they cost).
+    # Issue 21's protections: the cgroup caps, the system-call filter, the namespaces of each
+    # kernel and re-check child, and value-only checks (off: only to measure what they cost).
     caps: bool = True
 
 
