@@ -209,8 +209,10 @@ def test_one_kill_pass_ends_processes_that_keep_changing_pid():
 ZOMBIE_AND_SLEEPER = """
 import os, subprocess, sys, time
 subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])  # alive
-if os.fork() == 0:
+child = os.fork()
+if child == 0:
     os._exit(0)  # a zombie: its parent never collects it
+os.waitid(os.P_PID, child, os.WEXITED | os.WNOWAIT)  # it has exited; left uncollected
 print("ready", flush=True)
 time.sleep(30)
 """
