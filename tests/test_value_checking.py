@@ -322,13 +322,31 @@ def test_the_server_runs_value_only_tests_through_a_real_recheck(tmp_path):
         ex07.check_time_ms(lying["time_ms"])
         assert "too low" in right_then_wrong("ex07_mobilenet", "part3", 5.0,
                                              FRAME_READING_TIMER)["error_text"]
+        # Its workloads' record is the student's to write, the clock is not.
+        assert "sooner than the 7 calls" in right_then_wrong("ex07_mobilenet", "part3", 5.0,
+                                                             RECORD_WRITING_TIMER)["error_text"]
+
+
+# A timer that measures nothing (found by a hostile review): it adds to the workload's record of
+# calls without calling it, or returns the duration the simulated GPU's launcher holds.
+RECORD_WRITING_TIMER = """
+def time_ms(fn, warmup=3, repeats=10, device="cpu"):
+    for cell in fn.__closure__ or ():
+        if isinstance(cell.cell_contents, list):
+            cell.cell_contents.extend([8.0] * (warmup + repeats))
+        if isinstance(cell.cell_contents, float):
+            return cell.cell_contents
+    return 8.0
+"""
 
 
 FRAME_READING_TIMER = """
-import sys
+import sys, torch
 def time_ms(fn, warmup=3, repeats=10, device="cpu"):
     for _ in range(warmup + repeats):
         fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
     frame = sys._getframe(1)
     while frame is not None:
         if frame.f_code.co_name == "check_time_ms":

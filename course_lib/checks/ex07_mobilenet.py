@@ -203,15 +203,17 @@ def check_paper_costs(macs_m: Any, conv_macs_ratio: Any) -> None:
            f"{ratio:.1f}x ratio of Table 4 match the paper.")
 
 
-class _Workload:
-    """A callable whose n-th call sleeps ``durations(n)`` milliseconds; counts its calls."""
+def _workload(durations: Callable[[int], float]) -> tuple[Callable[[], None], list[float]]:
+    """A function whose n-th call sleeps ``durations(n)`` milliseconds, and the list of the
+    milliseconds its calls slept (a plain function: nothing on it says what it will do)."""
+    slept: list[float] = []
 
-    def __init__(self, durations: Callable[[int], float]):
-        self.durations, self.calls = durations, 0
+    def fn() -> None:
+        ms = durations(len(slept))
+        time.sleep(ms / 1e3)
+        slept.append(ms)
 
-    def __call__(self) -> None:
-        time.sleep(self.durations(self.calls) / 1e3)
-        self.calls += 1
+    return fn, slept
 
 
 class _FakeGPU:
@@ -296,7 +298,7 @@ def _timed(time_ms: Any, workload: str, ms: float, warmup: int, repeats: int,
     ``workload`` "gpu" launches ``ms`` of work on a simulated asynchronous CUDA device; a name
     of :data:`GPU_NETWORKS` is that network's inference in part 6's setting, on the GPU."""
     time_ms = getattr(time_ms, "__wrapped__", time_ms)   # the student's own, not the recorder
-    gpu, work, context = None, None, contextlib.nullcontext()
+    gpu, slept, context = None, None, contextlib.nullcontext()
     if workload in GPU_NETWORKS:  # part 6, on a real GPU
         model, x = _gpu_setting(workload)
         fn, context = (lambda: model(x)), _gpu_inference()
@@ -304,13 +306,18 @@ def _timed(time_ms: Any, workload: str, ms: float, warmup: int, repeats: int,
         gpu = _FakeGPU()
         fn, context = (lambda: gpu.launch(float(ms))), _fake_cuda(gpu)
     else:
-        fn = work = _Workload(functools.partial(WORKLOADS[workload], float(ms)))
+        fn, slept = _workload(functools.partial(WORKLOADS[workload], float(ms)))
     with context:
+        started = time.perf_counter()
         category, result = student_outcome(time_ms, (fn,), {"warmup": warmup,
                                                             "repeats": repeats, "device": device})
+        elapsed = (time.perf_counter() - started) * 1e3
         if gpu is not None:
             gpu.synchronize()
-    out = {"category": category, "calls": work.calls if work is not None else None}
+    # How long the call of time_ms took is the evidence that the work was done: a count or a
+    # number the student's code could write, a clock it cannot turn back.
+    out = {"category": category, "calls": len(slept) if slept is not None else None,
+           "elapsed_ms": elapsed}
     if category != "returned":
         return {**out, "error": type(result).__name__, "text": str(result)[:2000],
                 "kind": getattr(result, "kind", "") if category == "check-failed" else ""}
@@ -321,15 +328,22 @@ def _timed(time_ms: Any, workload: str, ms: float, warmup: int, repeats: int,
 
 
 def _time(time_ms: Callable, workload: str, ms: float, warmup: int, repeats: int, device: str,
-          label: str) -> tuple[float, int | None]:
-    """The student's ``time_ms`` on one workload: (its number, the workload's calls)."""
+          label: str) -> tuple[float, int | None, float]:
+    """The student's ``time_ms`` on one workload: (its number, the workload's calls, the
+    milliseconds the call of ``time_ms`` lasted). On a sleeping workload the call must have
+    lasted as long as the calls counted sleep, whatever the student's code wrote."""
     call = f"time_ms({label}, warmup={warmup}, repeats={repeats}, device={device!r})"
     out = run_probe(_timed, time_ms, workload, ms, warmup, repeats, device, name="time_ms")
     if out["category"] != "returned":
         fail_call("time_ms", call, out["category"], out["error"], out["text"], out["kind"])
     if out["number"] is None:
         fail(f"{call}: expected a number of milliseconds, got {out['type']}.")
-    return out["number"], out["calls"]
+    calls, elapsed = out["calls"], out["elapsed_ms"]
+    if workload in WORKLOADS and elapsed < 0.9 * sum(WORKLOADS[workload](ms, n)
+                                                     for n in range(calls)):
+        fail(f"{call} returned after {elapsed:.3g} ms, sooner than the {calls} calls of fn it "
+             "made can take: time real calls of fn(), with a clock.")
+    return out["number"], calls, elapsed
 
 
 @value_only
@@ -343,7 +357,8 @@ def check_time_ms(time_ms: Callable, ms: float = 8.0, gpu_ms: float = 10.0) -> N
     d, g = float(ms), float(gpu_ms)
     # 1. a steady workload: d ms per call, in milliseconds, with the calls it was asked for
     for warmup, repeats in ((2, 5), (0, 3), (4, 3)):
-        got, calls = _time(time_ms, "steady", d, warmup, repeats, "cpu", f"<sleeps {d:g} ms>")
+        got, calls, _ = _time(time_ms, "steady", d, warmup, repeats, "cpu",
+                              f"<sleeps {d:g} ms>")
         if math.isclose(got, d / 1e3, rel_tol=0.5):
             fail(f"time_ms(<sleeps {d:g} ms>) returned {got:.4g}: that is seconds; return "
                  "milliseconds (multiply by 1000).")
@@ -356,25 +371,29 @@ def check_time_ms(time_ms: Callable, ms: float = 8.0, gpu_ms: float = 10.0) -> N
                  f"use the arguments: {warmup} untimed warm-up calls, then {repeats} timed calls "
                  f"({warmup + repeats} in all).")
     # 2. a slow warm-up: the first `warmup` calls take 60 ms, later ones 4 ms
-    got, _ = _time(time_ms, "slow warm-up", d, 3, 5, "cpu", "<first 3 calls slow>")
+    got, _, _ = _time(time_ms, "slow warm-up", d, 3, 5, "cpu", "<first 3 calls slow>")
     if got > 20:
         fail(f"time_ms(<a function whose first 3 calls take 60 ms, then 4 ms>, warmup=3) returned "
              f"{got:.3g} ms, which is too high: run the warm-up calls first and do not time "
              "them (first calls pay for caches, lazy initialisation, autotuning, compilation).")
     # 3. outliers: every 4th call takes 40 ms, the others 3 ms -> the median is not the mean
-    got, _ = _time(time_ms, "outliers", d, 1, 8, "cpu", "<3 ms with 40 ms outliers>")
+    got, _, _ = _time(time_ms, "outliers", d, 1, 8, "cpu", "<3 ms with 40 ms outliers>")
     if got > 8:
         fail(f"time_ms(<3 ms per call with a 40 ms outlier every 4th call>) returned {got:.3g} "
              "ms, which is too high: report the median of the timed calls, not the mean (one "
              "hiccup of the operating system should not move the result).")
     # 4. an asynchronous device: launches return at once, the work finishes later
-    got, _ = _time(time_ms, "gpu", g, 2, 5, "cuda", f"<launches {g:g} ms of GPU work>")
+    got, _, elapsed = _time(time_ms, "gpu", g, 2, 5, "cuda", f"<launches {g:g} ms of GPU work>")
     if got < 0.5 * g:
         fail(f"on CUDA, time_ms(<launches {g:g} ms of GPU work>, device='cuda') returned "
              f"{got:.3g} ms, which is too low: a kernel launch returns before the kernel runs, so "
              "you timed the launch. Call torch.cuda.synchronize() before starting and before "
              "stopping the clock (or record torch.cuda.Event(enable_timing=True) pairs and "
              "synchronize before reading them).")
+    if elapsed < 0.9 * 5 * g:  # its 5 timed launches must have run before it stopped its clock
+        fail(f"on CUDA, time_ms(<launches {g:g} ms of GPU work>, warmup=2, repeats=5) returned "
+             f"after {elapsed:.3g} ms, before the GPU work it timed could have finished: launch "
+             "the work with fn() and synchronize before stopping the clock.")
     if got > 3 * g + 10:
         fail(f"on CUDA, time_ms(<launches {g:g} ms of GPU work>, warmup=2, repeats=5) returned "
              f"{got:.3g} ms, which is too high: synchronize after the warm-up so queued warm-up "
@@ -518,7 +537,7 @@ def _measure_on_gpu(time_ms: Callable) -> dict[str, tuple[float, float]]:
     student's timing runs where ``time_ms`` lives (:func:`_timed`), the grader's here."""
     results = {}
     for name in GPU_NETWORKS:
-        student, _ = _time(time_ms, name, 0.0, 5, 10, "cuda", f"<{name} inference>")
+        student, _, _ = _time(time_ms, name, 0.0, 5, 10, "cuda", f"<{name} inference>")
         model, x = _gpu_setting(name)
         with _gpu_inference(), quiet():
             reference = benchmark(model, x, warmup=5, repeats=10).median_ms

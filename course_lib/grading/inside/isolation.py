@@ -86,6 +86,9 @@ def run_as_init(start: Callable[[], int], close: list[int], program: bytes | Non
     if program is not None and not load_filter(program):
         os._exit(SIGNALLED + signal.SIGSYS)  # never run student code without its filter
     student = start()
+    # Python's SIGINT handler would let the student's process end this one (and so its own
+    # namespace) with a KeyboardInterrupt: signals from inside reach PID 1 only where it has one.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     for fd in close:
         try:
             os.close(fd)
