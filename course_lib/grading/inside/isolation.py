@@ -77,14 +77,20 @@ def load_filter(program: bytes) -> bool:
             and _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) == 0)
 
 
+def filter_or_exit(program: bytes | None) -> None:
+    """Load ``program`` (when there is one) for this process and all it starts, or exit at once
+    with ``SIGNALLED + SIGSYS``: student code never runs without its filter."""
+    if program is not None and not load_filter(program):
+        os._exit(SIGNALLED + signal.SIGSYS)
+
+
 def run_as_init(start: Callable[[], int], close: list[int], program: bytes | None) -> NoReturn:
     """Be the namespace's PID 1: load the filter, start the student's process (``start()``
     forks it and returns its PID), close ``close`` (the child's pipe ends: the server must see
     them close when the child ends), then reap everything until the student's process ends and
     exit with its status (``SIGNALLED + N`` for a signal N). Exiting kills the namespace."""
     mount_own_proc()
-    if program is not None and not load_filter(program):
-        os._exit(SIGNALLED + signal.SIGSYS)  # never run student code without its filter
+    filter_or_exit(program)
     student = start()
     # Python's SIGINT handler would let the student's process end this one (and so its own
     # namespace) with a KeyboardInterrupt: signals from inside reach PID 1 only where it has one.

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import signal
 import socket
 import sys
 from pathlib import Path
@@ -87,8 +86,7 @@ def _fork_kernel(request: dict, audit_fd: int, program: bytes | None) -> tuple[i
         os.write(said_w, b"1" if isolated else b"0")
         os.close(said_w)
         if not isolated:  # the kernel in the box's namespace, under its filter
-            if not isolation.load_filter(program):
-                os._exit(isolation.SIGNALLED + signal.SIGSYS)
+            isolation.filter_or_exit(program)
             _become_kernel(request, audit_fd)
         first = fork_child([audit_fd], lambda: isolation.run_as_init(
             lambda: fork_child([audit_fd], lambda: _become_kernel(request, audit_fd)),

@@ -499,7 +499,7 @@ def _check_in_server(cell: dict, trusted: dict, send, replies: wire.LineReader, 
     sys.stdout, sys.stderr = out, err
     try:
         failure, value = checker.run_test_cell(visible, trusted, channel, _run_plain)
-        visible_value = value
+        visible_value, visible_in_time = value, time.monotonic() - start <= timeout
         if failure is None and hidden.strip():
             failure, value = checker.run_test_cell(hidden, trusted, channel, _run_plain)
             hidden_failed = failure is not None
@@ -508,6 +508,8 @@ def _check_in_server(cell: dict, trusted: dict, send, replies: wire.LineReader, 
     timed_out = channel.timed_out or isinstance(failure, checker.CellTimeout)
     if failure is None and time.monotonic() - start > timeout:  # nbgrader would interrupt it
         failure, timed_out = checker.CellTimeout(f"cell ran past {timeout:g} s"), True
+        # The visible tests alone (all nbgrader's kernel runs) may have kept to the time.
+        hidden_failed = bool(hidden.strip()) and visible_in_time
     channel.end()
     text, visible_text = _result_text(value), _result_text(visible_value)
     return {"error": failure is not None, "hidden_failed": hidden_failed,

@@ -132,6 +132,5 @@ def _serve(sock: socket.socket, child: Callable[..., None], fork_child, isolate:
 
 def _filtered(program: bytes | None, child: Callable[..., None], fds) -> None:
     """Run ``child`` under the filter (no namespace of its own: it could not be made here)."""
-    if program is not None and not isolation.load_filter(program):
-        os._exit(isolation.SIGNALLED + signal.SIGSYS)  # never student code without its filter
+    isolation.filter_or_exit(program)
     child(*fds)

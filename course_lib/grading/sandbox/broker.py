@@ -281,11 +281,10 @@ class Broker:
         except OSError:
             pass
 
-    def _kernel_pid(self, isolated: bool) -> int | None:
-        """The kernel's PID outside: the nursery's child, or (``isolated``) the child of its
-        namespace's first process, below the nursery's middle process (see the nursery)."""
+    def _kernel_pid(self, levels: int) -> int | None:
+        """The kernel's PID outside, ``levels`` below the nursery (see _watch_kernel)."""
         pid = self.nursery_pid
-        for _ in range(3 if isolated else 1):
+        for _ in range(levels):
             kids = children(pid) if pid is not None else []
             pid = kids[0] if kids else None
         return pid
@@ -295,13 +294,15 @@ class Broker:
         """Relay the launcher's interrupts and stops until the kernel exits; its return code.
         (A namespace's first process takes no SIGINT from outside: it goes to the kernel.)"""
         kernel_pid = None
-        ours = 3 if isolated else 1  # the kernel, and the middle and first process above it
+        # The nursery's processes down to the kernel: in namespaces of its own, the middle
+        # process and the namespace's first process come before it (see the nursery).
+        ours = 3 if isolated else 1
         while True:
             if not self._alive():
                 return -signal.SIGKILL
             others = self._others()
             if kernel_pid is None:
-                kernel_pid = self._kernel_pid(isolated)
+                kernel_pid = self._kernel_pid(ours)
             if watch.observe(max(0, len(others) - ours)) or watch.killed:  # what it started
                 self._sweep()
             for ready in select.select([conn, self.channel], [], [], POLL_S)[0]:
